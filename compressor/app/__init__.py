@@ -1,0 +1,1 @@
+"""Command-line applications' shared code (the scripts in apps/ are thin wrappers)."""

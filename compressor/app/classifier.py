@@ -1,0 +1,231 @@
+"""compress_classifier: train, fine-tune or evaluate an image classifier under a compression recipe."""
+
+import logging
+import os
+import sys
+
+import torch
+from torch import nn
+
+from ..data import DataError, load_data
+from ..models import ModelError, arch_family, create_model
+from ..quantization.graph import TraceError
+from ..recipe.build import build_scheduler, read_recipe
+from ..recipe.errors import RecipeError
+from ..training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
+from ..training.determinism import rng_state, seed_everything, set_rng_state
+from ..training.loop import OBJECTIVE, OVERALL, evaluate, train_one_epoch
+from ..training.run_dir import RunDirectory
+from .args import classifier_parser
+from .summary import print_summary
+
+log = logging.getLogger("compressor")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its inputs: reported without a traceback."""
+
+
+def pick_device(args):
+    if args.cpu or not torch.cuda.is_available():
+        if args.gpus and not args.cpu:
+            raise UsageError(f"--gpus {args.gpus}: no CUDA device is available (use --cpu)")
+        return torch.device("cpu"), []
+    ids = [0]
+    if args.gpus:
+        try:
+            ids = [int(i) for i in args.gpus.split(",")]
+        except ValueError:
+            raise UsageError(f"--gpus expects comma-separated integers, got {args.gpus!r}") from None
+        bad = [i for i in ids if not 0 <= i < torch.cuda.device_count()]
+        if bad:
+            raise UsageError(f"--gpus: no such device {bad}; this machine has {torch.cuda.device_count()}")
+    return torch.device("cuda", ids[0]), ids
+
+
+def _quant_bits(scheduler):
+    if scheduler is None or scheduler.quantizer is None:
+        return 32, 32
+    cfg = scheduler.quantizer.config
+    return cfg.get("bits_weights") or 32, cfg.get("bits_activations") or 32
+
+
+class ClassifierRun:
+    def __init__(self, args):
+        self.args = args
+        self.dataset = args.dataset or arch_family(args.arch)[0]
+        self.device, self.gpu_ids = pick_device(args)
+        if args.deterministic and args.seed is None:
+            args.seed = 0
+        if args.seed is not None:
+            seed_everything(args.seed, args.deterministic)
+
+        self.checkpoint = load_checkpoint(args.resume_from) if args.resume_from else None
+        self.recipe = None
+        if args.compress:
+            self.recipe = read_recipe(args.compress)
+        elif self.checkpoint and self.checkpoint.get("recipe"):
+            self.recipe = read_recipe(self.checkpoint["recipe"], file=f"{args.resume_from} (recipe)")
+        if self.checkpoint:
+            for key in ("arch", "dataset"):
+                saved = self.checkpoint.get(key)
+                mine = args.arch if key == "arch" else self.dataset
+                if saved and saved != mine:
+                    raise UsageError(f"--resume-from {args.resume_from} holds a {saved} checkpoint; this run uses {mine}")
+
+        self.run = RunDirectory(args.out_dir, args.name or os.path.splitext(os.path.basename(args.compress or args.arch))[0])
+        log.info("Run folder: %s", self.run.path)
+        log.info("Command line: %s", " ".join(sys.argv))
+        self.run.copy_in(args.compress)
+
+        shape = arch_family(args.arch)[1] if self.dataset == "digits" else None
+        self.train_loader, self.val_loader, self.test_loader = load_data(
+            self.dataset, args.data, shape, args.batch_size, args.workers, args.validation_split,
+            args.effective_train_size, args.effective_valid_size, args.effective_test_size, seed=args.seed or 0,
+        )
+        log.info("Dataset %s: %d training, %d validation, %d test samples", self.dataset,
+                 len(self.train_loader.sampler), len(self.val_loader.dataset), len(self.test_loader.dataset))
+
+        model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
+        self.model = self.scheduler.model if self.scheduler else model
+        self.model.to(self.device)
+        if args.exp_load_weights_from:
+            load_weights(self.model, model_state(load_checkpoint(args.exp_load_weights_from)))
+            log.info("Loaded weights from %s", args.exp_load_weights_from)
+
+        self.start_epoch, self.best = 0, []
+        if self.checkpoint:
+            self._resume(self.checkpoint)
+        self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
+        self.criterion = nn.CrossEntropyLoss().to(self.device)
+
+    def _resume(self, ckpt):
+        load_weights(self.model, ckpt["state_dict"])
+        if self.args.reset_optimizer:
+            log.info("Resumed weights from %s; optimizer reset, starting at epoch 0", self.args.resume_from)
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        if self.scheduler and ckpt.get("compression_sched"):
+            self.scheduler.load_state_dict(ckpt["compression_sched"])
+        if ckpt.get("rng"):
+            set_rng_state(ckpt["rng"])
+        self.best = [tuple(b) for b in ckpt.get("best_scores", [])]
+        self.start_epoch = ckpt["epoch"] + 1
+        log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
+
+    def checkpoint_dict(self, epoch):
+        return {
+            "epoch": epoch,
+            "arch": self.args.arch,
+            "dataset": self.dataset,
+            "state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "compression_sched": self.scheduler.state_dict() if self.scheduler else None,
+            "recipe": self.scheduler.recipe if self.scheduler else None,
+            "quantizer": self.scheduler.quantizer.state_dict() if self.scheduler and self.scheduler.quantizer else None,
+            "rng": rng_state(),
+            "best_scores": [list(b) for b in self.best],
+        }
+
+    def num_classes(self):
+        return self.model.fc.out_features if hasattr(self.model, "fc") and hasattr(self.model.fc, "out_features") else None
+
+    def train(self):
+        args, run = self.args, self.run
+        for epoch in range(self.start_epoch, args.epochs):
+            self.train_loader.sampler.set_epoch(epoch)
+            if self.scheduler:
+                self.scheduler.on_epoch_begin(epoch, self.optimizer)
+            stats = train_one_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.scheduler,
+                                    epoch, self.device, args.print_freq)
+            log.info("--- validate (epoch=%d)-----------", epoch)
+            val = evaluate(self.net, self.val_loader, self.criterion, self.device,
+                           self._confusion_classes(), desc=f"validate {epoch}")
+            self._log_confusion(val)
+            if self.scheduler:
+                self.scheduler.on_epoch_end(epoch, self.optimizer, metrics={"min": val["loss"], "max": val["top1"]})
+            run.scalars({f"Performance/Training/{k}": v for k, v in stats.items()}, epoch)
+            run.scalars({"Performance/Validation/Loss": val["loss"], "Performance/Validation/Top1": val["top1"],
+                         "Performance/Validation/Top5": val["top5"]}, epoch)
+            if args.param_hist and run.writer is not None:
+                for name, p in self.model.named_parameters():
+                    run.writer.add_histogram(name.replace(".", "/"), p.detach().cpu(), epoch)
+            self.best.append((val["top1"], val["top5"], epoch))
+            self.best = sorted(self.best, key=lambda b: (-b[0], b[2]))[: args.num_best_scores]
+            is_best = self.best[0][2] == epoch
+            for top1, top5, e in self.best:
+                log.info("==> Best [Top1: %.3f   Top5: %.3f   on epoch: %d]", top1, top5, e)
+            run.save_checkpoint(self.checkpoint_dict(epoch), is_best)
+        return args.epochs - self.start_epoch
+
+    def _confusion_classes(self):
+        return self.num_classes() if self.args.confusion else None
+
+    def _log_confusion(self, result):
+        if "confusion" in result:
+            log.info("Confusion matrix (rows: target, columns: prediction):\n%s",
+                     "\n".join(" ".join(f"{v:5d}" for v in row) for row in result["confusion"]))
+
+    def test(self):
+        log.info("--- test ---------------------")
+        result = evaluate(self.net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test")
+        self._log_confusion(result)
+        step = max(self.args.epochs - 1, 0)
+        self.run.scalars({"Performance/Test/Loss": result["loss"], "Performance/Test/Top1": result["top1"],
+                          "Performance/Test/Top5": result["top5"]}, step)
+        return result
+
+    def summary(self, epochs_run, test):
+        bits_w, bits_a = _quant_bits(self.scheduler)
+        best = {"epoch": self.best[0][2], "top1": self.best[0][0]} if self.best else None
+        data = {
+            "arch": self.args.arch,
+            "dataset": self.dataset,
+            "recipe": self.args.compress or (self.args.resume_from if self.recipe else None),
+            "epochs_run": epochs_run,
+            "epochs": self.args.epochs,
+            "best": best,
+            "test": {k: test[k] for k in ("top1", "top5", "loss")},
+            "bits_weights": bits_w,
+            "bits_activations": bits_a,
+            "run_dir": self.run.path,
+        }
+        self.run.write_json("summary.json", data)
+        hparams = {"arch": self.args.arch, "dataset": self.dataset,
+                   "recipe": os.path.basename(self.args.compress or "none"),
+                   "lr": self.args.lr, "epochs": self.args.epochs, "batch_size": self.args.batch_size,
+                   "bits_weights": bits_w, "bits_activations": bits_a}
+        self.run.hparams(hparams, {"Performance/Test/Top1": test["top1"], "Performance/Test/Loss": test["loss"],
+                                   "Performance/Validation/Top1": best["top1"] if best else 0.0})
+        return data
+
+
+def main(argv=None):
+    args = classifier_parser().parse_args(argv)
+    run = None
+    try:
+        run = ClassifierRun(args)
+        if args.summary:
+            print_summary(run.model, args.summary, run.train_loader)
+            return 0
+        if args.evaluate:
+            epochs_run = 0
+        else:
+            epochs_run = run.train()
+        test = run.test()
+        run.summary(epochs_run, test)
+        return 0
+    except RecipeError as exc:
+        print(f"error: invalid recipe ({len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    except (UsageError, DataError, ModelError, CheckpointError, TraceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if run is not None:
+            run.run.close()

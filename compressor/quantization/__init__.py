@@ -1,0 +1,6 @@
+"""Quantization: modes and scale math, fake-quantization modules, graph preparation, quantizers.
+
+Importing this package registers the quantizer classes recipes may name.
+"""
+
+from . import qat  # noqa: F401  (registers QuantAwareTrainRangeLinearQuantizer)

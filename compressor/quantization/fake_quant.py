@@ -1,0 +1,131 @@
+"""Fake-quantization modules: quantize-dequantize in FP32, gradients by straight-through estimation.
+
+The rounding itself is torch's fused kernel (``torch.fake_quantize_per_*_affine``),
+whose backward passes the gradient through unchanged inside the quantization
+range and zeroes it outside (the clipped straight-through estimator).
+
+Both modules have three states, set by the quantization policy:
+``enabled`` (quantize at all) and ``observing`` (update the range). Their
+state travels in ``state_dict`` (ranges as buffers, flags as extra state), so
+a checkpoint evaluates and resumes exactly as it was saved.
+"""
+
+import torch
+from torch import nn
+
+from .qparams import qparams_from_range, quant_range
+
+
+class _FakeQuantBase(nn.Module):
+    def __init__(self, bits, mode, channels=1):
+        super().__init__()
+        self.bits = bits
+        self.mode = mode
+        self.qmin, self.qmax = quant_range(bits, mode)
+        self.enabled = False
+        self.observing = True
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
+
+    def set_state(self, enabled, observing):
+        self.enabled = enabled
+        self.observing = observing
+
+    def get_extra_state(self):
+        return {"enabled": self.enabled, "observing": self.observing}
+
+    def set_extra_state(self, state):
+        self.enabled = bool(state["enabled"])
+        self.observing = bool(state["observing"])
+
+    def extra_repr(self):
+        return f"bits={self.bits}, mode={self.mode.name}, enabled={self.enabled}, observing={self.observing}"
+
+
+class ActivationFakeQuant(_FakeQuantBase):
+    """Per-tensor fake quantization with a range tracked by a bias-corrected EMA (as Distiller's QAT).
+
+    The range is updated only in training mode while observing; evaluation and a
+    frozen quantizer use the stored scale and zero point.
+    """
+
+    def __init__(self, bits, mode, ema_decay=0.999):
+        super().__init__(bits, mode)
+        self.ema_decay = float(ema_decay)
+        self.num_updates = 0
+        self.register_buffer("biased_min", torch.zeros(1))
+        self.register_buffer("biased_max", torch.zeros(1))
+
+    def forward(self, x):
+        if not self.enabled:
+            return x
+        if self.observing and (self.training or self.num_updates == 0):
+            self.observe(x)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def observe(self, x):
+        mn, mx = torch.aminmax(x.detach())
+        self.num_updates += 1
+        weight = 1.0 - self.ema_decay
+        self.biased_min.lerp_(mn.float().reshape(1), weight)
+        self.biased_max.lerp_(mx.float().reshape(1), weight)
+        correction = 1.0 - self.ema_decay**self.num_updates
+        scale, zero_point = qparams_from_range(
+            self.biased_min / correction, self.biased_max / correction, self.bits, self.mode
+        )
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+
+    @property
+    def range(self):
+        """The (min, max) currently used, bias-corrected."""
+        if self.num_updates == 0:
+            return None
+        correction = 1.0 - self.ema_decay**self.num_updates
+        return (self.biased_min / correction).item(), (self.biased_max / correction).item()
+
+    def get_extra_state(self):
+        return {**super().get_extra_state(), "num_updates": self.num_updates}
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        self.num_updates = int(state["num_updates"])
+
+
+class WeightFakeQuant(_FakeQuantBase):
+    """Fake quantization of a parameter, per tensor or per output channel; used as a parametrization.
+
+    The range is the parameter's current min/max, so the FP32 master weight is the only
+    copy kept. When frozen (not observing), the last scale and zero point are reused.
+    """
+
+    def __init__(self, bits, mode, per_channel=False, channels=1, axis=0):
+        super().__init__(bits, mode, channels if per_channel else 1)
+        self.per_channel = per_channel
+        self.axis = axis
+
+    def forward(self, w):
+        if not self.enabled:
+            return w
+        if self.observing:
+            self.observe(w)
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(
+                w, self.scale, self.zero_point, self.axis, self.qmin, self.qmax
+            )
+        return torch.fake_quantize_per_tensor_affine(w, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def observe(self, w):
+        if self.per_channel:
+            mn, mx = torch.aminmax(w.detach().transpose(0, self.axis).flatten(1), dim=1)
+        else:
+            mn, mx = torch.aminmax(w.detach())
+            mn, mx = mn.reshape(1), mx.reshape(1)
+        scale, zero_point = qparams_from_range(mn, mx, self.bits, self.mode)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", per_channel={self.per_channel}"

@@ -1,0 +1,157 @@
+"""Find where a model produces activations to quantize, with torch.fx, so model code needs no rewrite.
+
+Functional ops (``x + y``, ``F.relu``, ``torch.cat``) and every call of a reused
+module become their own quantization site. Ops that a deployed integer kernel
+fuses are one site at the end of the chain: conv/linear -> batch-norm -> ReLU,
+and add/cat -> ReLU.
+
+Site names: a module call is named by its module (``layer1.0.relu``), a second
+call of the same module ``layer1.0.relu@1`` (torch.fx's convention), a
+functional op by its enclosing module and op (``layer1.0.add``, de-duplicated
+with ``_1``), the model input ``input``.
+"""
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+WEIGHT_TYPES = LAYER_TYPES + (nn.Embedding,)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
+ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.leaky_relu, torch.relu_}
+ACT_METHODS = {"relu", "relu_"}
+JOIN_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.concat, operator.mul, torch.mul}
+JOIN_METHODS = {"add", "add_", "mul", "mul_"}
+
+# kind of producer -> kinds it may be fused into
+_FUSES_INTO = {"layer": {"norm", "act"}, "norm": {"act"}, "join": {"act"}}
+
+
+class TraceError(RuntimeError):
+    pass
+
+
+def trace(model):
+    """Symbolically trace ``model``; a clear error when it cannot be traced."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types for untraceable code
+        raise TraceError(
+            f"cannot trace {type(model).__name__} with torch.fx to find what to quantize: {exc}. "
+            "Models with data-dependent control flow need that part wrapped with torch.fx.wrap."
+        ) from exc
+
+
+def node_kind(gm, node):
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, LAYER_TYPES):
+            return "layer"
+        if isinstance(mod, NORM_TYPES):
+            return "norm"
+        if isinstance(mod, ACT_TYPES):
+            return "act"
+        return None
+    if node.op == "call_function":
+        if node.target in ACT_FUNCTIONS:
+            return "act"
+        if node.target in JOIN_FUNCTIONS:
+            return "join"
+    if node.op == "call_method":
+        if node.target in ACT_METHODS:
+            return "act"
+        if node.target in JOIN_METHODS:
+            return "join"
+    return None
+
+
+@dataclass
+class ActivationSite:
+    """One tensor to fake-quantize: the output of ``node`` (the end of a fused chain)."""
+
+    name: str
+    node: fx.Node
+    head_name: str  # first op of the chain: settings fall back to it (e.g. ``conv1`` for conv1->bn1->relu)
+    chain: tuple
+
+
+def _fused_into_user(gm, node):
+    users = list(node.users)
+    if len(users) != 1:
+        return False
+    kind, user_kind = node_kind(gm, node), node_kind(gm, users[0])
+    return user_kind in _FUSES_INTO.get(kind, ()) and users[0].args and users[0].args[0] is node
+
+
+class _Namer:
+    def __init__(self):
+        self.taken = set()
+
+    def name(self, gm, node):
+        if node.op == "placeholder":
+            base = "input" if "input" not in self.taken else f"input_{node.name}"
+            self.taken.add(base)
+            return base
+        stack = node.meta.get("nn_module_stack") or {}
+        scope = list(stack.keys())[-1] if stack else ""
+        if node.op == "call_module":
+            base = scope if scope and scope.split("@")[0] == node.target else node.target
+            if base in self.taken:
+                k = 1
+                while f"{node.target}@{k}" in self.taken:
+                    k += 1
+                base = f"{node.target}@{k}"
+        else:
+            op = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+            base = f"{scope}.{op}" if scope else op
+            candidate, k = base, 0
+            while candidate in self.taken:
+                k += 1
+                candidate = f"{base}_{k}"
+            base = candidate
+        self.taken.add(base)
+        return base
+
+
+def find_activation_sites(gm, quantize_inputs=True):
+    """All places whose output is quantized, in graph order."""
+    namer = _Namer()
+    names = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "call_module", "call_function", "call_method"):
+            names[node] = namer.name(gm, node)
+    sites = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if quantize_inputs:
+                sites.append(ActivationSite(names[node], node, names[node], (names[node],)))
+            continue
+        if node_kind(gm, node) is None or _fused_into_user(gm, node):
+            continue
+        chain = [node]
+        while True:
+            prev = chain[0].args[0] if chain[0].args else None
+            if isinstance(prev, fx.Node) and node_kind(gm, prev) and _fused_into_user(gm, prev):
+                chain.insert(0, prev)
+            else:
+                break
+        sites.append(ActivationSite(names[node], node, names[chain[0]], tuple(names[n] for n in chain)))
+    return sites
+
+
+def insert_after(gm, node, module_name, module):
+    """Insert ``module`` as a call after ``node``; every other user of ``node`` reads its output."""
+    gm.add_submodule(module_name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(module_name, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    return new
+
+
+def weight_modules(model):
+    """(name, module) of every module with a weight to quantize."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_TYPES)]

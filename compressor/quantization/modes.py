@@ -1,0 +1,45 @@
+"""Linear quantization modes (Distiller's names) and parsing of the recipe's ``mode`` key."""
+
+from enum import Enum
+
+
+class LinearQuantMode(Enum):
+    SYMMETRIC = 1
+    SYMMETRIC_RESTRICTED = 2
+    ASYMMETRIC_UNSIGNED = 3
+    ASYMMETRIC_SIGNED = 4
+
+    @property
+    def symmetric(self):
+        return self in (LinearQuantMode.SYMMETRIC, LinearQuantMode.SYMMETRIC_RESTRICTED)
+
+
+MODE_NAMES = [m.name for m in LinearQuantMode]
+
+
+def parse_mode(value):
+    """Return (activations_mode, weights_mode) from a mode name or an {activations:, weights:} dict.
+
+    Raises ValueError with a message meant for the user.
+    """
+    if isinstance(value, LinearQuantMode):
+        return value, value
+    if isinstance(value, str):
+        mode = _one(value)
+        return mode, mode
+    if isinstance(value, dict):
+        unknown = set(value) - {"activations", "weights"}
+        if unknown:
+            raise ValueError(f"mode dict takes only 'activations' and 'weights', got {sorted(unknown)}")
+        acts = _one(value.get("activations", "SYMMETRIC"))
+        wts = _one(value.get("weights", "SYMMETRIC"))
+        return acts, wts
+    raise ValueError(f"expected one of {MODE_NAMES} or a dict {{activations: MODE, weights: MODE}}, got {value!r}")
+
+
+def _one(name):
+    if isinstance(name, LinearQuantMode):
+        return name
+    if not isinstance(name, str) or name.upper() not in LinearQuantMode.__members__:
+        raise ValueError(f"expected one of {MODE_NAMES}, got {name!r}")
+    return LinearQuantMode[name.upper()]

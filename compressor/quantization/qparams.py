@@ -1,0 +1,51 @@
+"""Scale and zero point from a range, in PyTorch's convention.
+
+Internally ``q = clamp(round(x / scale) + zero_point, qmin, qmax)`` (PyTorch's
+convention), so torch's fused fake-quant kernels can be used directly.
+Distiller's convention (``q = round(scale_d * x - zp_d)``) is the same with
+``scale_d = 1 / scale`` and ``zp_d = -zero_point``; ``to_distiller`` converts
+for stats and reports.
+"""
+
+import torch
+
+from .modes import LinearQuantMode
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+def quant_range(bits, mode):
+    """(qmin, qmax) of the integer grid for ``bits`` and ``mode``."""
+    if mode is LinearQuantMode.ASYMMETRIC_UNSIGNED:
+        return 0, 2**bits - 1
+    if mode is LinearQuantMode.SYMMETRIC_RESTRICTED:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def qparams_from_range(min_val, max_val, bits, mode):
+    """Scale (float32) and zero point (int32) tensors for the range [min_val, max_val].
+
+    Works element-wise, so per-channel ranges give per-channel parameters.
+    """
+    min_val = min_val.float()
+    max_val = max_val.float()
+    if mode.symmetric:
+        sat = torch.maximum(min_val.abs(), max_val.abs())
+        n = (2**bits - 1) / 2 if mode is LinearQuantMode.SYMMETRIC else 2 ** (bits - 1) - 1
+        scale = sat.clamp(min=_EPS) / n
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return scale, zero_point
+    # Asymmetric: the range always includes zero, so zero is exactly representable.
+    min_val = min_val.clamp(max=0.0)
+    max_val = max_val.clamp(min=0.0)
+    scale = (max_val - min_val).clamp(min=_EPS) / (2**bits - 1)
+    zero_point = -torch.round(min_val / scale)
+    if mode is LinearQuantMode.ASYMMETRIC_SIGNED:
+        zero_point = zero_point - 2 ** (bits - 1)
+    return scale, zero_point.to(torch.int32)
+
+
+def to_distiller(scale, zero_point):
+    """Distiller's (multiplicative scale, zero point) for reports and stats files."""
+    return 1.0 / scale, -zero_point.to(torch.float32)

@@ -1,0 +1,134 @@
+"""Base quantizer: decides what to quantize from bits and overrides, then prepares the model.
+
+Preparing traces the model with torch.fx, inserts one activation fake-quantizer
+per site (see ``graph``) and registers a weight fake-quantizer as a
+parametrization on each conv/linear weight, so the FP32 master weight stays the
+only copy. Everything starts disabled: the model computes in FP32 until the
+quantization policy enables it at its ``starting_epoch``.
+"""
+
+import logging
+import re
+
+from tabulate import tabulate
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..recipe.params import Bits, Overrides
+from . import graph
+from .overrides import OverrideTable, strip_parallel_prefix
+
+log = logging.getLogger(__name__)
+
+FP_BITS = 32  # Distiller's default bit width, meaning "not quantized"
+
+
+def is_quantized(bits):
+    return bits is not None and bits < FP_BITS
+
+
+class Quantizer:
+    """Subclasses define ``PARAMS`` (recipe keys), ``LAYER_KEYS`` (what overrides may set),
+    and the factories ``make_activation_quantizer`` / ``make_weight_quantizer``."""
+
+    PARAMS = {
+        "bits_activations": Bits(FP_BITS),
+        "bits_weights": Bits(FP_BITS),
+        "bits_bias": Bits(FP_BITS),
+        "overrides": Overrides(),
+    }
+    LAYER_KEYS = {"bits_activations", "bits_weights", "bits_bias"}
+
+    def __init__(self, model, optimizer=None, **kwargs):
+        unknown = set(kwargs) - set(self.PARAMS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
+        self.config = {k: spec.default for k, spec in self.PARAMS.items()}
+        self.config.update(kwargs)
+        self.model = model
+        self.optimizer = optimizer
+        self.overrides = OverrideTable(self.config.get("overrides"))
+        self.activation_quantizers = {}  # site name -> module
+        self.weight_quantizers = {}  # "module.param" -> module
+        self.rows = []
+        self.prepared = None
+
+    # -- per-layer settings ---------------------------------------------------
+    def layer_settings(self, *names):
+        """Defaults updated by the first of ``names`` that an override governs."""
+        settings = {k: self.config[k] for k in self.LAYER_KEYS if k in self.config}
+        for name in names:
+            if self.overrides.match(name) is not None:
+                settings.update(self.overrides.lookup(name))
+                break
+        return settings
+
+    # -- preparation --------------------------------------------------------------
+    def prepare_model(self):
+        """Return the prepared model (a GraphModule sharing the original's parameters)."""
+        if self.prepared is not None:
+            return self.prepared
+        gm = graph.trace(self.model)
+        sites = graph.find_activation_sites(gm, self.config.get("quantize_inputs", True))
+        act_rows = {}
+        for site in sites:
+            names = [site.name, site.name.split("@")[0], site.head_name]
+            if site.name == "input":
+                names = ["input"]
+            settings = self.layer_settings(*names)
+            module = self.make_activation_quantizer(site, settings)
+            if module is None:
+                continue
+            attr = "activation_quantizers." + re.sub(r"[^0-9a-zA-Z_]", "_", site.name)
+            graph.insert_after(gm, site.node, attr, module)
+            self.activation_quantizers[site.name] = module
+            act_rows[site.name] = (module.bits, "->".join(site.chain))
+        gm.recompile()
+
+        weight_rows = {}
+        for name, module in graph.weight_modules(gm):
+            settings = self.layer_settings(strip_parallel_prefix(name))
+            for pname in ("weight", "bias"):
+                param = getattr(module, pname, None)
+                if not isinstance(param, nn.Parameter):
+                    continue
+                quant = self.make_weight_quantizer(module, pname, param, settings)
+                if quant is None:
+                    continue
+                parametrize.register_parametrization(module, pname, quant, unsafe=True)
+                self.weight_quantizers[f"{name}.{pname}"] = quant
+                weight_rows.setdefault(name, {})[pname] = quant.bits
+        for key in self.overrides.unused():
+            log.warning("override '%s' matches no module or activation of %s", key, type(self.model).__name__)
+
+        self.rows = [
+            (name, bits.get("weight"), bits.get("bias")) for name, bits in weight_rows.items()
+        ]
+        self.act_rows = act_rows
+        self.prepared = gm
+        return gm
+
+    def make_activation_quantizer(self, site, settings):
+        raise NotImplementedError
+
+    def make_weight_quantizer(self, module, pname, param, settings):
+        raise NotImplementedError
+
+    # -- phases (driven by the quantization policy) -------------------------------------
+    def set_state(self, enabled, observing):
+        for q in list(self.activation_quantizers.values()) + list(self.weight_quantizers.values()):
+            q.set_state(enabled, observing)
+
+    def table(self):
+        """Per-layer table of what is quantized, for the log."""
+        lines = [(n, w, b, "") for n, w, b in self.rows]
+        lines += [(n, "", "", f"{bits} ({chain})") for n, (bits, chain) in self.act_rows.items()]
+        return tabulate(lines, headers=["name", "weight bits", "bias bits", "activation bits (fused chain)"])
+
+    def state_dict(self):
+        """Plain data: the configuration the quantizer was built from (the rest lives in the model)."""
+        return {"class": type(self).__name__, "config": dict(self.config)}
+
+    def load_state_dict(self, state):
+        if state.get("class") != type(self).__name__:
+            raise ValueError(f"checkpoint holds a {state.get('class')} state, not {type(self).__name__}")

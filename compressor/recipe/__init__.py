@@ -1,0 +1,1 @@
+"""Recipes: safe YAML loading with line numbers, validation, and building the scheduler."""

@@ -1,0 +1,206 @@
+"""Whole-recipe validation, before training starts: every mistake reported at once."""
+
+import inspect
+import logging
+import re
+
+import torch
+
+from .. import quantization  # noqa: F401  (registers the quantizers)
+from ..registry import LR_SCHEDULERS, QUANTIZERS
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS}
+TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "policies"}
+NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
+POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers"}
+TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(recipe):
+    """A list of RecipeIssue (empty when the recipe is valid)."""
+    issues = []
+    data = recipe.data
+    for key in data:
+        if key in NOT_SUPPORTED_YET:
+            issues.append(recipe.issue((key,), f"section '{key}' is not supported yet (only quantization and LR schedules are)"))
+        elif key not in TOP_LEVEL:
+            issues.append(recipe.issue((key,), f"unknown top-level key; expected one of {sorted(TOP_LEVEL)}"))
+    for section, registry in SECTIONS.items():
+        body = data.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            issues.append(recipe.issue((section,), "expected a mapping of instance name -> {class: ..., <arguments>}"))
+            continue
+        for name, spec in body.items():
+            issues += _validate_component(recipe, section, registry, name, spec)
+    issues += _validate_policies(recipe)
+    return issues
+
+
+def _validate_component(recipe, section, registry, name, spec):
+    path = (section, name)
+    if not isinstance(spec, dict):
+        return [recipe.issue(path, "expected a mapping with 'class' and the constructor arguments")]
+    cls_name = spec.get("class")
+    if cls_name is None:
+        return [recipe.issue(path, "missing 'class'")]
+    cls = registry.get(cls_name) if isinstance(cls_name, str) else None
+    if cls is None:
+        return [recipe.issue(path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}")]
+    args = {k: v for k, v in spec.items() if k != "class"}
+    if section == "quantizers":
+        return _validate_quantizer_args(recipe, path, cls, args)
+    return _validate_lr_scheduler_args(recipe, path, cls, args)
+
+
+def _validate_quantizer_args(recipe, path, cls, args):
+    issues = []
+    params = cls.PARAMS
+    for key, value in args.items():
+        if key not in params:
+            issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {sorted(params)}"))
+            continue
+        message = params[key].check(value)
+        if message:
+            issues.append(recipe.issue(path + (key,), message))
+    for key, spec in params.items():
+        if spec.required and key not in args:
+            issues.append(recipe.issue(path, f"missing required argument '{key}'"))
+    overrides = args.get("overrides")
+    if isinstance(overrides, dict):
+        for pattern, settings in overrides.items():
+            opath = path + ("overrides", pattern)
+            if not isinstance(pattern, str):
+                issues.append(recipe.issue(opath, "override keys are module names or regular expressions"))
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                if not re.fullmatch(r"[\w.@]+", pattern):
+                    issues.append(recipe.issue(opath, f"not a valid regular expression: {exc}"))
+            if settings is None:
+                continue
+            if not isinstance(settings, dict):
+                issues.append(recipe.issue(opath, "expected a mapping of per-layer settings"))
+                continue
+            for key, value in settings.items():
+                if key not in cls.LAYER_KEYS:
+                    issues.append(recipe.issue(opath + (key,), f"unknown per-layer key; an override may set {sorted(cls.LAYER_KEYS)}"))
+                    continue
+                message = params[key].check(value)
+                if message:
+                    issues.append(recipe.issue(opath + (key,), message))
+    return issues
+
+
+class _DummyOptimizer(torch.optim.SGD):
+    def __init__(self):
+        super().__init__([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+
+
+def _validate_lr_scheduler_args(recipe, path, cls, args):
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in list(sig.parameters)[1:] if p != "optimizer"]
+    issues = []
+    for key in args:
+        if key not in accepted:
+            issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {accepted}"))
+    for pname, p in sig.parameters.items():
+        if pname in ("self", "optimizer") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty and pname not in args:
+            issues.append(recipe.issue(path, f"missing required argument '{pname}' of {cls.__name__}"))
+    if not issues:
+        try:  # let torch check types and values on a throw-away optimizer
+            cls(_DummyOptimizer(), **args)
+        except Exception as exc:  # any constructor failure is the user's value
+            issues.append(recipe.issue(path, f"invalid arguments for {cls.__name__}: {exc}"))
+    return issues
+
+
+def _validate_policies(recipe):
+    data = recipe.data
+    policies = data.get("policies")
+    if policies is None:
+        return []
+    if not isinstance(policies, list):
+        return [recipe.issue(("policies",), "expected a list of policies")]
+    issues, used_quantizers = [], set()
+    for i, policy in enumerate(policies):
+        path = ("policies", i)
+        if not isinstance(policy, dict):
+            issues.append(recipe.issue(path, "expected a mapping such as {quantizer: {instance_name: ...}, starting_epoch: ...}"))
+            continue
+        kinds = [k for k in policy if k in POLICY_KINDS or k in ("pruner", "regularizer", "extension")]
+        unknown = [k for k in policy if k not in kinds and k not in TIMING_KEYS]
+        for k in unknown:
+            issues.append(recipe.issue(path + (k,), f"unknown policy key; expected one of {sorted(POLICY_KINDS)} and timing keys {sorted(TIMING_KEYS)}"))
+        if len(kinds) != 1:
+            issues.append(recipe.issue(path, f"a policy names exactly one of {sorted(POLICY_KINDS)}, found {kinds or 'none'}"))
+            continue
+        kind = kinds[0]
+        if kind not in POLICY_KINDS:
+            issues.append(recipe.issue(path + (kind,), f"'{kind}' policies are not supported yet"))
+            continue
+        body = policy[kind]
+        if not isinstance(body, dict) or "instance_name" not in body:
+            issues.append(recipe.issue(path + (kind,), "expected {instance_name: NAME}"))
+        else:
+            for k in body:
+                if k not in ("instance_name", "args"):
+                    issues.append(recipe.issue(path + (kind, k), "unknown key; expected instance_name and optional args"))
+            name = body["instance_name"]
+            section = POLICY_KINDS[kind]
+            if name not in (data.get(section) or {}):
+                issues.append(recipe.issue(path + (kind, "instance_name"), f"undefined instance {name!r}: not in '{section}'"))
+            elif kind == "quantizer":
+                used_quantizers.add(name)
+            if "args" in body and not isinstance(body["args"], (dict, type(None))):
+                issues.append(recipe.issue(path + (kind, "args"), "expected a mapping"))
+        issues += _validate_timing(recipe, path, policy)
+    if len(used_quantizers) > 1:
+        issues.append(recipe.issue(("policies",), f"one quantizer per recipe; policies use {sorted(used_quantizers)}"))
+    return issues
+
+
+def _validate_timing(recipe, path, policy):
+    triple = [k for k in ("starting_epoch", "ending_epoch", "frequency") if k in policy]
+    if "epochs" in policy:
+        if triple:
+            return [recipe.issue(path + (triple[0],), "'epochs' and starting_epoch/ending_epoch/frequency are mutually exclusive")]
+        epochs = policy["epochs"]
+        if not isinstance(epochs, list) or not epochs or not all(_is_int(e) and e >= 0 for e in epochs):
+            return [recipe.issue(path + ("epochs",), f"expected a non-empty list of epoch numbers >= 0, got {epochs!r}")]
+        if len(set(epochs)) != len(epochs):
+            return [recipe.issue(path + ("epochs",), "epochs are listed twice")]
+        return []
+    issues = []
+    for k in ("starting_epoch", "ending_epoch"):
+        if k not in policy:
+            issues.append(recipe.issue(path, f"missing '{k}' (or give an 'epochs' list)"))
+        elif not _is_int(policy[k]) or policy[k] < 0:
+            issues.append(recipe.issue(path + (k,), f"expected an integer >= 0, got {policy[k]!r}"))
+    if "frequency" in policy and (not _is_int(policy["frequency"]) or policy["frequency"] <= 0):
+        issues.append(recipe.issue(path + ("frequency",), f"expected an integer > 0, got {policy['frequency']!r}"))
+    if issues:
+        return issues
+    start, end, freq = policy["starting_epoch"], policy["ending_epoch"], policy.get("frequency", 1)
+    if start >= end:
+        issues.append(recipe.issue(path + ("ending_epoch",), f"ending_epoch ({end}) must be greater than starting_epoch ({start})"))
+    elif freq > end - start:
+        issues.append(recipe.issue(path + ("frequency",), f"frequency ({freq}) exceeds ending_epoch - starting_epoch ({end - start})"))
+    return issues
+
+
+def policy_epochs(policy):
+    """The epochs a (validated) policy acts in."""
+    if "epochs" in policy:
+        return sorted(policy["epochs"])
+    return list(range(policy["starting_epoch"], policy["ending_epoch"], policy.get("frequency", 1)))

@@ -1,0 +1,71 @@
+"""The compression scheduler: runs the recipe's policies from the training loop's callbacks."""
+
+from collections import namedtuple
+
+PolicyLoss = namedtuple("PolicyLoss", ["overall_loss", "loss_components"])
+LossComponent = namedtuple("LossComponent", ["name", "value"])
+
+
+class CompressionScheduler:
+    """Distiller's callback interface; each policy decides from the epoch whether it acts."""
+
+    def __init__(self, model, recipe=None):
+        self.model = model
+        self.recipe = recipe  # plain data of the recipe, kept for checkpoints
+        self.policies = []
+        self.quantizer = None
+
+    def add_policy(self, policy):
+        self.policies.append(policy)
+
+    def on_epoch_begin(self, epoch, optimizer=None):
+        for p in self.policies:
+            p.on_epoch_begin(self.model, epoch, optimizer)
+
+    def on_minibatch_begin(self, epoch, minibatch_id, minibatches_per_epoch, optimizer=None):
+        for p in self.policies:
+            if p.active(epoch):
+                p.on_minibatch_begin(self.model, epoch, minibatch_id, minibatches_per_epoch, optimizer)
+
+    def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer=None,
+                             return_loss_components=False):
+        components = []
+        for p in self.policies:
+            if p.active(epoch):
+                added = p.before_backward_pass(self.model, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer)
+                components += [LossComponent(n, v) for n, v in (added or [])]
+        overall = loss
+        for c in components:
+            overall = overall + c.value
+        return PolicyLoss(overall, components) if return_loss_components else overall
+
+    def before_parameter_optimization(self, epoch, minibatch_id, minibatches_per_epoch, optimizer=None):
+        for p in self.policies:
+            if p.active(epoch):
+                p.before_parameter_optimization(self.model, epoch, minibatch_id, minibatches_per_epoch, optimizer)
+
+    def on_minibatch_end(self, epoch, minibatch_id, minibatches_per_epoch, optimizer=None):
+        for p in self.policies:
+            if p.active(epoch):
+                p.on_minibatch_end(self.model, epoch, minibatch_id, minibatches_per_epoch, optimizer)
+
+    def on_epoch_end(self, epoch, optimizer=None, metrics=None):
+        for p in self.policies:
+            p.on_epoch_end(self.model, epoch, optimizer, metrics)
+
+    def state_dict(self):
+        """Plain data only: policies' states and the quantizer's configuration."""
+        return {
+            "policies": [p.state_dict() for p in self.policies],
+            "quantizer": self.quantizer.state_dict() if self.quantizer else None,
+        }
+
+    def load_state_dict(self, state):
+        if len(state["policies"]) != len(self.policies):
+            raise ValueError(
+                f"checkpoint's scheduler has {len(state['policies'])} policies, this recipe {len(self.policies)}"
+            )
+        if self.quantizer and state.get("quantizer"):
+            self.quantizer.load_state_dict(state["quantizer"])
+        for p, s in zip(self.policies, state["policies"]):
+            p.load_state_dict(s)

@@ -1,0 +1,1 @@
+"""Training-loop pieces: metrics, the epoch loop, checkpoints, determinism, the run directory."""

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="compressor",
+    version="0.1.0",
+    description="YAML-driven model-compression scheduler for PyTorch, focused on quantization",
+    packages=find_packages(include=["compressor", "compressor.*"]),
+    python_requires=">=3.10",
+    # The torch/torchvision pair is pinned: it is the tested pair, and torchvision
+    # only works with the torch build it was compiled against.
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "pyyaml>=6.0",
+        "tabulate>=0.9",
+        "tensorboard>=2.14",
+        "tqdm>=4.60",
+        "scikit-learn>=1.3",  # ships the embedded digits dataset (load_digits)
+        "numpy",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
