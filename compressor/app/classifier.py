@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data import DataError, load_data
-from ..models import ModelError, arch_family, create_model
+from ..models import NUM_CLASSES, ModelError, arch_family, create_model
 from ..quantization.graph import TraceError
 from ..recipe.build import build_scheduler, read_recipe
 from ..recipe.errors import RecipeError
@@ -130,9 +130,6 @@ class ClassifierRun:
             "best_scores": [list(b) for b in self.best],
         }
 
-    def num_classes(self):
-        return self.model.fc.out_features if hasattr(self.model, "fc") and hasattr(self.model.fc, "out_features") else None
-
     def train(self):
         args, run = self.args, self.run
         for epoch in range(self.start_epoch, args.epochs):
@@ -162,7 +159,7 @@ class ClassifierRun:
         return args.epochs - self.start_epoch
 
     def _confusion_classes(self):
-        return self.num_classes() if self.args.confusion else None
+        return NUM_CLASSES[self.dataset] if self.args.confusion else None
 
     def _log_confusion(self, result):
         if "confusion" in result:

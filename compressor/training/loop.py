@@ -42,7 +42,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         optimizer.step()
         if scheduler:
             scheduler.on_minibatch_end(epoch, i, steps, optimizer)
-        if print_freq and ((i + 1) % print_freq == 0 or i + 1 == steps):
+        if (print_freq and (i + 1) % print_freq == 0) or i + 1 == steps:
             log.info(
                 "Epoch: [%d][%4d/%4d]    Overall Loss %.6f    Objective Loss %.6f    Top1 %.3f    Top5 %.3f    LR %.6g",
                 epoch, i + 1, steps, meters[OVERALL].avg, meters[OBJECTIVE].avg,

@@ -22,6 +22,10 @@ class RunDirectory:
         self.is_main = is_main
         stamp = time.strftime("%Y.%m.%d-%H%M%S")
         self.path = os.path.join(out_dir, f"{self.name}___{stamp}")
+        suffix = 1
+        while is_main and os.path.exists(self.path):  # two runs started in the same second
+            self.path = os.path.join(out_dir, f"{self.name}___{stamp}-{suffix}")
+            suffix += 1
         self._writer = None
         if is_main:
             os.makedirs(self.path, exist_ok=True)

@@ -1,0 +1,152 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compressor.app.classifier import main
+from compressor.training.checkpoint import load_checkpoint
+
+QAT_RECIPE = """\
+quantizers:
+  q:
+    class: QuantAwareTrainRangeLinearQuantizer
+    bits_activations: 8
+    bits_weights: 8
+    mode: ASYMMETRIC_UNSIGNED
+    per_channel_wts: true
+lr_schedulers:
+  lr:
+    class: StepLR
+    step_size: 1
+    gamma: 0.7
+policies:
+  - quantizer: {instance_name: q}
+    starting_epoch: 1
+    ending_epoch: 3
+    frequency: 1
+  - lr_scheduler: {instance_name: lr}
+    starting_epoch: 0
+    ending_epoch: 4
+    frequency: 1
+"""
+FP32_RECIPE = QAT_RECIPE.split("lr_schedulers:")[0].split("quantizers:")[0] + "lr_schedulers:" + \
+    QAT_RECIPE.split("lr_schedulers:")[1].split("  - quantizer")[0] + "  - lr_scheduler" + \
+    QAT_RECIPE.split("  - lr_scheduler")[1]
+
+
+def run_dir(out, name):
+    (path,) = glob.glob(os.path.join(out, f"{name}___*"))
+    return path
+
+
+def app(tmp_path, name, *extra, arch="simplenet_digits"):
+    argv = ["-a", arch, "--dataset", "digits", "-b", "64", "--lr", "0.05", "-p", "0",
+            "-o", str(tmp_path), "-n", name, *extra]
+    assert main(argv) == 0
+    return run_dir(str(tmp_path), name)
+
+
+def test_digits_run_writes_every_output(tmp_path):
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE)
+    path = app(tmp_path, "full", "--epochs", "2", "--compress", str(recipe), "--confusion", "--param-hist")
+    files = set(os.listdir(path))
+    assert {"full.log", "qat.yaml", "checkpoint.pth.tar", "best.pth.tar", "summary.json"} <= files
+    summary = json.load(open(os.path.join(path, "summary.json")))
+    assert summary["arch"] == "simplenet_digits" and summary["dataset"] == "digits"
+    assert summary["epochs_run"] == 2 and summary["best"]["epoch"] in (0, 1)
+    assert summary["test"]["top1"] > 50.0  # learns within 2 epochs
+    assert set(summary["test"]) == {"top1", "top5", "loss"}
+    log = open(os.path.join(path, "full.log")).read()
+    assert "==> Top1: " in log and "Quantized layers" in log and "Confusion matrix" in log
+    ckpt = load_checkpoint(os.path.join(path, "checkpoint.pth.tar"))  # weights_only=True
+    assert ckpt["epoch"] == 1 and ckpt["arch"] == "simplenet_digits" and ckpt["recipe"]["quantizers"]
+    assert ckpt["quantizer"]["config"]["bits_weights"] == 8
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(path)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ["Performance/Training/Overall Loss", "Performance/Training/Objective Loss",
+                "Performance/Training/Top1", "Performance/Training/Top5", "Performance/Training/LR",
+                "Performance/Validation/Loss", "Performance/Validation/Top1", "Performance/Validation/Top5",
+                "Performance/Test/Loss", "Performance/Test/Top1", "Performance/Test/Top5"]:
+        assert tag in tags, tag
+    assert events.Tags()["histograms"]
+    plugins = os.popen(f"ls {path}").read()
+    assert "events.out.tfevents" in plugins
+
+
+def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path):
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE)
+    trained = app(tmp_path, "train", "--epochs", "2", "--compress", str(recipe), "--deterministic")
+    ev = app(tmp_path, "eval", "--evaluate", "--resume-from", os.path.join(trained, "checkpoint.pth.tar"))
+    a = json.load(open(os.path.join(trained, "summary.json")))["test"]
+    b = json.load(open(os.path.join(ev, "summary.json")))["test"]
+    assert a == pytest.approx(b)
+
+
+@pytest.mark.parametrize("recipe_text", [FP32_RECIPE, QAT_RECIPE], ids=["fp32", "qat"])
+def test_resume_equals_uninterrupted_run(tmp_path, recipe_text):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text)
+    common = ["--compress", str(recipe), "--deterministic", "--etrs", "0.3"]
+    whole = app(tmp_path, "whole", "--epochs", "4", *common, arch="resnet20_cifar")
+    half = app(tmp_path, "half", "--epochs", "2", *common, arch="resnet20_cifar")
+    rest = app(tmp_path, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
+               *common, arch="resnet20_cifar")
+    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
+    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert (value - b["state_dict"][key]).abs().max().item() <= 1e-6, key
+    if "quantizers" in recipe_text:
+        assert any("activation_quantizers" in k for k in a["state_dict"])
+    sa = json.load(open(os.path.join(whole, "summary.json")))
+    sb = json.load(open(os.path.join(rest, "summary.json")))
+    assert sa["test"]["top1"] == sb["test"]["top1"]
+    assert sb["epochs_run"] == 2
+
+
+def test_distiller_recipe_runs_unchanged(tmp_path, root):
+    recipe = os.path.join(root, "schedules", "distiller", "quant_aware_train_linear_quant.yaml")
+    path = app(tmp_path, "distiller", "--epochs", "1", "--compress", recipe)
+    assert json.load(open(os.path.join(path, "summary.json")))["bits_weights"] == 8
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(cwd, "apps", "compress_classifier.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(QAT_RECIPE.replace("bits_weights: 8", "bits_weights: 64").replace("gamma: 0.7", "gama: 0.7"))
+    proc = _cli("--dataset", "digits", "-a", "simplenet_digits", "--compress", str(recipe), "-o", str(tmp_path), cwd=root)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{recipe}:5: quantizers.q.bits_weights: expected an integer bit width" in proc.stderr
+    assert f"{recipe}:12: lr_schedulers.lr.gama: unknown argument of StepLR" in proc.stderr
+    assert os.listdir(tmp_path) == ["bad.yaml"]  # validated before anything is written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "cifar10", "/nonexistent"], "cifar10 not found: looked for /nonexistent/cifar-10-batches-py"),
+    (["--dataset", "mnist"], "--dataset mnist needs DATASET_DIR"),
+    (["-a", "nosuchnet_cifar", "--dataset", "digits"], "unknown architecture 'nosuchnet_cifar'"),
+    (["-a", "resnet18", "--pretrained", "--dataset", "digits"], "--pretrained: weights for resnet18 are not on this machine"),
+    (["--dataset", "digits", "--resume-from", "/nonexistent.pth.tar"], "checkpoint not found: /nonexistent.pth.tar"),
+    (["--dataset", "digits", "--vs", "2"], "--vs expects a number in [0, 1]"),
+])
+def test_bad_input_errors(tmp_path, root, args, message):
+    proc = _cli(*args, "-o", str(tmp_path), "--epochs", "1", cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.modes import LinearQuantMode as M
+from compressor.quantization.qparams import qparams_from_range, quant_range
+
+MODES = list(M)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_activation_matches_torch_fake_quantize(mode, bits):
+    torch.manual_seed(bits)
+    x = torch.randn(8, 4, 5, 5) * 3 + 0.5
+    fq = ActivationFakeQuant(bits, mode, ema_decay=0.9)
+    fq.set_state(True, True)
+    fq.train()
+    y = fq(x)
+    qmin, qmax = quant_range(bits, mode)
+    expected = torch.fake_quantize_per_tensor_affine(x, fq.scale, fq.zero_point, qmin, qmax)
+    assert torch.equal(y, expected)
+    # one update with bias correction: the range is exactly this batch's min/max
+    lo, hi = fq.range
+    assert lo == pytest.approx(x.min().item(), rel=1e-5) and hi == pytest.approx(x.max().item(), rel=1e-5)
+    s, z = qparams_from_range(x.min(), x.max(), bits, mode)
+    assert torch.allclose(fq.scale, s.reshape(1)) and torch.equal(fq.zero_point, z.reshape(1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_per_channel_matches_torch(mode):
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.arange(1, 7).float().view(6, 1, 1, 1)
+    fq = WeightFakeQuant(8, mode, per_channel=True, channels=6)
+    fq.set_state(True, True)
+    y = fq(w)
+    mn = w.flatten(1).min(1).values
+    mx = w.flatten(1).max(1).values
+    s, z = qparams_from_range(mn, mx, 8, mode)
+    qmin, qmax = quant_range(8, mode)
+    assert torch.equal(y, torch.fake_quantize_per_channel_affine(w, s, z, 0, qmin, qmax))
+    assert fq.scale.shape == (6,)
+
+
+def test_weight_per_tensor_matches_torch():
+    w = torch.linspace(-3, 1, 50).reshape(5, 10)
+    fq = WeightFakeQuant(4, M.SYMMETRIC)
+    fq.set_state(True, True)
+    s, z = qparams_from_range(w.min(), w.max(), 4, M.SYMMETRIC)
+    assert torch.equal(fq(w), torch.fake_quantize_per_tensor_affine(w, s.reshape(1), z.reshape(1), -8, 7))
+    assert len(torch.unique(fq(w))) <= 16
+
+
+def test_straight_through_gradient_inside_range_zero_outside():
+    fq = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    fq.set_state(True, True)
+    fq.train()
+    fq(torch.tensor([0.0, 1.0]))  # range [0, 1]
+    fq.set_state(True, False)  # frozen: keep that range
+    x = torch.tensor([0.3, 0.77, 2.0, -1.0], requires_grad=True)
+    fq(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_ema_bias_corrected_average():
+    fq = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED, ema_decay=0.5)
+    fq.set_state(True, True)
+    fq.train()
+    fq(torch.tensor([0.0, 2.0]))
+    fq(torch.tensor([0.0, 4.0]))
+    # biased: 0.5*(0.5*2) + 0.5*4 = 2.5 ; correction 1 - 0.25 = 0.75
+    assert fq.range[1] == pytest.approx(2.5 / 0.75)
+    assert fq.num_updates == 2
+
+
+def test_disabled_is_identity_and_frozen_does_not_observe():
+    x = torch.randn(100)
+    fq = ActivationFakeQuant(4, M.SYMMETRIC)
+    fq.train()
+    assert fq(x) is x  # disabled by default: FP32
+    fq.set_state(True, True)
+    fq(x)
+    before = fq.scale.clone()
+    fq.set_state(True, False)
+    fq(x * 10)
+    assert torch.equal(fq.scale, before)
+    fq.set_state(True, True)
+    fq.eval()
+    fq(x * 10)  # evaluation never moves the range
+    assert torch.equal(fq.scale, before)
+
+
+def test_state_round_trip_includes_flags_and_counter():
+    fq = ActivationFakeQuant(8, M.SYMMETRIC)
+    fq.set_state(True, False)
+    fq.num_updates = 7
+    fq2 = ActivationFakeQuant(8, M.SYMMETRIC)
+    fq2.load_state_dict(fq.state_dict())
+    assert (fq2.enabled, fq2.observing, fq2.num_updates) == (True, False, 7)

@@ -1,0 +1,109 @@
+import textwrap
+
+import pytest
+
+from compressor.recipe.build import read_recipe
+from compressor.recipe.errors import RecipeError
+from compressor.registry import QUANTIZERS
+from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer
+
+GOOD = """\
+quantizers:
+  q:
+    class: QuantAwareTrainRangeLinearQuantizer
+    bits_activations: 8
+    bits_weights: 8
+lr_schedulers:
+  lr:
+    class: MultiStepLR
+    milestones: [2]
+    gamma: 0.1
+policies:
+  - quantizer: {instance_name: q}
+    starting_epoch: 0
+    ending_epoch: 5
+    frequency: 1
+  - lr_scheduler: {instance_name: lr}
+    epochs: [0, 1, 2]
+"""
+
+
+def errors(text):
+    with pytest.raises(RecipeError) as info:
+        read_recipe(textwrap.dedent(text), file="r.yaml")
+    return [str(i) for i in info.value.issues]
+
+
+def test_good_recipe_validates():
+    recipe = read_recipe(GOOD, file="r.yaml")
+    assert recipe.data["quantizers"]["q"]["bits_weights"] == 8
+
+
+def test_each_error_names_file_line_and_key_path():
+    errs = errors(GOOD.replace("bits_weights: 8", "bits_weights: 40"))
+    assert errs == ["r.yaml:5: quantizers.q.bits_weights: expected an integer bit width 2..16 or 32 or null "
+                    "(floating point), got 40"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("version:", "foo:"), "r.yaml:1: foo: unknown top-level key"),
+    (("version:", "pruners:"), "r.yaml:1: pruners: section 'pruners' is not supported yet"),
+    (("bits_activations: 8", "bits_actvations: 8"), "r.yaml:4: quantizers.q.bits_actvations: unknown argument"),
+    (("bits_activations: 8", "bits_activations: eight"), "quantizers.q.bits_activations: expected an integer"),
+    (("bits_activations: 8", "bits_activations: 1"), "quantizers.q.bits_activations: expected an integer"),
+    (("bits_activations: 8", "mode: ROUND"), "quantizers.q.mode: expected one of"),
+    (("bits_activations: 8", "ema_decay: 1.5"), "quantizers.q.ema_decay: expected a number in [0.0, 1.0)"),
+    (("class: QuantAwareTrainRangeLinearQuantizer", "class: os.system"), "quantizers.q.class: unknown quantizer class 'os.system'"),
+    (("class: MultiStepLR", "class: StepLR"), "missing required argument 'step_size'"),
+    (("gamma: 0.1", "gama: 0.1"), "lr_schedulers.lr.gama: unknown argument of MultiStepLR"),
+    (("milestones: [2]", "milestones: 2"), "invalid arguments for MultiStepLR"),
+    (("{instance_name: q}", "{instance_name: qq}"), "policies[0].quantizer.instance_name: undefined instance 'qq'"),
+    (("ending_epoch: 5", "ending_epoch: 0"), "policies[0].ending_epoch: ending_epoch (0) must be greater"),
+    (("frequency: 1", "frequency: 9"), "policies[0].frequency: frequency (9) exceeds"),
+    (("epochs: [0, 1, 2]", "epochs: [0, 1, 2]\n    starting_epoch: 0"), "mutually exclusive"),
+    (("epochs: [0, 1, 2]", "epochs: []"), "expected a non-empty list"),
+    (("    ending_epoch: 5\n", ""), "missing 'ending_epoch'"),
+    (("- quantizer:", "- pruner:"), "'pruner' policies are not supported yet"),
+])
+def test_recipe_mistakes(change, expected):
+    text = ("version: 1\n" + GOOD) if change[0] == "version:" else GOOD
+    errs = errors(text.replace(*change))
+    assert any(expected in e for e in errs), errs
+    assert all(e.startswith("r.yaml:") for e in errs)
+
+
+def test_null_bits_are_allowed_and_override_keys_checked():
+    ok = GOOD.replace("bits_weights: 8", "bits_weights: null\n    overrides:\n      fc: {bits_weights: 8}")
+    read_recipe(ok, file="r.yaml")
+    errs = errors(GOOD.replace("bits_weights: 8", "bits_weights: 8\n    overrides:\n      fc: {clip_acts: AVG}"))
+    assert errs[0].startswith("r.yaml:7: quantizers.q.overrides.fc.clip_acts: unknown per-layer key")
+
+
+def test_all_errors_reported_at_once():
+    text = GOOD.replace("bits_weights: 8", "bits_weights: 99").replace("gamma: 0.1", "gama: 0.1").replace(
+        "{instance_name: q}", "{instance_name: nope}")
+    assert len(errors(text)) == 3
+
+
+def test_duplicate_keys_and_yaml_syntax():
+    assert "duplicate key (first at line 4)" in errors(GOOD.replace("bits_weights: 8", "bits_activations: 4"))[0]
+    assert errors("a: [1, 2\n")[0].startswith("r.yaml:")
+
+
+def test_safe_loader_refuses_python_tags():
+    errs = errors("quantizers: !!python/object/apply:os.system ['echo hi']\n")
+    assert "invalid YAML" in errs[0]
+
+
+def test_registry_decorator_extends_recipes():
+    @QUANTIZERS.register(name="MyQATQuantizer")
+    class MyQAT(QuantAwareTrainRangeLinearQuantizer):
+        pass
+
+    read_recipe(GOOD.replace("QuantAwareTrainRangeLinearQuantizer", "MyQATQuantizer"), file="r.yaml")
+
+
+def test_one_quantizer_per_recipe():
+    text = GOOD.replace("lr_schedulers:", "  q2:\n    class: QuantAwareTrainRangeLinearQuantizer\nlr_schedulers:")
+    text += "  - quantizer: {instance_name: q2}\n    epochs: [3]\n"
+    assert any("one quantizer per recipe" in e for e in errors(text))
