@@ -150,3 +150,25 @@ def test_bad_input_errors(tmp_path, root, args, message):
     proc = _cli(*args, "-o", str(tmp_path), "--epochs", "1", cwd=root)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fine_tune_fp32_checkpoint_with_qat(tmp_path):
+    fp32 = app(tmp_path, "fp32", "--epochs", "4", "--deterministic")
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE.replace("starting_epoch: 1", "starting_epoch: 0"))
+    ckpt = os.path.join(fp32, "best.pth.tar")
+    tuned = app(tmp_path, "tuned", "--epochs", "1", "--compress", str(recipe), "--exp-load-weights-from", ckpt,
+                "--lr", "0.0")
+    # lr 0: the quantized model keeps the FP32 weights, so 8-bit accuracy stays close to FP32
+    a = json.load(open(os.path.join(fp32, "summary.json")))["test"]["top1"]
+    b = json.load(open(os.path.join(tuned, "summary.json")))["test"]["top1"]
+    assert abs(a - b) < 3.0, (a, b)
+    state = load_checkpoint(os.path.join(tuned, "checkpoint.pth.tar"))["state_dict"]
+    fp32_state = load_checkpoint(ckpt)["state_dict"]
+    assert torch.equal(state["conv1.parametrizations.weight.original"], fp32_state["conv1.weight"])
+
+
+def test_summary_compute(tmp_path, capsys):
+    assert main(["-a", "resnet20_cifar", "--dataset", "digits", "--summary", "compute", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layer3.2.conv2" in out and "Total" in out

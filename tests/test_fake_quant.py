@@ -70,7 +70,7 @@ def test_ema_bias_corrected_average():
     fq(torch.tensor([0.0, 4.0]))
     # biased: 0.5*(0.5*2) + 0.5*4 = 2.5 ; correction 1 - 0.25 = 0.75
     assert fq.range[1] == pytest.approx(2.5 / 0.75)
-    assert fq.num_updates == 2
+    assert fq.num_updates.item() == 2
 
 
 def test_disabled_is_identity_and_frozen_does_not_observe():
@@ -93,7 +93,7 @@ def test_disabled_is_identity_and_frozen_does_not_observe():
 def test_state_round_trip_includes_flags_and_counter():
     fq = ActivationFakeQuant(8, M.SYMMETRIC)
     fq.set_state(True, False)
-    fq.num_updates = 7
+    fq.num_updates.fill_(7)
     fq2 = ActivationFakeQuant(8, M.SYMMETRIC)
     fq2.load_state_dict(fq.state_dict())
-    assert (fq2.enabled, fq2.observing, fq2.num_updates) == (True, False, 7)
+    assert (fq2.enabled, fq2.observing, fq2.num_updates.item()) == (True, False, 7)

@@ -52,14 +52,15 @@ class ActivationFakeQuant(_FakeQuantBase):
     def __init__(self, bits, mode, ema_decay=0.999):
         super().__init__(bits, mode)
         self.ema_decay = float(ema_decay)
-        self.num_updates = 0
+        # A buffer, not a Python int: DataParallel keeps in-place buffer updates of replica 0.
+        self.register_buffer("num_updates", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("biased_min", torch.zeros(1))
         self.register_buffer("biased_max", torch.zeros(1))
 
     def forward(self, x):
         if not self.enabled:
             return x
-        if self.observing and (self.training or self.num_updates == 0):
+        if self.observing and self.training:
             self.observe(x)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
@@ -70,7 +71,7 @@ class ActivationFakeQuant(_FakeQuantBase):
         weight = 1.0 - self.ema_decay
         self.biased_min.lerp_(mn.float().reshape(1), weight)
         self.biased_max.lerp_(mx.float().reshape(1), weight)
-        correction = 1.0 - self.ema_decay**self.num_updates
+        correction = 1.0 - torch.pow(self.ema_decay, self.num_updates).float()
         scale, zero_point = qparams_from_range(
             self.biased_min / correction, self.biased_max / correction, self.bits, self.mode
         )
@@ -79,18 +80,12 @@ class ActivationFakeQuant(_FakeQuantBase):
 
     @property
     def range(self):
-        """The (min, max) currently used, bias-corrected."""
-        if self.num_updates == 0:
+        """The (min, max) currently used, bias-corrected; None before the first observation."""
+        n = int(self.num_updates.item())
+        if n == 0:
             return None
-        correction = 1.0 - self.ema_decay**self.num_updates
+        correction = 1.0 - self.ema_decay**n
         return (self.biased_min / correction).item(), (self.biased_max / correction).item()
-
-    def get_extra_state(self):
-        return {**super().get_extra_state(), "num_updates": self.num_updates}
-
-    def set_extra_state(self, state):
-        super().set_extra_state(state)
-        self.num_updates = int(state["num_updates"])
 
 
 class WeightFakeQuant(_FakeQuantBase):

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""QAT epoch time against FP32 epoch time, resnet20_cifar on digits, in one run.
+
+Each variant trains from the same initial weights on the same batches; epochs
+are interleaved (FP32, ours, torch.ao, FP32, ...) so machine drift hits all
+alike, and the median epoch time is reported.
+
+    python benchmarks/qat_overhead.py --epochs 3 --out docs/benchmarks/qat_overhead.json
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from compressor.data import load_data  # noqa: E402
+from compressor.models import create_model  # noqa: E402
+from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer  # noqa: E402
+
+
+def ours(model, opt):
+    q = QuantAwareTrainRangeLinearQuantizer(model, opt, bits_activations=8, bits_weights=8,
+                                            mode="ASYMMETRIC_UNSIGNED", per_channel_wts=True)
+    gm = q.prepare_model()
+    q.set_state(True, True)
+    return gm
+
+
+def torch_ao(model, opt):
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    torch.backends.quantized.engine = "x86"
+    return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (torch.randn(1, 3, 32, 32),))
+
+
+def epoch_time(model, opt, loader, epoch):
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    start = time.perf_counter()
+    for x, y in loader:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up epoch)")
+    ap.add_argument("-b", "--batch-size", type=int, default=64)
+    ap.add_argument("--no-torch-ao", action="store_true", help="skip torch.ao's prepare_qat_fx reference")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    train, _, _ = load_data("digits", None, (3, 32, 32), args.batch_size)
+    base = create_model("resnet20_cifar", "digits")
+    variants = {"fp32": lambda m, o: m, "ours_qat": ours}
+    if not args.no_torch_ao:
+        variants["torch_ao_qat"] = torch_ao
+    runs = {}
+    for name, prepare in variants.items():
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model = prepare(model, opt)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        runs[name] = (model, opt, [])
+    for epoch in range(args.epochs + 1):
+        for name, (model, opt, times) in runs.items():
+            t = epoch_time(model, opt, train, epoch)
+            if epoch > 0:  # the first epoch warms caches and allocators
+                times.append(t)
+            print(f"epoch {epoch} {name:13s} {t:7.2f} s", flush=True)
+    fp32 = statistics.median(runs["fp32"][2])
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "batch_size": args.batch_size,
+        "steps_per_epoch": len(train),
+        "median_epoch_s": {name: statistics.median(t) for name, (_, _, t) in runs.items()},
+    }
+    result["ratio_vs_fp32"] = {name: s / fp32 for name, s in result["median_epoch_s"].items()}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
