@@ -8,6 +8,12 @@ from compressor.quantization.qparams import qparams_from_range, quant_range
 MODES = list(M)
 
 
+def reference_fake_quant(x, scale, zero_point, qmin, qmax):
+    """Written out independently of torch's kernel: clamp(round(x / s) + z) then back."""
+    q = torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
 def test_activation_matches_torch_fake_quantize(mode, bits):
@@ -20,6 +26,9 @@ def test_activation_matches_torch_fake_quantize(mode, bits):
     qmin, qmax = quant_range(bits, mode)
     expected = torch.fake_quantize_per_tensor_affine(x, fq.scale, fq.zero_point, qmin, qmax)
     assert torch.equal(y, expected)
+    assert torch.allclose(y, reference_fake_quant(x, fq.scale, fq.zero_point.float(), qmin, qmax), atol=1e-6)
+    levels = torch.round(y / fq.scale).unique()
+    assert len(levels) <= 2**bits  # values lie on the integer grid
     # one update with bias correction: the range is exactly this batch's min/max
     lo, hi = fq.range
     assert lo == pytest.approx(x.min().item(), rel=1e-5) and hi == pytest.approx(x.max().item(), rel=1e-5)
@@ -39,7 +48,20 @@ def test_weight_per_channel_matches_torch(mode):
     s, z = qparams_from_range(mn, mx, 8, mode)
     qmin, qmax = quant_range(8, mode)
     assert torch.equal(y, torch.fake_quantize_per_channel_affine(w, s, z, 0, qmin, qmax))
+    ref = reference_fake_quant(w, s.view(6, 1, 1, 1), z.float().view(6, 1, 1, 1), qmin, qmax)
+    assert torch.allclose(y, ref, atol=1e-5)
     assert fq.scale.shape == (6,)
+
+
+def test_hand_worked_asymmetric_signed_example():
+    # Distiller: range [-2, 10], 8 bits signed: scale 21.25, zero point 86 -> q = round(21.25 x - 86)
+    fq = WeightFakeQuant(8, M.ASYMMETRIC_SIGNED)
+    fq.set_state(True, True)
+    w = torch.tensor([-2.0, 0.0, 1.0, 10.0])
+    y = fq(w)
+    q = torch.round(21.25 * w - 86).clamp(-128, 127)
+    assert q.tolist() == [-128, -86, -65, 126]  # 126.5 rounds half to even
+    assert torch.allclose(y, (q + 86) / 21.25, atol=1e-6)
 
 
 def test_weight_per_tensor_matches_torch():

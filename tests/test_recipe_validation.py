@@ -64,6 +64,16 @@ def test_each_error_names_file_line_and_key_path():
     (("epochs: [0, 1, 2]", "epochs: []"), "expected a non-empty list"),
     (("    ending_epoch: 5\n", ""), "missing 'ending_epoch'"),
     (("- quantizer:", "- pruner:"), "'pruner' policies are not supported yet"),
+    (("    class: QuantAwareTrainRangeLinearQuantizer\n", ""), "quantizers.q: missing 'class'"),
+    (("{instance_name: q}", "{name: q}"), "policies[0].quantizer: expected {instance_name: NAME}"),
+    (("{instance_name: q}", "{instance_name: [q]}"), "policies[0].quantizer.instance_name: expected an instance name"),
+    (("{instance_name: q}", "{instance_name: q, args: {a: 1}}"), "quantizer policies take no args"),
+    (("bits_activations: 8", "per_channel_wts: yes please"), "quantizers.q.per_channel_wts: expected true or false"),
+    (("bits_activations: 8", "ema_decay: .nan"), "quantizers.q.ema_decay: expected a finite number"),
+    (("gamma: 0.1", "gamma: '0.1'"), "lr_schedulers.lr.gamma: expected a number, got '0.1'"),
+    (("milestones: [2]", "milestones: [2]\n    last_epoch: 1.5"), "lr_schedulers.lr.last_epoch: expected an integer"),
+    (("quantizers:\n", "quantizers: 3\nx:\n"), "quantizers: expected a mapping of instance name"),
+    (("policies:\n", "policies: {a: 1}\nx:\n"), "policies: expected a list of policies"),
 ])
 def test_recipe_mistakes(change, expected):
     text = ("version: 1\n" + GOOD) if change[0] == "version:" else GOOD
@@ -96,14 +106,29 @@ def test_safe_loader_refuses_python_tags():
 
 
 def test_registry_decorator_extends_recipes():
-    @QUANTIZERS.register(name="MyQATQuantizer")
+    name = f"MyQATQuantizer{id(object())}"  # unique: the registry outlives this test
+
+    @QUANTIZERS.register(name=name)
     class MyQAT(QuantAwareTrainRangeLinearQuantizer):
         pass
 
-    read_recipe(GOOD.replace("QuantAwareTrainRangeLinearQuantizer", "MyQATQuantizer"), file="r.yaml")
+    read_recipe(GOOD.replace("QuantAwareTrainRangeLinearQuantizer", name), file="r.yaml")
+    assert QUANTIZERS.get(name) is MyQAT
 
 
 def test_one_quantizer_per_recipe():
     text = GOOD.replace("lr_schedulers:", "  q2:\n    class: QuantAwareTrainRangeLinearQuantizer\nlr_schedulers:")
     text += "  - quantizer: {instance_name: q2}\n    epochs: [3]\n"
     assert any("one quantizer per recipe" in e for e in errors(text))
+
+
+def test_one_quantizer_policy_per_recipe():
+    text = GOOD + "  - quantizer: {instance_name: q}\n    epochs: [7]\n"
+    assert any("one quantizer policy per recipe" in e for e in errors(text))
+
+
+def test_unreadable_recipe(tmp_path):
+    path = tmp_path / "weights.pth.tar"
+    path.write_bytes(b"\x80\x02\xff\xfe")
+    with pytest.raises(RecipeError, match="not a YAML text file"):
+        read_recipe(str(path))

@@ -33,6 +33,19 @@ def _positive_int(flag):
     return parse
 
 
+def _non_negative(flag, kind=float):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects a number >= 0, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} expects a number >= 0, got {value}")
+        return value
+
+    return parse
+
+
 def classifier_parser():
     p = argparse.ArgumentParser(
         prog="compress_classifier.py",
@@ -44,13 +57,13 @@ def classifier_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="dataset; default inferred from the arch name (*_cifar: cifar10, *_mnist: mnist, "
                         "*_digits: digits, others: imagenet)")
-    p.add_argument("-j", "--workers", type=int, default=0, help="data loading worker processes (default: 0)")
+    p.add_argument("-j", "--workers", type=_non_negative("-j/--workers", int), default=0, help="data loading worker processes (default: 0)")
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=90, help="number of epochs (default: 90)")
     p.add_argument("-b", "--batch-size", type=_positive_int("-b/--batch-size"), default=256)
-    p.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay")
-    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N minibatches (0: only at epoch end)")
+    p.add_argument("--lr", "--learning-rate", type=_non_negative("--lr"), default=0.1, dest="lr")
+    p.add_argument("--momentum", type=_non_negative("--momentum"), default=0.9)
+    p.add_argument("--wd", "--weight-decay", type=_non_negative("--wd"), default=1e-4, dest="weight_decay")
+    p.add_argument("-p", "--print-freq", type=_non_negative("-p/--print-freq", int), default=10, help="log every N minibatches (0: only at epoch end)")
     p.add_argument("--compress", metavar="RECIPE", default=None, help="YAML compression recipe")
     p.add_argument("--resume-from", metavar="PATH", default=None,
                    help="continue a run from its checkpoint (model, optimizer, schedules, epoch, RNG)")

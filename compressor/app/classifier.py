@@ -59,8 +59,16 @@ class ClassifierRun:
             args.seed = 0
         if args.seed is not None:
             seed_everything(args.seed, args.deterministic)
+        # The shuffling seed: fixed by --seed, else drawn once and kept in checkpoints for resume.
+        self.data_seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
 
         self.checkpoint = load_checkpoint(args.resume_from) if args.resume_from else None
+        if self.checkpoint is not None:
+            missing = [k for k in ("state_dict", "optimizer_state_dict", "epoch") if k not in self.checkpoint]
+            if missing:
+                raise CheckpointError(f"--resume-from {args.resume_from} is not a training checkpoint of this tool "
+                                      f"(no {', '.join(missing)}); use --exp-load-weights-from to load weights only")
+            self.data_seed = self.checkpoint.get("data_seed", self.data_seed)
         self.recipe = None
         if args.compress:
             self.recipe = read_recipe(args.compress)
@@ -78,27 +86,34 @@ class ClassifierRun:
         log.info("Command line: %s", " ".join(sys.argv))
         self.run.copy_in(args.compress)
 
+        model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
         shape = arch_family(args.arch)[1] if self.dataset == "digits" else None
         self.train_loader, self.val_loader, self.test_loader = load_data(
             self.dataset, args.data, shape, args.batch_size, args.workers, args.validation_split,
-            args.effective_train_size, args.effective_valid_size, args.effective_test_size, seed=args.seed or 0,
+            args.effective_train_size, args.effective_valid_size, args.effective_test_size, seed=self.data_seed,
         )
         log.info("Dataset %s: %d training, %d validation, %d test samples", self.dataset,
                  len(self.train_loader.sampler), len(self.val_loader.dataset), len(self.test_loader.dataset))
 
-        model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
         self.model = self.scheduler.model if self.scheduler else model
         self.model.to(self.device)
         if args.exp_load_weights_from:
-            load_weights(self.model, model_state(load_checkpoint(args.exp_load_weights_from)))
+            try:
+                load_weights(self.model, model_state(load_checkpoint(args.exp_load_weights_from)))
+            except (RuntimeError, ValueError) as exc:
+                raise CheckpointError(f"--exp-load-weights-from {args.exp_load_weights_from}: {exc}") from None
             log.info("Loaded weights from %s", args.exp_load_weights_from)
 
         self.start_epoch, self.best = 0, []
         if self.checkpoint:
-            self._resume(self.checkpoint)
+            try:
+                self._resume(self.checkpoint)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"--resume-from {args.resume_from} does not fit this run: {exc}") from None
+        self._warn_idle_policies()
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         self.criterion = nn.CrossEntropyLoss().to(self.device)
 
@@ -116,6 +131,12 @@ class ClassifierRun:
         self.start_epoch = ckpt["epoch"] + 1
         log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
 
+    def _warn_idle_policies(self):
+        for policy in self.scheduler.policies if self.scheduler else []:
+            if policy.epochs and policy.epochs[0] >= self.args.epochs:
+                log.warning("WARNING: %s starts at epoch %d, after the run's last epoch (%d): it never acts",
+                            type(policy).__name__, policy.epochs[0], self.args.epochs - 1)
+
     def checkpoint_dict(self, epoch):
         return {
             "epoch": epoch,
@@ -128,6 +149,7 @@ class ClassifierRun:
             "quantizer": self.scheduler.quantizer.state_dict() if self.scheduler and self.scheduler.quantizer else None,
             "rng": rng_state(),
             "best_scores": [list(b) for b in self.best],
+            "data_seed": self.data_seed,
         }
 
     def train(self):
@@ -156,7 +178,7 @@ class ClassifierRun:
             for top1, top5, e in self.best:
                 log.info("==> Best [Top1: %.3f   Top5: %.3f   on epoch: %d]", top1, top5, e)
             run.save_checkpoint(self.checkpoint_dict(epoch), is_best)
-        return args.epochs - self.start_epoch
+        return max(0, args.epochs - self.start_epoch)
 
     def _confusion_classes(self):
         return NUM_CLASSES[self.dataset] if self.args.confusion else None
@@ -202,6 +224,7 @@ class ClassifierRun:
 
 def main(argv=None):
     args = classifier_parser().parse_args(argv)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     run = None
     try:
         run = ClassifierRun(args)
@@ -223,6 +246,10 @@ def main(argv=None):
     except (UsageError, DataError, ModelError, CheckpointError, TraceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. -o names a file, or a folder without write access
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
     finally:
         if run is not None:
             run.run.close()
+        torch.use_deterministic_algorithms(deterministic_before)

@@ -21,6 +21,7 @@ _FAMILIES = {
 }
 IMAGENET = ("imagenet", (3, 224, 224))
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "mnist": 10, "imagenet": 1000}
+DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "imagenet": 3}  # digits is served at the arch's shape
 
 
 class ModelError(ValueError):
@@ -47,6 +48,10 @@ def create_model(arch, dataset, pretrained=False):
     """Build ``arch`` for ``dataset`` (its number of classes and, for ImageNet archs, its image size)."""
     num_classes = NUM_CLASSES[dataset]
     in_shape = arch_family(arch)[1]
+    channels = DATASET_CHANNELS.get(dataset)
+    if channels is not None and channels != in_shape[0]:
+        raise ModelError(f"{arch} expects {in_shape[0]}-channel images, {dataset} has {channels}; "
+                         f"pick an arch made for {dataset}")
     if arch in _LOCAL:
         if pretrained:
             raise ModelError(f"--pretrained: no pretrained weights exist for {arch}; train it, then use --resume-from")
@@ -54,7 +59,8 @@ def create_model(arch, dataset, pretrained=False):
     if arch not in torchvision_names():
         raise ModelError(f"unknown architecture '{arch}'. Known: {', '.join(arch_names())}")
     if not pretrained:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
     return _pretrained_torchvision(arch, num_classes)
 
 

@@ -24,6 +24,7 @@ class _FakeQuantBase(nn.Module):
         self.qmin, self.qmax = quant_range(bits, mode)
         self.enabled = False
         self.observing = True
+        self.observed = False  # False until a range was seen: a frozen quantizer then observes once
         self.register_buffer("scale", torch.ones(channels))
         self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
 
@@ -32,11 +33,12 @@ class _FakeQuantBase(nn.Module):
         self.observing = observing
 
     def get_extra_state(self):
-        return {"enabled": self.enabled, "observing": self.observing}
+        return {"enabled": self.enabled, "observing": self.observing, "observed": self.observed}
 
     def set_extra_state(self, state):
         self.enabled = bool(state["enabled"])
         self.observing = bool(state["observing"])
+        self.observed = bool(state.get("observed", True))
 
     def extra_repr(self):
         return f"bits={self.bits}, mode={self.mode.name}, enabled={self.enabled}, observing={self.observing}"
@@ -58,15 +60,16 @@ class ActivationFakeQuant(_FakeQuantBase):
         self.register_buffer("biased_max", torch.zeros(1))
 
     def forward(self, x):
-        if not self.enabled:
+        if not self.enabled or not torch.is_tensor(x) or not x.is_floating_point():
             return x
-        if self.observing and self.training:
+        if (self.observing and self.training) or not self.observed:
             self.observe(x)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def observe(self, x):
         mn, mx = torch.aminmax(x.detach())
+        self.observed = True
         self.num_updates += 1
         weight = 1.0 - self.ema_decay
         self.biased_min.lerp_(mn.float().reshape(1), weight)
@@ -103,7 +106,7 @@ class WeightFakeQuant(_FakeQuantBase):
     def forward(self, w):
         if not self.enabled:
             return w
-        if self.observing:
+        if self.observing or not self.observed:
             self.observe(w)
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(
@@ -113,6 +116,7 @@ class WeightFakeQuant(_FakeQuantBase):
 
     @torch.no_grad()
     def observe(self, w):
+        self.observed = True
         if self.per_channel:
             mn, mx = torch.aminmax(w.detach().transpose(0, self.axis).flatten(1), dim=1)
         else:

@@ -46,6 +46,22 @@ def trace(model):
         ) from exc
 
 
+_SHAPE_METHODS = {"size", "dim", "numel", "shape"}
+
+
+def is_shape_value(node):
+    """True for values computed from sizes (``x.size(0) * x.size(1)``), which are not activations."""
+    if not isinstance(node, fx.Node):
+        return not isinstance(node, torch.Tensor)
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target in (getattr, len):
+        return True
+    if node.op == "call_function" and node.target in JOIN_FUNCTIONS and node.target not in (torch.cat, torch.concat):
+        return all(is_shape_value(a) for a in node.args)
+    return False
+
+
 def node_kind(gm, node):
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
@@ -59,12 +75,12 @@ def node_kind(gm, node):
     if node.op == "call_function":
         if node.target in ACT_FUNCTIONS:
             return "act"
-        if node.target in JOIN_FUNCTIONS:
+        if node.target in JOIN_FUNCTIONS and not is_shape_value(node):
             return "join"
     if node.op == "call_method":
         if node.target in ACT_METHODS:
             return "act"
-        if node.target in JOIN_METHODS:
+        if node.target in JOIN_METHODS and not is_shape_value(node):
             return "join"
     return None
 
@@ -88,8 +104,9 @@ def _fused_into_user(gm, node):
 
 
 class _Namer:
-    def __init__(self):
+    def __init__(self, module_names=()):
         self.taken = set()
+        self.reserved = set(module_names)  # functional ops never take a module's name
 
     def name(self, gm, node):
         if node.op == "placeholder":
@@ -109,7 +126,7 @@ class _Namer:
             op = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
             base = f"{scope}.{op}" if scope else op
             candidate, k = base, 0
-            while candidate in self.taken:
+            while candidate in self.taken or candidate in self.reserved:
                 k += 1
                 candidate = f"{base}_{k}"
             base = candidate
@@ -119,7 +136,7 @@ class _Namer:
 
 def find_activation_sites(gm, quantize_inputs=True):
     """All places whose output is quantized, in graph order."""
-    namer = _Namer()
+    namer = _Namer(name for name, _ in gm.named_modules())
     names = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "call_module", "call_function", "call_method"):

@@ -130,5 +130,12 @@ class Quantizer:
         return {"class": type(self).__name__, "config": dict(self.config)}
 
     def load_state_dict(self, state):
+        """Refuse a checkpoint made with another quantizer or other settings: its ranges would not fit."""
         if state.get("class") != type(self).__name__:
-            raise ValueError(f"checkpoint holds a {state.get('class')} state, not {type(self).__name__}")
+            raise ValueError(f"the checkpoint was quantized by {state.get('class')}, the recipe uses {type(self).__name__}")
+        saved = state.get("config", {})
+        differ = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+        if differ:
+            details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {self.config.get(k)!r} in the recipe"
+                                for k in differ)
+            raise ValueError(f"the recipe's quantizer settings differ from the checkpoint's ({details})")

@@ -68,4 +68,6 @@ def load_recipe(path):
             text = f.read()
     except OSError as exc:
         raise RecipeError([RecipeIssue(path, None, (), f"cannot read recipe: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise RecipeError([RecipeIssue(path, None, (), "not a YAML text file (not UTF-8)")]) from None
     return parse_recipe(text, path)

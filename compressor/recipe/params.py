@@ -5,6 +5,8 @@ what was expected. Keeping specs declarative lets a recipe be validated whole,
 all errors at once, before any model is touched.
 """
 
+import math
+
 REQUIRED = object()
 
 
@@ -61,8 +63,8 @@ class Float(Spec):
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def check(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expected a number, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
         bad_lo = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         bad_hi = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
         if bad_lo or bad_hi:

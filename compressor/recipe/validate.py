@@ -117,12 +117,41 @@ def _validate_lr_scheduler_args(recipe, path, cls, args):
             continue
         if p.default is inspect.Parameter.empty and pname not in args:
             issues.append(recipe.issue(path, f"missing required argument '{pname}' of {cls.__name__}"))
+    for key, value in args.items():
+        if key in sig.parameters:
+            message = _type_mismatch(sig.parameters[key].default, value)
+            if message:
+                issues.append(recipe.issue(path + (key,), message))
     if not issues:
-        try:  # let torch check types and values on a throw-away optimizer
-            cls(_DummyOptimizer(), **args)
-        except Exception as exc:  # any constructor failure is the user's value
+        try:  # let torch check values on a throw-away optimizer, over a few epochs
+            optimizer = _DummyOptimizer()
+            scheduler = cls(optimizer, **args)
+            for _ in range(3):
+                optimizer.step()
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(1.0)
+                else:
+                    scheduler.step()
+        except Exception as exc:  # any failure here comes from the user's values
             issues.append(recipe.issue(path, f"invalid arguments for {cls.__name__}: {exc}"))
     return issues
+
+
+def _type_mismatch(default, value):
+    """A message when ``value`` has not the type of the argument's default (None/empty: anything goes)."""
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = _is_int(value), "an integer"
+    elif isinstance(default, float):
+        ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a string"
+    else:
+        return None
+    return None if ok else f"expected {expected}, got {value!r}"
 
 
 def _validate_policies(recipe):
@@ -132,7 +161,7 @@ def _validate_policies(recipe):
         return []
     if not isinstance(policies, list):
         return [recipe.issue(("policies",), "expected a list of policies")]
-    issues, used_quantizers = [], set()
+    issues, used_quantizers, quantizer_policies = [], set(), 0
     for i, policy in enumerate(policies):
         path = ("policies", i)
         if not isinstance(policy, dict):
@@ -154,19 +183,26 @@ def _validate_policies(recipe):
             issues.append(recipe.issue(path + (kind,), "expected {instance_name: NAME}"))
         else:
             for k in body:
-                if k not in ("instance_name", "args"):
-                    issues.append(recipe.issue(path + (kind, k), "unknown key; expected instance_name and optional args"))
+                if k == "args":
+                    if body["args"]:
+                        issues.append(recipe.issue(path + (kind, k), f"{kind} policies take no args"))
+                elif k != "instance_name":
+                    issues.append(recipe.issue(path + (kind, k), "unknown key; expected instance_name"))
             name = body["instance_name"]
             section = POLICY_KINDS[kind]
-            if name not in (data.get(section) or {}):
+            sections = data.get(section)
+            if not isinstance(name, str):
+                issues.append(recipe.issue(path + (kind, "instance_name"), f"expected an instance name, got {name!r}"))
+            elif not isinstance(sections, dict) or name not in sections:
                 issues.append(recipe.issue(path + (kind, "instance_name"), f"undefined instance {name!r}: not in '{section}'"))
             elif kind == "quantizer":
+                quantizer_policies += 1
                 used_quantizers.add(name)
-            if "args" in body and not isinstance(body["args"], (dict, type(None))):
-                issues.append(recipe.issue(path + (kind, "args"), "expected a mapping"))
         issues += _validate_timing(recipe, path, policy)
     if len(used_quantizers) > 1:
         issues.append(recipe.issue(("policies",), f"one quantizer per recipe; policies use {sorted(used_quantizers)}"))
+    elif quantizer_policies > 1:
+        issues.append(recipe.issue(("policies",), "one quantizer policy per recipe: its window is a single epoch range"))
     return issues
 
 

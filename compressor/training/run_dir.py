@@ -55,6 +55,7 @@ class RunDirectory:
         for h in list(log.handlers):
             log.removeHandler(h)
             h.close()
+        log.propagate = True  # the run's handlers are gone: hand records back to the caller's logging
 
     @property
     def writer(self):
