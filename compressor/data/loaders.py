@@ -1,0 +1,114 @@
+"""Train / validation / test loaders for every supported dataset.
+
+Shuffling uses a sampler re-seeded from (seed, epoch) at each epoch, as
+DistributedSampler does, so a resumed run sees the same batches as an
+uninterrupted one without saving loader state.
+"""
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from .digits import digits_datasets
+
+DATASETS = ("digits", "cifar10", "mnist", "imagenet")
+SPLIT_SEED = 1234  # fixed: the validation split must not change with --seed
+
+
+class DataError(ValueError):
+    pass
+
+
+class EpochShuffleSampler(Sampler):
+    """A random permutation (or a random ``fraction`` of it) that depends only on seed and epoch."""
+
+    def __init__(self, size, seed=0, fraction=1.0):
+        self.size, self.seed, self.fraction = size, seed, fraction
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return max(1, int(round(self.size * self.fraction)))
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g)[: len(self)].tolist())
+
+
+def _fraction_subset(dataset, fraction, seed):
+    if fraction >= 1.0:
+        return dataset
+    n = max(1, int(round(len(dataset) * fraction)))
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(dataset, idx.tolist())
+
+
+def _torchvision_datasets(dataset, data_dir):
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+
+    if not data_dir:
+        raise DataError(f"--dataset {dataset} needs DATASET_DIR (positional argument): the folder holding it")
+    if dataset == "cifar10":
+        norm = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        expected = os.path.join(data_dir, "cifar-10-batches-py")
+        how = "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it in DATASET_DIR"
+        make = lambda train, tf: tvd.CIFAR10(data_dir, train=train, download=False, transform=tf)  # noqa: E731
+        train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        test_tf = T.Compose([T.ToTensor(), norm])
+    elif dataset == "mnist":
+        norm = T.Normalize((0.1307,), (0.3081,))
+        expected = os.path.join(data_dir, "MNIST", "raw")
+        how = "copy the four *-ubyte files of MNIST (http://yann.lecun.com/exdb/mnist/) into DATASET_DIR/MNIST/raw"
+        make = lambda train, tf: tvd.MNIST(data_dir, train=train, download=False, transform=tf)  # noqa: E731
+        train_tf = test_tf = T.Compose([T.ToTensor(), norm])
+    else:
+        norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        expected = os.path.join(data_dir, "train") + " and " + os.path.join(data_dir, "val")
+        how = "lay out ILSVRC2012 as DATASET_DIR/{train,val}/<class>/<image> (one folder per class)"
+
+        def make(train, tf):
+            return tvd.ImageFolder(os.path.join(data_dir, "train" if train else "val"), transform=tf)
+
+        train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    try:
+        return make(True, train_tf), make(False, test_tf), make(True, test_tf)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise DataError(
+            f"{dataset} not found: looked for {expected} ({exc}). Datasets are never downloaded at run time: {how}."
+        ) from None
+
+
+def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_split=0.1,
+              effective_train_size=1.0, effective_valid_size=1.0, effective_test_size=1.0, seed=0):
+    """(train_loader, val_loader, test_loader); with ``validation_split`` 0 the test set validates (as Distiller)."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset '{dataset}', expected one of {', '.join(DATASETS)}")
+    if dataset == "digits":
+        train_set, test_set = digits_datasets(input_shape)
+        train_eval_set = train_set
+    else:
+        train_set, test_set, train_eval_set = _torchvision_datasets(dataset, data_dir)
+
+    if not 0.0 <= validation_split < 1.0:
+        raise DataError(f"--vs/--validation-split must be in [0, 1), got {validation_split}")
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    n_val = int(round(len(train_set) * validation_split))
+    if n_val:
+        val_set = Subset(train_eval_set, perm[:n_val])
+        train_set = Subset(train_set, perm[n_val:])
+    else:
+        val_set = test_set
+    val_set = _fraction_subset(val_set, effective_valid_size, SPLIT_SEED + 1)
+    test_set = _fraction_subset(test_set, effective_test_size, SPLIT_SEED + 2)
+
+    common = dict(batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available())
+    sampler = EpochShuffleSampler(len(train_set), seed, effective_train_size)
+    train_loader = DataLoader(train_set, sampler=sampler, **common)
+    val_loader = DataLoader(val_set, shuffle=False, **common)
+    test_loader = DataLoader(test_set, shuffle=False, **common)
+    return train_loader, val_loader, test_loader
