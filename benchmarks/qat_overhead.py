@@ -42,15 +42,20 @@ def torch_ao(model, opt):
     return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (torch.randn(1, 3, 32, 32),))
 
 
-def epoch_time(model, opt, loader, epoch):
+def epoch_time(model, opt, loader, epoch, device):
     model.train()
     loader.sampler.set_epoch(epoch)
+    batches = [(x.to(device), y.to(device)) for x, y in loader]  # data loading is not what we measure
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    for x, y in loader:
+    for x, y in batches:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -60,7 +65,9 @@ def main():
     ap.add_argument("-b", "--batch-size", type=int, default=64)
     ap.add_argument("--no-torch-ao", action="store_true", help="skip torch.ao's prepare_qat_fx reference")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     train, _, _ = load_data("digits", None, (3, 32, 32), args.batch_size)
@@ -72,20 +79,21 @@ def main():
     for name, prepare in variants.items():
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        model = prepare(model, opt)
+        model = prepare(model, opt).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         runs[name] = (model, opt, [])
     for epoch in range(args.epochs + 1):
         for name, (model, opt, times) in runs.items():
-            t = epoch_time(model, opt, train, epoch)
+            t = epoch_time(model, opt, train, epoch, device)
             if epoch > 0:  # the first epoch warms caches and allocators
                 times.append(t)
             print(f"epoch {epoch} {name:13s} {t:7.2f} s", flush=True)
     fp32 = statistics.median(runs["fp32"][2])
     result = {
         "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"{torch.get_num_threads()} threads") + f", torch {torch.__version__}",
         "batch_size": args.batch_size,
         "steps_per_epoch": len(train),
         "median_epoch_s": {name: statistics.median(t) for name, (_, _, t) in runs.items()},
