@@ -12,6 +12,7 @@ with ``_1``), the model input ``input``.
 """
 
 import operator
+import re
 from dataclasses import dataclass
 
 import torch
@@ -36,14 +37,28 @@ class TraceError(RuntimeError):
 
 
 def trace(model):
-    """Symbolically trace ``model``; a clear error when it cannot be traced."""
+    """Symbolically trace ``model``; a clear error when it cannot be traced.
+
+    Calls of ``nn.Identity`` (e.g. a batch-norm folded away) are dropped from the graph, so
+    the ops around them fuse as if it were not there.
+    """
     try:
-        return fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx to find what to quantize: {exc}. "
             "Models with data-dependent control flow need that part wrapped with torch.fx.wrap."
         ) from exc
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
 
 
 _SHAPE_METHODS = {"size", "dim", "numel", "shape"}
@@ -158,6 +173,20 @@ def find_activation_sites(gm, quantize_inputs=True):
                 break
         sites.append(ActivationSite(names[node], node, names[chain[0]], tuple(names[n] for n in chain)))
     return sites
+
+
+def instrument(gm, sites, factory):
+    """Insert ``factory(site)`` (when not None) after each site; returns {site name: module}."""
+    inserted = {}
+    for site in sites:
+        module = factory(site)
+        if module is None:
+            continue
+        attr = "activation_quantizers." + re.sub(r"[^0-9a-zA-Z_]", "_", site.name)
+        insert_after(gm, site.node, attr, module)
+        inserted[site.name] = module
+    gm.recompile()
+    return inserted
 
 
 def insert_after(gm, node, module_name, module):

@@ -8,7 +8,6 @@ quantization policy enables it at its ``starting_epoch``.
 """
 
 import logging
-import re
 
 from tabulate import tabulate
 from torch import nn
@@ -63,6 +62,12 @@ class Quantizer:
                 break
         return settings
 
+    def site_settings(self, site):
+        """Settings of an activation site: its own name, its module's name, then its chain's head."""
+        if site.name == "input":
+            return self.layer_settings("input")
+        return self.layer_settings(site.name, site.name.split("@")[0], site.head_name)
+
     # -- preparation --------------------------------------------------------------
     def prepare_model(self):
         """Return the prepared model (a GraphModule sharing the original's parameters)."""
@@ -70,20 +75,10 @@ class Quantizer:
             return self.prepared
         gm = graph.trace(self.model)
         sites = graph.find_activation_sites(gm, self.config.get("quantize_inputs", True))
-        act_rows = {}
-        for site in sites:
-            names = [site.name, site.name.split("@")[0], site.head_name]
-            if site.name == "input":
-                names = ["input"]
-            settings = self.layer_settings(*names)
-            module = self.make_activation_quantizer(site, settings)
-            if module is None:
-                continue
-            attr = "activation_quantizers." + re.sub(r"[^0-9a-zA-Z_]", "_", site.name)
-            graph.insert_after(gm, site.node, attr, module)
-            self.activation_quantizers[site.name] = module
-            act_rows[site.name] = (module.bits, "->".join(site.chain))
-        gm.recompile()
+        chains = {site.name: "->".join(site.chain) for site in sites}
+        self.activation_quantizers = graph.instrument(
+            gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site)))
+        act_rows = {name: (module.bits, chains[name]) for name, module in self.activation_quantizers.items()}
 
         weight_rows = {}
         for name, module in graph.weight_modules(gm):

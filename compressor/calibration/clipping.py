@@ -1,0 +1,159 @@
+"""Clipping methods: from statistics (and a histogram) to the range [lo, hi] a tensor is quantized to.
+
+``compute_range(method, record, bits, symmetric, ...)`` is the one entry point; each method is a
+small function. Ranges never exceed the observed [min, max].
+
+- NONE: observed min/max.            - AVG: averages of per-sample min/max (Distiller).
+- N_STD: mean ± n·std.              - GAUSS / LAPLACE: ACIQ (Banner et al. 2018), alpha·std or alpha·b.
+- PERCENTILE: the p-th percentile of |x|.
+- KL: TensorRT's entropy calibration (Migacz 2017) on the |x| histogram.
+- MSE: the threshold minimising the quantization error over the |x| histogram.
+"""
+
+import math
+from enum import Enum
+
+import torch
+
+
+class ClipMethod(Enum):
+    NONE = "NONE"
+    AVG = "AVG"
+    N_STD = "N_STD"
+    GAUSS = "GAUSS"
+    LAPLACE = "LAPLACE"
+    PERCENTILE = "PERCENTILE"
+    KL = "KL"
+    MSE = "MSE"
+
+    @property
+    def needs_histogram(self):
+        return self in (ClipMethod.PERCENTILE, ClipMethod.KL, ClipMethod.MSE)
+
+
+CLIP_NAMES = [m.value for m in ClipMethod]
+
+# Banner et al.'s optimal clipping multipliers (Distiller's tables), bits 1..8
+ACIQ_LAPLACE = {1: 1.86, 2: 2.83, 3: 3.89, 4: 5.03, 5: 6.2, 6: 7.41, 7: 8.64, 8: 9.89}
+ACIQ_GAUSS = {1: 1.24, 2: 1.71, 3: 2.15, 4: 2.55, 5: 2.93, 6: 3.28, 7: 3.61, 8: 3.92}
+
+
+def parse_clip(value):
+    if isinstance(value, ClipMethod):
+        return value
+    if not isinstance(value, str) or value.upper() not in ClipMethod.__members__:
+        raise ValueError(f"expected one of {CLIP_NAMES}, got {value!r}")
+    return ClipMethod[value.upper()]
+
+
+def _expected_mse(alpha, bits, laplace):
+    """Clipping plus rounding noise of a unit Laplace (b=1) or Gaussian (std=1) clipped at ±alpha."""
+    quant = alpha * alpha / (3.0 * 4.0**bits)
+    if laplace:
+        clip = 2.0 * math.exp(-alpha)
+    else:
+        q = 0.5 * math.erfc(alpha / math.sqrt(2.0))
+        pdf = math.exp(-alpha * alpha / 2.0) / math.sqrt(2.0 * math.pi)
+        clip = 2.0 * ((1.0 + alpha * alpha) * q - alpha * pdf)
+    return clip + quant
+
+
+def aciq_alpha(bits, laplace):
+    """Optimal clipping multiplier; Distiller's table up to 8 bits, solved numerically beyond."""
+    table = ACIQ_LAPLACE if laplace else ACIQ_GAUSS
+    if bits in table:
+        return table[bits]
+    grid = torch.linspace(0.5, 40.0, 7901).tolist()
+    return min(grid, key=lambda a: _expected_mse(a, bits, laplace))
+
+
+def _bounded(record, lo, hi):
+    return max(record["min"], lo), min(record["max"], hi)
+
+
+def _symmetric_threshold(hist, threshold, record, symmetric):
+    if symmetric:
+        t = min(threshold, max(abs(record["min"]), abs(record["max"])))
+        return -t, t
+    return _bounded(record, -threshold, threshold)
+
+
+def percentile_threshold(hist, percentile):
+    cdf = torch.cumsum(hist.counts, 0) / hist.counts.sum().clamp(min=1)
+    idx = int(torch.searchsorted(cdf, torch.tensor(percentile / 100.0, dtype=torch.float64)).clamp(max=hist.bins - 1))
+    return (idx + 1) * hist.bin_width
+
+
+def kl_threshold(hist, bits):
+    """TensorRT's entropy calibration: the threshold whose quantized distribution diverges least."""
+    counts = hist.counts.clone()
+    levels = 2 ** (bits - 1)  # magnitudes: one sign's worth of levels
+    best_i, best_kl = hist.bins, float("inf")
+    for i in range(levels, hist.bins + 1, max(1, hist.bins // 512)):
+        p = counts[:i].clone()
+        p[-1] += counts[i:].sum()  # outliers clipped into the last bin
+        nonzero = (counts[:i] > 0).double()
+        # merge i bins into `levels` bins, then expand back over the non-empty source bins
+        chunks = torch.tensor_split(torch.arange(i), levels)
+        q = torch.zeros(i, dtype=torch.float64)
+        for idx in chunks:
+            if len(idx) == 0:
+                continue
+            n = nonzero[idx].sum()
+            if n > 0:
+                q[idx] = counts[idx].sum() / n * nonzero[idx]
+        p_sum, q_sum = p.sum(), q.sum()
+        if p_sum == 0 or q_sum == 0:
+            continue
+        p, q = p / p_sum, q / q_sum
+        mask = p > 0
+        kl = float((p[mask] * torch.log(p[mask] / q[mask].clamp(min=1e-12))).sum())
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return best_i * hist.bin_width
+
+
+def mse_threshold(hist, bits, symmetric, candidates=200):
+    """The threshold minimising the histogram's expected squared quantization error."""
+    centers, counts = hist.centers(), hist.counts
+    levels = (2**bits - 1) / 2 if symmetric else 2**bits - 1
+    thresholds = torch.linspace(hist.amax / candidates, hist.amax, candidates, dtype=torch.float64)
+    step = thresholds / levels  # magnitudes: a symmetric grid spends half its levels on each sign
+    clipped = torch.minimum(centers[None, :], thresholds[:, None])
+    q = torch.round(clipped / step[:, None]) * step[:, None]
+    err = ((q - centers[None, :]) ** 2 * counts[None, :]).sum(dim=1)
+    return float(thresholds[int(torch.argmin(err))])
+
+
+def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range=False, percentile=99.99,
+                  histogram=None):
+    """(lo, hi) to quantize to, for the tensor described by ``record`` (Distiller's stats record)."""
+    method = parse_clip(method)
+    if method.needs_histogram and histogram is None:
+        raise ValueError(f"clip method {method.value} needs a histogram (collect stats with histograms=True)")
+    if method is ClipMethod.NONE:
+        return record["min"], record["max"]
+    if method is ClipMethod.AVG:
+        return record["avg_min"], record["avg_max"]
+    if method is ClipMethod.N_STD:
+        if n_stds is None:
+            raise ValueError("clip method N_STD needs clip_n_stds")
+        return _bounded(record, record["mean"] - n_stds * record["std"], record["mean"] + n_stds * record["std"])
+    if method in (ClipMethod.GAUSS, ClipMethod.LAPLACE):
+        laplace = method is ClipMethod.LAPLACE
+        spread = record["b"] if laplace else record["std"]
+        nonneg = record["min"] >= 0
+        if half_range and nonneg:
+            # a one-sided distribution on [0, alpha]: the grid resolves it like [-alpha, alpha] at one bit more
+            return record["min"], min(record["max"], record["mean"] + aciq_alpha(bits + 1, laplace) * spread)
+        alpha = aciq_alpha(bits, laplace)
+        if symmetric:
+            sat = min(max(abs(record["min"]), abs(record["max"])), abs(record["mean"]) + alpha * spread)
+            return -sat, sat
+        return _bounded(record, record["mean"] - alpha * spread, record["mean"] + alpha * spread)
+    if method is ClipMethod.PERCENTILE:
+        return _symmetric_threshold(histogram, percentile_threshold(histogram, percentile), record, symmetric)
+    if method is ClipMethod.KL:
+        return _symmetric_threshold(histogram, kl_threshold(histogram, bits), record, symmetric)
+    return _symmetric_threshold(histogram, mse_threshold(histogram, bits, symmetric or record["min"] < 0),
+                                record, symmetric)

@@ -1,0 +1,41 @@
+"""Collect activation statistics at the sites the quantizers will quantize.
+
+One pass gathers Distiller's statistics; an optional second pass fills fixed-range
+histograms (for KL, MSE and PERCENTILE clipping) whose range the first pass found.
+"""
+
+import torch
+
+from ..quantization import graph
+from .stats import Histogram, StatsObserver
+
+
+def instrument(model, quantize_inputs=True):
+    """(GraphModule, {site name: StatsObserver}) for ``model`` (eval mode, parameters shared)."""
+    gm = graph.trace(model)
+    sites = graph.find_activation_sites(gm, quantize_inputs)
+    observers = graph.instrument(gm, sites, lambda site: StatsObserver())
+    return gm.eval(), observers
+
+
+@torch.no_grad()
+def _run(gm, loader, device, max_batches):
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        gm(batch[0].to(device))
+
+
+def collect_stats(model, loader, device="cpu", max_batches=None, histograms=False, bins=2048,
+                  quantize_inputs=True):
+    """({site: Distiller stats record}, {site: Histogram} or None)."""
+    gm, observers = instrument(model, quantize_inputs)
+    _run(gm, loader, device, max_batches)
+    records = {name: obs.stats.record() for name, obs in observers.items()}
+    hists = None
+    if histograms:
+        for name, obs in observers.items():
+            obs.histogram = Histogram.for_record(records[name], bins)
+        _run(gm, loader, device, max_batches)
+        hists = {name: obs.histogram for name, obs in observers.items()}
+    return records, hists
