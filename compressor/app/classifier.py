@@ -122,7 +122,8 @@ class ClassifierRun:
         if self.args.reset_optimizer:
             log.info("Resumed weights from %s; optimizer reset, starting at epoch 0", self.args.resume_from)
             return
-        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        if ckpt["optimizer_state_dict"] is not None and not self.args.evaluate:
+            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         if self.scheduler and ckpt.get("compression_sched"):
             self.scheduler.load_state_dict(ckpt["compression_sched"])
         if ckpt.get("rng"):

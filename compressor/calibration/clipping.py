@@ -84,10 +84,10 @@ def percentile_threshold(hist, percentile):
     return (idx + 1) * hist.bin_width
 
 
-def kl_threshold(hist, bits):
+def kl_threshold(hist, bits, signed=True):
     """TensorRT's entropy calibration: the threshold whose quantized distribution diverges least."""
     counts = hist.counts.clone()
-    levels = 2 ** (bits - 1)  # magnitudes: one sign's worth of levels
+    levels = 2 ** (bits - 1) if signed else 2**bits  # a signed tensor spends half its levels per sign
     best_i, best_kl = hist.bins, float("inf")
     for i in range(levels, hist.bins + 1, max(1, hist.bins // 512)):
         p = counts[:i].clone()
@@ -154,6 +154,7 @@ def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range
     if method is ClipMethod.PERCENTILE:
         return _symmetric_threshold(histogram, percentile_threshold(histogram, percentile), record, symmetric)
     if method is ClipMethod.KL:
-        return _symmetric_threshold(histogram, kl_threshold(histogram, bits), record, symmetric)
+        signed = symmetric or record["min"] < 0
+        return _symmetric_threshold(histogram, kl_threshold(histogram, bits, signed), record, symmetric)
     return _symmetric_threshold(histogram, mse_threshold(histogram, bits, symmetric or record["min"] < 0),
                                 record, symmetric)

@@ -112,3 +112,19 @@ def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_
     val_loader = DataLoader(val_set, shuffle=False, **common)
     test_loader = DataLoader(test_set, shuffle=False, **common)
     return train_loader, val_loader, test_loader
+
+
+def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, workers=0, validation_split=0.1):
+    """A loader over ``size`` training-split images (a count, or a fraction when <= 1), with test-time
+    transforms, never the test set and never the validation images."""
+    if dataset == "digits":
+        train_set, _ = digits_datasets(input_shape)
+    else:
+        _, _, train_set = _torchvision_datasets(dataset, data_dir)
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    train_idx = perm[int(round(len(train_set) * validation_split)):]
+    count = int(round(len(train_idx) * size)) if size <= 1 else int(size)
+    if count < 1:
+        raise DataError(f"--calibration-size {size} selects no image")
+    subset = Subset(train_set, train_idx[: min(count, len(train_idx))])
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)

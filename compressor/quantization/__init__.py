@@ -3,4 +3,4 @@
 Importing this package registers the quantizer classes recipes may name.
 """
 
-from . import qat  # noqa: F401  (registers QuantAwareTrainRangeLinearQuantizer)
+from . import ptq, qat  # noqa: F401  (registers the quantizer classes)

@@ -33,12 +33,15 @@ class _FakeQuantBase(nn.Module):
         self.observing = observing
 
     def get_extra_state(self):
-        return {"enabled": self.enabled, "observing": self.observing, "observed": self.observed}
+        return {"enabled": self.enabled, "observing": self.observing, "observed": self.observed,
+                "dynamic": getattr(self, "dynamic", False)}
 
     def set_extra_state(self, state):
         self.enabled = bool(state["enabled"])
         self.observing = bool(state["observing"])
         self.observed = bool(state.get("observed", True))
+        if hasattr(self, "dynamic"):
+            self.dynamic = bool(state.get("dynamic", False))
 
     def extra_repr(self):
         return f"bits={self.bits}, mode={self.mode.name}, enabled={self.enabled}, observing={self.observing}"
@@ -51,9 +54,10 @@ class ActivationFakeQuant(_FakeQuantBase):
     frozen quantizer use the stored scale and zero point.
     """
 
-    def __init__(self, bits, mode, ema_decay=0.999):
+    def __init__(self, bits, mode, ema_decay=0.999, dynamic=False):
         super().__init__(bits, mode)
         self.ema_decay = float(ema_decay)
+        self.dynamic = dynamic  # range of each batch itself, in training and evaluation (online PTQ)
         # A buffer, not a Python int: DataParallel keeps in-place buffer updates of replica 0.
         self.register_buffer("num_updates", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("biased_min", torch.zeros(1))
@@ -62,7 +66,7 @@ class ActivationFakeQuant(_FakeQuantBase):
     def forward(self, x):
         if not self.enabled or not torch.is_tensor(x) or not x.is_floating_point():
             return x
-        if (self.observing and self.training) or not self.observed:
+        if self.dynamic or (self.observing and self.training) or not self.observed:
             self.observe(x)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
@@ -70,6 +74,9 @@ class ActivationFakeQuant(_FakeQuantBase):
     def observe(self, x):
         mn, mx = torch.aminmax(x.detach())
         self.observed = True
+        if self.dynamic:
+            self.set_range(mn, mx)
+            return
         self.num_updates += 1
         weight = 1.0 - self.ema_decay
         self.biased_min.lerp_(mn.float().reshape(1), weight)
@@ -81,13 +88,26 @@ class ActivationFakeQuant(_FakeQuantBase):
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
 
+    @torch.no_grad()
+    def set_range(self, lo, hi):
+        """Quantize to [lo, hi] from now on (calibrated post-training ranges)."""
+        lo = torch.as_tensor(lo, dtype=torch.float32, device=self.scale.device).reshape(1)
+        hi = torch.as_tensor(hi, dtype=torch.float32, device=self.scale.device).reshape(1)
+        scale, zero_point = qparams_from_range(lo, hi, self.bits, self.mode)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.biased_min.copy_(lo)
+        self.biased_max.copy_(hi)
+        self.num_updates.fill_(0)
+        self.observed = True
+
     @property
     def range(self):
         """The (min, max) currently used, bias-corrected; None before the first observation."""
-        n = int(self.num_updates.item())
-        if n == 0:
+        if not self.observed:
             return None
-        correction = 1.0 - self.ema_decay**n
+        n = int(self.num_updates.item())
+        correction = 1.0 - self.ema_decay**n if n else 1.0
         return (self.biased_min / correction).item(), (self.biased_max / correction).item()
 
 

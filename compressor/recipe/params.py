@@ -86,4 +86,45 @@ class Overrides(Spec):
         return None
 
 
-__all__ = ["Spec", "Bits", "Mode", "Bool", "Float", "Overrides", "REQUIRED"]
+
+
+
+class Choice(Spec):
+    def __init__(self, default, choices, doc=""):
+        super().__init__(default, doc)
+        self.choices = list(choices)
+
+    def check(self, value):
+        if not isinstance(value, str) or value.upper() not in self.choices:
+            return f"expected one of {self.choices}, got {value!r}"
+        return None
+
+
+class OptionalInt(Spec):
+    """An integer in [lo, hi], or null."""
+
+    def __init__(self, default=None, lo=None, hi=None, doc=""):
+        super().__init__(default, doc)
+        self.lo, self.hi = lo, hi
+
+    def check(self, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            return f"expected an integer in [{self.lo}, {self.hi}] or null, got {value!r}"
+        return None
+
+
+class OptionalFloat(Float):
+    def check(self, value):
+        return None if value is None else super().check(value)
+
+
+class StatsSource(Spec):
+    """A stats YAML path or an inline mapping (Distiller's ``model_activation_stats``)."""
+
+    def check(self, value):
+        if value is None or isinstance(value, (str, dict)):
+            return None
+        return f"expected a stats YAML path or a mapping of module name -> records, got {type(value).__name__}"

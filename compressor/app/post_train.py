@@ -1,0 +1,204 @@
+"""post_train_quant: calibrate and quantize a trained FP32 classifier, then measure what it cost."""
+
+import argparse
+import logging
+import math
+import os
+import sys
+
+import torch
+import yaml
+from tabulate import tabulate
+
+from ..calibration.stats_file import StatsError, save_stats
+from ..data import DataError, load_data
+from ..data.loaders import DATASETS, load_calibration_data
+from ..models import ModelError, arch_family, create_model
+from ..policies import QuantizationPolicy
+from ..quantization.graph import TraceError
+from ..quantization.ptq import PostTrainLinearQuantizer
+from ..recipe.build import read_recipe
+from ..recipe.errors import RecipeError
+from ..training.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, model_state, save_checkpoint
+from ..training.determinism import seed_everything
+from ..training.loop import evaluate
+from ..training.run_dir import RunDirectory
+from .classifier import UsageError, pick_device
+from .qe_args import QeError, add_qe_arguments, config_as_recipe, qe_config
+
+log = logging.getLogger("compressor")
+
+
+def _size(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--calibration-size expects a count or a fraction, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--calibration-size must be > 0, got {value}")
+    return value
+
+
+def post_train_parser():
+    p = argparse.ArgumentParser(prog="post_train_quant.py",
+                                description="Calibrate and quantize a trained FP32 classifier (no training).")
+    p.add_argument("data", metavar="DATASET_DIR", nargs="?", default=None)
+    p.add_argument("-a", "--arch", default="resnet20_cifar")
+    p.add_argument("--dataset", choices=DATASETS, default=None)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--resume-from", metavar="PATH", help="FP32 checkpoint to quantize")
+    src.add_argument("--exp-load-weights-from", metavar="PATH", help="FP32 weights (checkpoint or state dict)")
+    p.add_argument("--compress", metavar="RECIPE", default=None,
+                   help="PTQ recipe (one PostTrainLinearQuantizer); without it the --qe flags configure it")
+    p.add_argument("--calibration-size", type=_size, default=512,
+                   help="training images used for calibration: a count, or a fraction when <= 1 (default: 512)")
+    p.add_argument("-b", "--batch-size", type=int, default=128)
+    p.add_argument("-j", "--workers", type=int, default=0)
+    p.add_argument("--vs", "--validation-split", type=float, default=0.1, dest="validation_split")
+    p.add_argument("-o", "--out-dir", default="logs")
+    p.add_argument("-n", "--name", default=None)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--gpus", default=None)
+    p.add_argument("--deterministic", "--det", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    add_qe_arguments(p, with_switch=False)
+    return p
+
+
+def quantizer_config(args):
+    if args.compress:
+        recipe = read_recipe(args.compress)
+        specs = [s for s in (recipe.data.get("quantizers") or {}).values() if s["class"] == "PostTrainLinearQuantizer"]
+        if len(specs) != 1:
+            raise UsageError(f"--compress {args.compress}: expected one PostTrainLinearQuantizer in 'quantizers'")
+        return {k: v for k, v in specs[0].items() if k != "class"}
+    config = qe_config(args)
+    read_recipe(config_as_recipe(config), file="<--qe flags>")  # same validation as a recipe
+    return config
+
+
+def sqnr_table(quantizer, gm, batch, device):
+    """SQNR (dB) of each quantized activation against the FP32 model, on one calibration batch."""
+    captured = {}
+    hooks = [fq.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, []).append(o.detach()))
+             for name, fq in quantizer.activation_quantizers.items()]
+    x = batch.to(device)
+    with torch.no_grad():
+        quantizer.set_state(False, False)
+        gm(x)
+        quantizer.set_state(True, False)
+        gm(x)
+    for h in hooks:
+        h.remove()
+    rows = []
+    for name, (ref, q) in ((n, v) for n, v in captured.items() if len(v) == 2):
+        noise = (ref.double() - q.double()).pow(2).sum().item()
+        signal = ref.double().pow(2).sum().item()
+        sqnr = float("inf") if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+        fq = quantizer.activation_quantizers[name]
+        lo, hi = quantizer.ranges.get(name, (float("nan"), float("nan")))
+        rows.append((name, fq.bits, str(quantizer.site_config[name]["clip_acts"]).upper(), f"[{lo:.4g}, {hi:.4g}]",
+                     round(sqnr, 2)))
+    return rows
+
+
+def run(args):
+    device, _ = pick_device(args)
+    if args.deterministic and args.seed is None:
+        args.seed = 0
+    if args.seed is not None:
+        seed_everything(args.seed, args.deterministic)
+    dataset = args.dataset or arch_family(args.arch)[0]
+    config = quantizer_config(args)
+    source = args.resume_from or args.exp_load_weights_from
+    checkpoint = load_checkpoint(source)
+    if isinstance(checkpoint, dict) and checkpoint.get("quantizer"):
+        raise UsageError(f"{source} is already quantized ({checkpoint['quantizer']['class']}); give an FP32 checkpoint")
+    model = create_model(args.arch, dataset).to(device)
+    try:
+        load_weights(model, model_state(checkpoint))
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+    run_dir = RunDirectory(args.out_dir, args.name or f"post_train_{args.arch}")
+    try:
+        log.info("Run folder: %s", run_dir.path)
+        log.info("Command line: %s", " ".join(sys.argv))
+        run_dir.copy_in(args.compress)
+        shape = arch_family(args.arch)[1] if dataset == "digits" else None
+        _, _, test_loader = load_data(dataset, args.data, shape, args.batch_size, args.workers, args.validation_split)
+        calib_loader = load_calibration_data(dataset, args.data, shape, args.batch_size, args.calibration_size,
+                                             args.workers, args.validation_split)
+        criterion = torch.nn.CrossEntropyLoss()
+        log.info("--- FP32 test ---")
+        fp32 = evaluate(model.eval(), test_loader, criterion, device, desc="fp32 test")
+
+        quantizer = PostTrainLinearQuantizer(model, **config)
+        gm = quantizer.prepare_model().to(device)
+        records = None
+        if config.get("model_activation_stats") is None and not args.qe_dynamic:
+            log.info("Calibrating on %d training images%s", len(calib_loader.dataset),
+                     " (+1 pass for histograms)" if quantizer.needs_histograms() else "")
+            records = quantizer.calibrate(calib_loader, device)
+            save_stats(run_dir.file("acts_quantization_stats.yaml"), records)
+        params = quantizer.layer_params()
+        text = yaml.safe_dump(params, sort_keys=False)
+        atomic_write(run_dir.file("layer_quant_params.yaml"), lambda tmp: open(tmp, "w").write(text))
+
+        log.info("--- quantized test ---")
+        quant = evaluate(gm, test_loader, criterion, device, desc="quantized test")
+        rows = sqnr_table(quantizer, gm, next(iter(calib_loader))[0], device)
+        log.info("Per-layer quantization (SQNR of each quantized activation vs FP32, one calibration batch):\n%s",
+                 tabulate(rows, headers=["activation", "bits", "clip", "range", "SQNR dB"]))
+        if quantizer.accumulator_rows:
+            log.info("Accumulators (needed = 2n + ceil(log2(fan-in))):\n%s",
+                     tabulate(quantizer.accumulator_rows, headers=["layer", "bits needed", "bits_accum"]))
+
+        saved_config = {**config, "model_activation_stats": None}
+        save_checkpoint(run_dir.file("quantized_checkpoint.pth.tar"), {
+            "epoch": 0, "arch": args.arch, "dataset": dataset,
+            "state_dict": gm.state_dict(),
+            "optimizer_state_dict": None,
+            "recipe": config_as_recipe(saved_config),
+            "quantizer": quantizer.state_dict(),
+            "compression_sched": {"policies": [{"phase": QuantizationPolicy.FROZEN}], "quantizer": quantizer.state_dict()},
+            "rng": None, "best_scores": [],
+        })
+        pick = lambda r: {k: r[k] for k in ("top1", "top5", "loss")}  # noqa: E731
+        summary = {"arch": args.arch, "dataset": dataset, "checkpoint": source,
+                   "calibration_images": len(calib_loader.dataset) if records is not None else 0,
+                   "quantizer": saved_config, "fp32": pick(fp32), "quantized": pick(quant),
+                   "top1_drop": fp32["top1"] - quant["top1"], "run_dir": run_dir.path}
+        run_dir.write_json("summary.json", summary)
+        run_dir.scalars({"PTQ/FP32/Top1": fp32["top1"], "PTQ/FP32/Loss": fp32["loss"],
+                         "PTQ/Quantized/Top1": quant["top1"], "PTQ/Quantized/Loss": quant["loss"]}, 0)
+        run_dir.hparams({"arch": args.arch, "bits_activations": config.get("bits_activations") or 32,
+                         "bits_weights": config.get("bits_parameters") or 32,
+                         "clip_acts": str(config.get("clip_acts", "NONE")),
+                         "per_channel_wts": bool(config.get("per_channel_wts"))},
+                        {"PTQ/Quantized/Top1": quant["top1"], "PTQ/FP32/Top1": fp32["top1"]})
+        log.info("FP32 top-1 %.3f -> quantized top-1 %.3f", fp32["top1"], quant["top1"])
+        return summary
+    finally:
+        run_dir.close()
+
+
+def main(argv=None):
+    args = post_train_parser().parse_args(argv)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        run(args)
+        return 0
+    except RecipeError as exc:
+        print(f"error: invalid quantizer configuration ({len(exc.issues)} problem(s)):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    except (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError, QeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)

@@ -1,0 +1,168 @@
+"""Post-training range-based linear quantization (Distiller's ``PostTrainLinearQuantizer``).
+
+Flow: ``prepare_model()`` folds batch-norm into the preceding layers and places fake-quantizers;
+then either ``calibrate(loader)`` (collect statistics, and histograms if a clip method needs
+them) or ``model_activation_stats`` fixes every activation range; without either, ranges are
+taken from each batch at run time (online / dynamic quantization, adds and concats included).
+"""
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from ..calibration.clipping import CLIP_NAMES, compute_range, parse_clip
+from ..calibration.collector import collect_stats
+from ..calibration.stats_file import load_stats, match_stats
+from ..recipe.params import Bits, Bool, Choice, Float, Mode, OptionalFloat, OptionalInt, StatsSource
+from ..registry import QUANTIZERS
+from . import graph
+from .bn_fold import fold_batchnorm
+from .fake_quant import ActivationFakeQuant, WeightFakeQuant
+from .modes import parse_mode
+from .quantizer import FP_BITS, Quantizer, is_quantized
+
+log = logging.getLogger(__name__)
+
+
+@QUANTIZERS.register
+class PostTrainLinearQuantizer(Quantizer):
+    PARAMS = {
+        **Quantizer.PARAMS,
+        "bits_activations": Bits(8, lo=2, hi=16, fp_values=(FP_BITS,)),
+        "bits_parameters": Bits(8, lo=2, hi=16, fp_values=(FP_BITS,)),
+        "bits_weights": Bits(None, lo=2, hi=16, fp_values=(FP_BITS,)),  # alias; overrides use it
+        "bits_accum": Bits(32, lo=8, hi=64, fp_values=()),
+        "mode": Mode("SYMMETRIC"),
+        "clip_acts": Choice("NONE", CLIP_NAMES),
+        "clip_n_stds": OptionalFloat(None, lo=0.0, lo_open=True),
+        "clip_half_range": Bool(False),
+        "clip_percentile": Float(99.99, lo=0.0, hi=100.0, lo_open=True),
+        "per_channel_wts": Bool(False),
+        "model_activation_stats": StatsSource(None),
+        "scale_approx_mult_bits": OptionalInt(None, lo=2, hi=32),
+        "inputs_quant_auto_fallback": Bool(True),
+        "quantize_inputs": Bool(True),
+        "fold_bn": Bool(True),
+    }
+    LAYER_KEYS = {"bits_activations", "bits_weights", "bits_accum", "mode", "clip_acts", "clip_n_stds",
+                  "clip_half_range", "clip_percentile", "per_channel_wts"}
+
+    def __init__(self, model, optimizer=None, **kwargs):
+        super().__init__(model, optimizer, **kwargs)
+        if self.config["bits_weights"] is None:
+            self.config["bits_weights"] = self.config["bits_parameters"]
+        self.config["bits_bias"] = FP_BITS  # biases stay FP32 (they join the 32-bit accumulator)
+        if self.config["scale_approx_mult_bits"] is not None:
+            log.warning("scale_approx_mult_bits is accepted but not simulated yet: scales stay FP32")
+        self.site_config = {}  # site name -> settings used for its range
+        self.ranges = {}
+
+    def prepare_model(self):
+        if self.prepared is None and self.config["fold_bn"]:
+            self.model = fold_batchnorm(self.model)
+        gm = super().prepare_model()
+        self.set_state(True, False)  # post-training: quantized, nothing learns
+        stats = self.config["model_activation_stats"]
+        if stats is not None:
+            records = load_stats(stats)
+            sites = list(self.activation_quantizers)
+            modules = {name for name, _ in self.model.named_modules()}
+            self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats"))
+        self.accumulator_report()
+        return gm
+
+    def make_activation_quantizer(self, site, settings):
+        bits = settings["bits_activations"]
+        if not is_quantized(bits):
+            return None
+        self.site_config[site.name] = settings
+        acts_mode, _ = parse_mode(settings["mode"])
+        return ActivationFakeQuant(bits, acts_mode, dynamic=True)
+
+    def make_weight_quantizer(self, module, pname, param, settings):
+        if pname != "weight" or not is_quantized(settings["bits_weights"]):
+            return None
+        _, wts_mode = parse_mode(settings["mode"])
+        per_channel = settings["per_channel_wts"] and param.dim() > 1
+        axis = 1 if "Transpose" in type(module).__name__ else 0
+        return WeightFakeQuant(settings["bits_weights"], wts_mode, per_channel, param.shape[axis], axis)
+
+    # -- calibration -----------------------------------------------------------------
+    def needs_histograms(self):
+        return any(parse_clip(cfg["clip_acts"]).needs_histogram for cfg in self.site_config.values())
+
+    def calibrate(self, loader, device="cpu", max_batches=None):
+        """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
+        records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
+                                       quantize_inputs=self.config["quantize_inputs"])
+        self.apply_stats(records, hists)
+        return records
+
+    def apply_stats(self, records, histograms=None):
+        for name, fq in self.activation_quantizers.items():
+            cfg = self.site_config[name]
+            acts_mode, _ = parse_mode(cfg["mode"])
+            lo, hi = compute_range(cfg["clip_acts"], records[name], fq.bits, symmetric=acts_mode.symmetric,
+                                   n_stds=cfg["clip_n_stds"], half_range=cfg["clip_half_range"],
+                                   percentile=cfg["clip_percentile"],
+                                   histogram=histograms.get(name) if histograms else None)
+            fq.dynamic = False
+            fq.set_range(lo, hi)
+            self.ranges[name] = (float(lo), float(hi))
+
+    # -- reports -------------------------------------------------------------------------
+    def accumulator_report(self):
+        """Per layer: accumulator width needed (2n + ceil(log2(c*k*k))) against bits_accum; warns when too narrow."""
+        rows = []
+        for name, module in graph.weight_modules(self.prepared):
+            if not isinstance(module, graph.LAYER_TYPES):
+                continue
+            settings = self.layer_settings(name)
+            w_bits, a_bits = settings["bits_weights"], settings["bits_activations"]
+            if not (is_quantized(w_bits) and is_quantized(a_bits)):
+                continue
+            w = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
+            fan_in = w[0].numel() if not isinstance(module, nn.Linear) else w.shape[1]
+            needed = w_bits + a_bits + math.ceil(math.log2(max(fan_in, 1)))
+            rows.append((name, needed, settings["bits_accum"]))
+            if needed > settings["bits_accum"]:
+                log.warning("accumulator of %s needs %d bits (2n + log2(fan-in %d)), bits_accum is %d: it may overflow",
+                            name, needed, fan_in, settings["bits_accum"])
+        self.accumulator_rows = rows
+        return rows
+
+    def layer_params(self):
+        """Per-layer parameters for ``layer_quant_params.yaml`` (Distiller's scale convention noted)."""
+        out = {}
+        for name, fq in self.activation_quantizers.items():
+            cfg = self.site_config[name]
+            out.setdefault(name, {}).update({
+                "bits_activations": fq.bits, "mode_activations": fq.mode.name, "clip_acts": str(cfg["clip_acts"]).upper(),
+                "clip_range": list(self.ranges.get(name, (None, None))) if name in self.ranges else "dynamic",
+                "scale": float(fq.scale.item()), "zero_point": int(fq.zero_point.item()),
+            })
+        for key, wq in self.weight_quantizers.items():
+            name = key.rsplit(".", 1)[0]
+            out.setdefault(name, {}).update({
+                "bits_weights": wq.bits, "mode_weights": wq.mode.name, "per_channel_wts": wq.per_channel,
+                "weight_scale": [float(v) for v in wq.scale.tolist()],
+                "weight_zero_point": [int(v) for v in wq.zero_point.tolist()],
+            })
+        for name, _ in graph.weight_modules(self.prepared):
+            if name in out and "bits_weights" not in out[name]:
+                out[name]["bits_weights"] = None
+        return out
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["config"]["model_activation_stats"] = None  # ranges live in the model's state
+        return state
+
+    def load_state_dict(self, state):
+        self.config["model_activation_stats"], saved = None, self.config["model_activation_stats"]
+        try:
+            super().load_state_dict(state)
+        finally:
+            self.config["model_activation_stats"] = saved
