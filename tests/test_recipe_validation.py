@@ -132,3 +132,13 @@ def test_unreadable_recipe(tmp_path):
     path.write_bytes(b"\x80\x02\xff\xfe")
     with pytest.raises(RecipeError, match="not a YAML text file"):
         read_recipe(str(path))
+
+
+def test_every_shipped_schedule_validates(root):
+    import glob
+    import os
+
+    paths = glob.glob(os.path.join(root, "schedules", "**", "*.yaml"), recursive=True)
+    assert len(paths) >= 10
+    for path in paths:
+        read_recipe(path)

@@ -225,6 +225,10 @@ class ClassifierRun:
 
 def main(argv=None):
     args = classifier_parser().parse_args(argv)
+    if args.qe or args.qe_calibration is not None:
+        from .post_train import main_from_classifier_args
+
+        return main_from_classifier_args(args)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     run = None
     try:

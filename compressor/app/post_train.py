@@ -183,8 +183,25 @@ def run(args):
         run_dir.close()
 
 
+def main_from_classifier_args(cargs):
+    """compress_classifier.py --qe / --qe-calibration: the same post-training flow on the same code."""
+    args = argparse.Namespace(**vars(cargs))
+    if not (args.resume_from or args.exp_load_weights_from):
+        print("error: --qe needs a trained FP32 model: --resume-from or --exp-load-weights-from", file=sys.stderr)
+        return 2
+    if args.resume_from and args.exp_load_weights_from:
+        print("error: give one of --resume-from and --exp-load-weights-from", file=sys.stderr)
+        return 2
+    args.calibration_size = args.qe_calibration if args.qe_calibration is not None else 512
+    args.compress = None  # Distiller's --qe reads its YAML through --qe-config-file
+    return _guarded(args)
+
+
 def main(argv=None):
-    args = post_train_parser().parse_args(argv)
+    return _guarded(post_train_parser().parse_args(argv))
+
+
+def _guarded(args):
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         run(args)

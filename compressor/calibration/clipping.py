@@ -86,22 +86,18 @@ def percentile_threshold(hist, percentile):
 
 def kl_threshold(hist, bits, signed=True):
     """TensorRT's entropy calibration: the threshold whose quantized distribution diverges least."""
-    counts = hist.counts.clone()
+    counts = hist.counts
     levels = 2 ** (bits - 1) if signed else 2**bits  # a signed tensor spends half its levels per sign
     best_i, best_kl = hist.bins, float("inf")
-    for i in range(levels, hist.bins + 1, max(1, hist.bins // 512)):
+    for i in range(min(levels, hist.bins), hist.bins + 1, max(1, hist.bins // 512)):
         p = counts[:i].clone()
         p[-1] += counts[i:].sum()  # outliers clipped into the last bin
         nonzero = (counts[:i] > 0).double()
-        # merge i bins into `levels` bins, then expand back over the non-empty source bins
-        chunks = torch.tensor_split(torch.arange(i), levels)
-        q = torch.zeros(i, dtype=torch.float64)
-        for idx in chunks:
-            if len(idx) == 0:
-                continue
-            n = nonzero[idx].sum()
-            if n > 0:
-                q[idx] = counts[idx].sum() / n * nonzero[idx]
+        # merge the i bins into `levels` bins, then spread each back over its non-empty source bins
+        chunk = torch.div(torch.arange(i) * levels, i, rounding_mode="floor")
+        chunk_sum = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, counts[:i])
+        chunk_nz = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, nonzero)
+        q = (chunk_sum / chunk_nz.clamp(min=1))[chunk] * nonzero
         p_sum, q_sum = p.sum(), q.sum()
         if p_sum == 0 or q_sum == 0:
             continue

@@ -40,8 +40,8 @@ def load_stats(source):
         raise StatsError(f"{where}: expected a mapping of module name -> {{inputs:, output:}}")
     records = {}
     for name, entry in data.items():
-        if not isinstance(entry, dict):
-            raise StatsError(f"{where}: {name}: expected {{inputs:, output:}}")
+        if not isinstance(entry, dict) or not ({"inputs", "output"} & set(entry)):
+            raise StatsError(f"{where}: {name}: expected {{inputs: {{0: record}}, output: record}}")
         for key in ("output",):
             if key in entry:
                 records[name] = _check(entry[key], f"{where}: {name}.{key}")

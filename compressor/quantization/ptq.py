@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..calibration.clipping import CLIP_NAMES, compute_range, parse_clip
-from ..calibration.collector import collect_stats
 from ..calibration.stats_file import load_stats, match_stats
 from ..recipe.params import Bits, Bool, Choice, Float, Mode, OptionalFloat, OptionalInt, StatsSource
 from ..registry import QUANTIZERS
@@ -95,6 +94,8 @@ class PostTrainLinearQuantizer(Quantizer):
 
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
+        from ..calibration.collector import collect_stats  # lazy: the collector imports this package
+
         records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
                                        quantize_inputs=self.config["quantize_inputs"])
         self.apply_stats(records, hists)
