@@ -41,10 +41,11 @@ def top1(model, loader):
     return 100.0 * correct / total
 
 
-def ours(model, calib, bits_w, bits_a, clip):
+def ours(model, calib, bits_w, bits_a, clip, no_clip=()):
+    overrides = {name: {"clip_acts": "NONE"} for name in no_clip} or None
     q = PostTrainLinearQuantizer(model, bits_activations=bits_a, bits_parameters=bits_w, clip_acts=clip,
                                  clip_n_stds=3.0, per_channel_wts=True, mode="ASYMMETRIC_UNSIGNED",
-                                 clip_half_range=True)
+                                 clip_half_range=True, overrides=overrides)
     gm = q.prepare_model()
     q.calibrate(calib)
     return gm
@@ -86,6 +87,9 @@ def main():
     ap.add_argument("--checkpoint", required=True, help="FP32 checkpoint of resnet20_cifar trained on digits")
     ap.add_argument("--arch", default="resnet20_cifar")
     ap.add_argument("--calibration-size", type=int, default=512)
+    ap.add_argument("--no-clip-layers", nargs="*", default=[], metavar="NAME",
+                    help="sites never clipped (as Distiller's --qe-no-clip-layers), e.g. input fc")
+    ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -102,14 +106,17 @@ def main():
     print(f"FP32 top-1 {result['fp32_top1']:.3f}", flush=True)
     for label, bits_w, bits_a in CONFIGS:
         for clip in CLIP_NAMES:
-            acc = top1(ours(model, calib, bits_w, bits_a, clip), test)
+            acc = top1(ours(model, calib, bits_w, bits_a, clip, args.no_clip_layers), test)
             result["ours"].setdefault(label, {})[clip] = acc
             print(f"ours {label} {clip:10s} {acc:.3f}", flush=True)
-    for label, bits_w in (("W8A8", 8), ("W4A8", 4)):
+    for label, bits_w in () if args.skip_torch_ao else (("W8A8", 8), ("W4A8", 4)):
         acc = top1(torch_ao(model, calib, bits_w), test)
         result["torch_ao"][label] = acc
         print(f"torch.ao {label} {acc:.3f}", flush=True)
 
+    if args.skip_torch_ao:
+        _write(args.out, result)
+        return
     # calibration cost: one FP32 inference pass over the calibration images is the unit
     folded = fold_batchnorm(model)
     images = [x for x, _ in calib]
@@ -135,9 +142,13 @@ def main():
         "ratio_stats": stats_s / fp32_s, "ratio_stats_and_histograms": hist_s / fp32_s, "ratio_torch_ao": ao_s / fp32_s,
     }
     print(json.dumps(result["calibration_cost"], indent=2))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
+    _write(args.out, result)
+
+
+def _write(path, result):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(result, f, indent=2)
 
 

@@ -127,3 +127,16 @@ class LRPolicy(Policy):
 
     def load_state_dict(self, state):
         self.lr_scheduler.load_state_dict(_unplain(state["lr_scheduler"]))
+
+
+class CalibrationPolicy(Policy):
+    """At the start of each of its epochs, calibrate the quantizer's activation ranges (after the
+    quantization policy has set that epoch's phase, so the ranges are not reset)."""
+
+    def __init__(self, calibrator, quantizer, epochs):
+        super().__init__(epochs)
+        self.calibrator, self.quantizer = calibrator, quantizer
+
+    def on_epoch_begin(self, model, epoch, optimizer=None):
+        if self.active(epoch):
+            self.calibrator.calibrate(self.quantizer)

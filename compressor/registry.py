@@ -36,6 +36,7 @@ class Registry:
 
 QUANTIZERS = Registry("quantizer")
 LR_SCHEDULERS = Registry("lr_scheduler")
+CALIBRATORS = Registry("calibrator")
 
 
 def _register_torch_lr_schedulers():

@@ -18,6 +18,12 @@ class CompressionScheduler:
     def add_policy(self, policy):
         self.policies.append(policy)
 
+    def set_calibration_data(self, loader, device="cpu"):
+        """Data for the recipe's calibration stages (the training split, with its batches)."""
+        for p in self.policies:
+            if hasattr(p, "calibrator"):
+                p.calibrator.loader, p.calibrator.device = loader, device
+
     def on_epoch_begin(self, epoch, optimizer=None):
         for p in self.policies:
             p.on_epoch_begin(self.model, epoch, optimizer)

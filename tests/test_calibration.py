@@ -49,9 +49,21 @@ def test_collect_stats_is_one_pass_over_every_site():
     assert data.reads == 32 and hists is None  # one pass
     assert {"input", "relu", "layer1.0.relu1", "layer1.0.conv2", "layer1.0.relu2", "fc"} <= set(records)
     assert all(r["min"] >= 0 for n, r in records.items() if "relu" in n)
-    _, hists = collect_stats(model, loader, histograms=True)
-    assert data.reads == 32 * 3  # plus one more pass for histograms
+    records, hists = collect_stats(model, loader, histograms=True)
+    assert data.reads == 32 * 2  # histograms come in the same single pass
     assert hists["fc"].counts.sum() == 32 * 10
+    assert records["fc"]["max"] <= hists["fc"].amax < 2 * max(-records["fc"]["min"], records["fc"]["max"]) + 1e-6
+
+
+def test_histogram_range_grows_by_exact_rebinning():
+    from compressor.calibration.stats import Histogram
+
+    h = Histogram(bins=8)
+    h.update(torch.tensor([0.5, 1.0]))  # range [0, 1]
+    h.update(torch.tensor([-3.5]))  # doubles twice: [0, 4]
+    assert h.amax == 4.0 and h.counts.sum() == 3
+    # [0.5, 1.0] sat in the top quarter of [0, 1]: after two pairwise merges, bin 1 of [0, 4]
+    assert h.counts.tolist() == [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_bn_folding_keeps_outputs():

@@ -92,13 +92,13 @@ def test_dynamic_ranges_cover_adds_and_concats():
 
 def test_bn_folded_and_null_bits_keep_fp32():
     q = PostTrainLinearQuantizer(net(), overrides={"conv2": {"bits_activations": None, "bits_weights": None}})
-    gm = q.prepare_model()
+    q.prepare_model()
     assert isinstance(q.model.bn1, nn.Identity)
     assert "conv2" not in q.activation_quantizers and "conv2.weight" not in q.weight_quantizers
     assert "conv1.weight" in q.weight_quantizers and q.activation_quantizers["relu"].bits == 8
 
 
-@pytest.mark.parametrize("clip, passes", [("AVG", 1), ("LAPLACE", 1), ("KL", 2), ("MSE", 2)])
+@pytest.mark.parametrize("clip, passes", [("AVG", 1), ("LAPLACE", 1), ("KL", 1), ("MSE", 1)])
 def test_calibration_passes(clip, passes):
     data = Images()
     q = PostTrainLinearQuantizer(net(), clip_acts=clip, bits_activations=6)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -100,3 +101,49 @@ def test_before_backward_pass_returns_loss_components():
     loss = torch.tensor(2.0)
     out = sched.before_backward_pass(0, 0, 1, loss, opt, return_loss_components=True)
     assert out.overall_loss is loss and out.loss_components == []
+
+
+CALIBRATED = RECIPE.replace("policies:\n", """calibrators:
+  c:
+    class: ActivationCalibrator
+    num_batches: 2
+    clip_acts: AVG
+policies:
+  - calibrator: {{instance_name: c}}
+    epochs: [2]
+""")
+
+
+def test_calibration_stage_starts_ranges_from_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    recipe = read_recipe(CALIBRATED.format(lr_class="StepLR", lr_args="    step_size: 1"), file="t.yaml")
+    sched = build_scheduler(recipe, model, opt)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 4, 4) * 3, torch.zeros(64, dtype=torch.long))
+    sched.set_calibration_data(torch.utils.data.DataLoader(data, batch_size=16))
+    act = sched.quantizer.activation_quantizers["input"]
+    sched.on_epoch_begin(1, opt)
+    assert not act.observed  # FP32 phase: nothing calibrated yet
+    sched.on_epoch_begin(2, opt)  # quantization starts and the calibration stage runs after it
+    x = data.tensors[0][:32].flatten(1)
+    lo, hi = act.range
+    assert lo == pytest.approx(x.min(1).values.mean().item(), rel=1e-4)  # AVG over the 2 batches
+    assert hi == pytest.approx(x.max(1).values.mean().item(), rel=1e-4)
+    sched.model.train()
+    sched.model(torch.zeros(4, 1, 4, 4))
+    lo2, hi2 = act.range  # the moving average continues from the calibrated range
+    assert lo2 == pytest.approx(0.999 * lo, rel=1e-3) and hi2 == pytest.approx(0.999 * hi, rel=1e-3)
+
+
+def test_calibrator_without_quantizer_is_an_error():
+    from compressor.recipe.errors import RecipeError
+
+    text = """calibrators:
+  c: {class: ActivationCalibrator}
+policies:
+  - calibrator: {instance_name: c}
+    epochs: [0]
+"""
+    with pytest.raises(RecipeError, match="needs a quantizer policy"):
+        read_recipe(text, file="t.yaml")

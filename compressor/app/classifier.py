@@ -14,7 +14,7 @@ from ..recipe.build import build_scheduler, read_recipe
 from ..recipe.errors import RecipeError
 from ..training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
 from ..training.determinism import rng_state, seed_everything, set_rng_state
-from ..training.loop import OBJECTIVE, OVERALL, evaluate, train_one_epoch
+from ..training.loop import evaluate, train_one_epoch
 from ..training.run_dir import RunDirectory
 from .args import classifier_parser
 from .summary import print_summary
@@ -99,6 +99,8 @@ class ClassifierRun:
                                          weight_decay=args.weight_decay)
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
         self.model = self.scheduler.model if self.scheduler else model
+        if self.scheduler:
+            self.scheduler.set_calibration_data(self.train_loader, self.device)
         self.model.to(self.device)
         if args.exp_load_weights_from:
             try:

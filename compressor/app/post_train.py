@@ -3,7 +3,6 @@
 import argparse
 import logging
 import math
-import os
 import sys
 
 import torch
@@ -138,7 +137,7 @@ def run(args):
         records = None
         if config.get("model_activation_stats") is None and not args.qe_dynamic:
             log.info("Calibrating on %d training images%s", len(calib_loader.dataset),
-                     " (+1 pass for histograms)" if quantizer.needs_histograms() else "")
+                     " (statistics and histograms, one pass)" if quantizer.needs_histograms() else "")
             records = quantizer.calibrate(calib_loader, device)
             save_stats(run_dir.file("acts_quantization_stats.yaml"), records)
         params = quantizer.layer_params()

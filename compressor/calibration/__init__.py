@@ -1,2 +1,2 @@
-"""Calibration: activation statistics in one pass, histograms in at most one more, clipping methods,
+"""Calibration: activation statistics and histograms in one pass, clipping methods,
 and Distiller's stats YAML format."""

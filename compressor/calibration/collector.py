@@ -1,20 +1,17 @@
-"""Collect activation statistics at the sites the quantizers will quantize.
-
-One pass gathers Distiller's statistics; an optional second pass fills fixed-range
-histograms (for KL, MSE and PERCENTILE clipping) whose range the first pass found.
-"""
+"""Collect activation statistics (and, on request, histograms) at the sites the quantizers will
+quantize, in ONE pass over the calibration data."""
 
 import torch
 
 from ..quantization import graph
-from .stats import Histogram, StatsObserver
+from .stats import StatsObserver
 
 
-def instrument(model, quantize_inputs=True):
+def instrument(model, quantize_inputs=True, histograms=False, bins=2048):
     """(GraphModule, {site name: StatsObserver}) for ``model`` (eval mode, parameters shared)."""
     gm = graph.trace(model)
     sites = graph.find_activation_sites(gm, quantize_inputs)
-    observers = graph.instrument(gm, sites, lambda site: StatsObserver())
+    observers = graph.instrument(gm, sites, lambda site: StatsObserver(histograms, bins))
     return gm.eval(), observers
 
 
@@ -29,13 +26,8 @@ def _run(gm, loader, device, max_batches):
 def collect_stats(model, loader, device="cpu", max_batches=None, histograms=False, bins=2048,
                   quantize_inputs=True):
     """({site: Distiller stats record}, {site: Histogram} or None)."""
-    gm, observers = instrument(model, quantize_inputs)
+    gm, observers = instrument(model, quantize_inputs, histograms, bins)
     _run(gm, loader, device, max_batches)
     records = {name: obs.stats.record() for name, obs in observers.items()}
-    hists = None
-    if histograms:
-        for name, obs in observers.items():
-            obs.histogram = Histogram.for_record(records[name], bins)
-        _run(gm, loader, device, max_batches)
-        hists = {name: obs.histogram for name, obs in observers.items()}
+    hists = {name: obs.histogram for name, obs in observers.items()} if histograms else None
     return records, hists

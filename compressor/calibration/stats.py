@@ -72,31 +72,41 @@ class TensorStats:
 
 
 class Histogram:
-    """Histogram of |x| over [0, max |x|] (range from the first pass), for KL, MSE and PERCENTILE.
+    """Histogram of the non-zero |x|, filled in the same pass as the statistics, for KL, MSE and PERCENTILE.
 
-    Magnitudes, as TensorRT's entropy calibration uses: a clipping threshold t then means
-    [-t, t], intersected with the tensor's observed [min, max].
+    Its range starts at the first batch's max |x| and doubles whenever a batch exceeds it,
+    merging bins pairwise (an exact re-binning), so no second pass over the data is needed; the
+    data then span at least half of the bins. Magnitudes, as TensorRT's entropy calibration uses:
+    a threshold t means [-t, t], intersected with the tensor's observed [min, max].
     """
 
-    SAMPLE_STRIDE = 8  # large tensors are histogrammed from every 8th value (the extremes come from the stats pass)
+    SAMPLE_STRIDE = 8  # large tensors are histogrammed from every 8th value (the extremes come from the stats)
 
-    def __init__(self, amax, bins=2048):
-        self.amax = max(float(amax), 1e-8)
+    def __init__(self, bins=2048):
+        self.amax = None
         self.bins = bins
         self.counts = torch.zeros(bins, dtype=torch.float64)
-
-    @classmethod
-    def for_record(cls, record, bins=2048):
-        return cls(max(abs(record["min"]), abs(record["max"])), bins)
 
     @torch.no_grad()
     def update(self, x):
         flat = x.detach().reshape(-1)
         if flat.numel() > 16 * self.bins * self.SAMPLE_STRIDE:
             flat = flat[:: self.SAMPLE_STRIDE]
+        mags = flat.float().abs()
+        top = float(mags.max()) if mags.numel() else 0.0
+        if self.amax is None:
+            self.amax = max(top, 1e-8)
+        while top > self.amax:  # widen: pairs of bins become one, the upper half starts empty
+            merged = self.counts.view(-1, 2).sum(dim=1)
+            self.counts = torch.cat([merged, torch.zeros_like(merged)])
+            self.amax *= 2
         # bin index by scaling (a scatter-add is ~2x faster than torch.histc on CPU)
-        idx = flat.float().abs().mul_(self.bins / self.amax).to(torch.int64).clamp_(max=self.bins - 1)
-        self.counts += torch.bincount(idx, minlength=self.bins).double().cpu()
+        idx = mags.mul_(self.bins / self.amax).to(torch.int64).clamp_(max=self.bins - 1)
+        counts = torch.bincount(idx, minlength=self.bins).double()
+        # Exact zeros (half of a ReLU's output) quantize without error and would swamp the first bin,
+        # pulling KL towards tiny thresholds; like pytorch-quantization's skip_zeros, they are not counted.
+        counts[0] -= (flat == 0).sum()
+        self.counts += counts.cpu()
 
     @property
     def bin_width(self):
@@ -109,15 +119,14 @@ class Histogram:
 class StatsObserver(nn.Module):
     """Placed at an activation site by the collector: passes values through, records them."""
 
-    def __init__(self):
+    def __init__(self, histogram=False, bins=2048):
         super().__init__()
         self.stats = TensorStats()
-        self.histogram = None
+        self.histogram = Histogram(bins) if histogram else None
 
     def forward(self, x):
         if torch.is_tensor(x) and x.is_floating_point():
+            self.stats.update(x)
             if self.histogram is not None:
                 self.histogram.update(x)
-            else:
-                self.stats.update(x)
         return x

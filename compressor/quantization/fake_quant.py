@@ -10,6 +10,8 @@ state travels in ``state_dict`` (ranges as buffers, flags as extra state), so
 a checkpoint evaluates and resumes exactly as it was saved.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -100,6 +102,14 @@ class ActivationFakeQuant(_FakeQuantBase):
         self.biased_max.copy_(hi)
         self.num_updates.fill_(0)
         self.observed = True
+
+    @torch.no_grad()
+    def init_range(self, lo, hi):
+        """Start the moving average from [lo, hi] (calibrate-then-train): later batches move it as usual."""
+        self.set_range(lo, hi)
+        if self.ema_decay > 0:
+            # enough pseudo-steps that the bias correction 1 - decay**n is 1 to float precision
+            self.num_updates.fill_(int(math.ceil(math.log(1e-9) / math.log(self.ema_decay))))
 
     @property
     def range(self):

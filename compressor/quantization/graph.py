@@ -78,6 +78,8 @@ def is_shape_value(node):
 
 
 def node_kind(gm, node):
+    if node is None:
+        return None
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         if isinstance(mod, LAYER_TYPES):

@@ -7,9 +7,7 @@ taken from each batch at run time (online / dynamic quantization, adds and conca
 """
 
 import logging
-import math
 
-import torch
 from torch import nn
 
 from ..calibration.clipping import CLIP_NAMES, compute_range, parse_clip
@@ -19,6 +17,7 @@ from ..registry import QUANTIZERS
 from . import graph
 from .bn_fold import fold_batchnorm
 from .fake_quant import ActivationFakeQuant, WeightFakeQuant
+from .integer_sim import IntegerArithmetic, accumulator_bits
 from .modes import parse_mode
 from .quantizer import FP_BITS, Quantizer, is_quantized
 
@@ -41,6 +40,8 @@ class PostTrainLinearQuantizer(Quantizer):
         "per_channel_wts": Bool(False),
         "model_activation_stats": StatsSource(None),
         "scale_approx_mult_bits": OptionalInt(None, lo=2, hi=32),
+        "power_of_two_scales": Bool(False),
+        "integer_arithmetic": Bool(True),
         "inputs_quant_auto_fallback": Bool(True),
         "quantize_inputs": Bool(True),
         "fold_bn": Bool(True),
@@ -53,16 +54,18 @@ class PostTrainLinearQuantizer(Quantizer):
         if self.config["bits_weights"] is None:
             self.config["bits_weights"] = self.config["bits_parameters"]
         self.config["bits_bias"] = FP_BITS  # biases stay FP32 (they join the 32-bit accumulator)
-        if self.config["scale_approx_mult_bits"] is not None:
-            log.warning("scale_approx_mult_bits is accepted but not simulated yet: scales stay FP32")
         self.site_config = {}  # site name -> settings used for its range
         self.ranges = {}
 
     def prepare_model(self):
         if self.prepared is None and self.config["fold_bn"]:
             self.model = fold_batchnorm(self.model)
+        first = self.prepared is None
         gm = super().prepare_model()
+        if not first:
+            return gm
         self.set_state(True, False)  # post-training: quantized, nothing learns
+        self.integer_layers = self._install_integer_arithmetic(gm) if self.config["integer_arithmetic"] else []
         stats = self.config["model_activation_stats"]
         if stats is not None:
             records = load_stats(stats)
@@ -71,6 +74,33 @@ class PostTrainLinearQuantizer(Quantizer):
             self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats"))
         self.accumulator_report()
         return gm
+
+    def _install_integer_arithmetic(self, gm):
+        """Hook integer arithmetic onto each conv/linear whose input, weights and output are quantized."""
+        calls = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                calls.setdefault(node.target, []).append(node)
+        installed = []
+        for site in graph.find_activation_sites(graph.trace(self.model), self.config["quantize_inputs"]):
+            layer_name = site.head_name
+            nodes = calls.get(layer_name, [])
+            out_q = self.activation_quantizers.get(site.name)
+            w_q = self.weight_quantizers.get(f"{layer_name}.weight")
+            if len(nodes) != 1 or out_q is None or w_q is None or len(site.chain) > 2:
+                continue
+            if len(site.chain) == 2 and graph.node_kind(gm, _node_named(gm, site.chain[1], calls)) != "act":
+                continue
+            src = nodes[0].args[0]
+            if not (hasattr(src, "op") and src.op == "call_module" and src.target.startswith("activation_quantizers.")):
+                continue
+            layer = gm.get_submodule(layer_name)
+            settings = self.layer_settings(layer_name)
+            hook = IntegerArithmetic(w_q, gm.get_submodule(src.target), out_q, settings["bits_accum"],
+                                     self.config["scale_approx_mult_bits"], self.config["power_of_two_scales"])
+            layer.register_forward_hook(hook)
+            installed.append(layer_name)
+        return installed
 
     def make_activation_quantizer(self, site, settings):
         bits = settings["bits_activations"]
@@ -126,7 +156,7 @@ class PostTrainLinearQuantizer(Quantizer):
                 continue
             w = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
             fan_in = w[0].numel() if not isinstance(module, nn.Linear) else w.shape[1]
-            needed = w_bits + a_bits + math.ceil(math.log2(max(fan_in, 1)))
+            needed = accumulator_bits(w_bits, a_bits, fan_in)
             rows.append((name, needed, settings["bits_accum"]))
             if needed > settings["bits_accum"]:
                 log.warning("accumulator of %s needs %d bits (2n + log2(fan-in %d)), bits_accum is %d: it may overflow",
@@ -167,3 +197,9 @@ class PostTrainLinearQuantizer(Quantizer):
             super().load_state_dict(state)
         finally:
             self.config["model_activation_stats"] = saved
+
+
+def _node_named(gm, name, calls):
+    """The graph node of a site name in a chain (module calls only; functional ops have no module)."""
+    nodes = calls.get(name.split("@")[0], [])
+    return nodes[0] if nodes else None

@@ -2,8 +2,8 @@
 
 import copy
 
-from ..policies import LRPolicy, QuantizationPolicy
-from ..registry import LR_SCHEDULERS, QUANTIZERS
+from ..policies import CalibrationPolicy, LRPolicy, QuantizationPolicy
+from ..registry import CALIBRATORS, LR_SCHEDULERS, QUANTIZERS
 from ..scheduler import CompressionScheduler
 from .errors import RecipeError
 from .loader import load_recipe, parse_recipe
@@ -37,8 +37,13 @@ def build_scheduler(recipe, model, optimizer):
         args = {k: copy.deepcopy(v) for k, v in spec.items() if k != "class"}
         lr_schedulers[name] = LR_SCHEDULERS.get(spec["class"])(optimizer, **args)
 
+    calibrators = {name: CALIBRATORS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+                   for name, spec in (data.get("calibrators") or {}).items()}
     scheduler = CompressionScheduler(model, recipe=copy.deepcopy(data))
-    for policy in data.get("policies") or []:
+    policies = data.get("policies") or []
+    # calibration stages run after the quantization policy in each epoch, whatever the file order
+    policies = [p for p in policies if "calibrator" not in p] + [p for p in policies if "calibrator" in p]
+    for policy in policies:
         epochs = policy_epochs(policy)
         if "quantizer" in policy:
             quantizer = quantizers[policy["quantizer"]["instance_name"]]
@@ -47,6 +52,9 @@ def build_scheduler(recipe, model, optimizer):
             qp = QuantizationPolicy(quantizer, epochs, policy.get("ending_epoch"))
             qp.apply_phase(QuantizationPolicy.FP32)
             scheduler.add_policy(qp)
+        elif "calibrator" in policy:
+            scheduler.add_policy(CalibrationPolicy(calibrators[policy["calibrator"]["instance_name"]],
+                                                   scheduler.quantizer, epochs))
         elif "lr_scheduler" in policy:
             scheduler.add_policy(LRPolicy(lr_schedulers[policy["lr_scheduler"]["instance_name"]], epochs))
     return scheduler

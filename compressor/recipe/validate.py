@@ -7,14 +7,15 @@ import re
 import torch
 
 from .. import quantization  # noqa: F401  (registers the quantizers)
-from ..registry import LR_SCHEDULERS, QUANTIZERS
+from ..calibration import calibrator  # noqa: F401  (registers the calibrators)
+from ..registry import CALIBRATORS, LR_SCHEDULERS, QUANTIZERS
 
 log = logging.getLogger(__name__)
 
-SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS}
-TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "policies"}
+SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS}
+TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "policies"}
 NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
-POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers"}
+POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators"}
 TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
 
 
@@ -55,7 +56,7 @@ def _validate_component(recipe, section, registry, name, spec):
     if cls is None:
         return [recipe.issue(path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}")]
     args = {k: v for k, v in spec.items() if k != "class"}
-    if section == "quantizers":
+    if section in ("quantizers", "calibrators"):
         return _validate_quantizer_args(recipe, path, cls, args)
     return _validate_lr_scheduler_args(recipe, path, cls, args)
 
@@ -199,6 +200,10 @@ def _validate_policies(recipe):
                 quantizer_policies += 1
                 used_quantizers.add(name)
         issues += _validate_timing(recipe, path, policy)
+    calibrator_policies = [i for i, p in enumerate(policies) if isinstance(p, dict) and "calibrator" in p]
+    if calibrator_policies and not used_quantizers:
+        issues.append(recipe.issue(("policies", calibrator_policies[0], "calibrator"),
+                                   "a calibration stage needs a quantizer policy to calibrate"))
     if len(used_quantizers) > 1:
         issues.append(recipe.issue(("policies",), f"one quantizer per recipe; policies use {sorted(used_quantizers)}"))
     elif quantizer_policies > 1:

@@ -1,0 +1,100 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.integer_sim import IntegerArithmetic, approx_multiplier
+from compressor.quantization.modes import LinearQuantMode as M
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def quantizers(layer, x, per_channel, out_range):
+    # 7-bit inputs, as torch.ao's x86 qconfig (reduce_range): fbgemm's u8*s8 pair sums saturate at int16 otherwise
+    in_q = ActivationFakeQuant(7, M.ASYMMETRIC_UNSIGNED)
+    in_q.set_state(True, False)
+    in_q.set_range(x.min(), x.max())
+    w_q = WeightFakeQuant(8, M.SYMMETRIC_RESTRICTED, per_channel, layer.weight.shape[0])
+    w_q.set_state(True, True)
+    w_q(layer.weight)
+    w_q.set_state(True, False)
+    out_q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    out_q.set_state(True, False)
+    out_q.set_range(*out_range)
+    return in_q, w_q, out_q
+
+
+def torch_kernel(layer, x, in_q, w_q, out_q):
+    import torch.ao.nn.quantized as nnq
+
+    torch.backends.quantized.engine = "fbgemm"
+    w = layer.weight.detach()
+    if w_q.per_channel:
+        qw = torch.quantize_per_channel(w, w_q.scale.double(), torch.zeros_like(w_q.zero_point, dtype=torch.int64),
+                                        0, torch.qint8)
+    else:
+        qw = torch.quantize_per_tensor(w, w_q.scale.item(), 0, torch.qint8)
+    if isinstance(layer, nn.Conv2d):
+        q = nnq.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                       padding=layer.padding)
+    else:
+        q = nnq.Linear(layer.in_features, layer.out_features)
+    q.set_weight_bias(qw, layer.bias.detach())
+    q.scale, q.zero_point = out_q.scale.item(), int(out_q.zero_point.item())
+    qx = torch.quantize_per_tensor(x, in_q.scale.item(), int(in_q.zero_point.item()), torch.quint8)
+    return q(qx).int_repr().to(torch.int64)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_integer_arithmetic_matches_torch_quantized_kernels(kind, per_channel):
+    torch.manual_seed(0)
+    if kind == "conv":
+        layer = nn.Conv2d(8, 16, 3, padding=1)
+        x = torch.rand(4, 8, 10, 10) * 3 - 0.5
+    else:
+        layer = nn.Linear(64, 32)
+        x = torch.rand(16, 64) * 2 - 0.3
+    with torch.no_grad():
+        ref = layer(x)
+    in_q, w_q, out_q = quantizers(layer, x, per_channel, (ref.min(), ref.max()))
+    xq = in_q(x)
+    # the hook reads the layer's weight through its fake-quantizer
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", w_q, unsafe=True)
+    ours = IntegerArithmetic(w_q, in_q, out_q).compute(layer, xq)
+    q_ours = torch.round(ours / out_q.scale.double()).to(torch.int64) + int(out_q.zero_point.item())
+    torch.nn.utils.parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    q_torch = torch_kernel(layer, x, in_q, w_q, out_q)
+    diff = (q_ours - q_torch).abs()
+    assert diff.max().item() <= 1  # equal or within 1 LSB
+    assert (diff == 0).float().mean().item() > 0.95
+
+
+def test_fixed_point_multiplier():
+    mult, shift = approx_multiplier(torch.tensor(0.0123), 8)
+    assert mult.item() < 256 and abs(mult.item() / 2 ** shift.item() - 0.0123) / 0.0123 < 1 / 128
+    assert mult.item() >= 128  # the multiplier uses its bits fully
+
+
+def test_accumulator_saturates():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    x = torch.full((1, 4), 100.0)
+    in_q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    in_q.set_state(True, False)
+    in_q.set_range(0.0, 255.0)  # scale 1: q_x = x
+    w_q = WeightFakeQuant(8, M.SYMMETRIC_RESTRICTED)
+    w_q.set_state(True, True)
+    w_q(layer.weight)  # scale 1/127: q_w = 127
+    out_q = ActivationFakeQuant(16, M.ASYMMETRIC_UNSIGNED)
+    out_q.set_state(True, False)
+    out_q.set_range(0.0, 1e6)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", w_q, unsafe=True)
+    wide = IntegerArithmetic(w_q, in_q, out_q, bits_accum=32).compute(layer, x)
+    narrow = IntegerArithmetic(w_q, in_q, out_q, bits_accum=16).compute(layer, x)
+    # 4 * 100 * 127 = 50800 > 2**15 - 1: a 16-bit accumulator saturates at 32767
+    assert wide.item() == pytest.approx(400.0, rel=0.02)
+    assert narrow.item() == pytest.approx(32767 / 127, rel=0.02)
