@@ -7,23 +7,18 @@ import sys
 import torch
 from torch import nn
 
-from ..data import DataError, load_data
-from ..models import NUM_CLASSES, ModelError, arch_family, create_model
-from ..quantization.graph import TraceError
+from ..data import load_data
+from ..models import NUM_CLASSES, arch_family, create_model
 from ..recipe.build import build_scheduler, read_recipe
-from ..recipe.errors import RecipeError
 from ..training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
 from ..training.determinism import rng_state, seed_everything, set_rng_state
 from ..training.loop import evaluate, train_one_epoch
 from ..training.run_dir import RunDirectory
 from .args import classifier_parser
+from .errors import UsageError, run_guarded
 from .summary import print_summary
 
 log = logging.getLogger("compressor")
-
-
-class UsageError(ValueError):
-    """A mistake in the command line or its inputs: reported without a traceback."""
 
 
 def pick_device(args):
@@ -225,38 +220,22 @@ class ClassifierRun:
         return data
 
 
+def run_classifier(args):
+    run = ClassifierRun(args)
+    try:
+        if args.summary:
+            print_summary(run.model, args.summary, run.train_loader)
+            return
+        epochs_run = 0 if args.evaluate else run.train()
+        run.summary(epochs_run, run.test())
+    finally:
+        run.run.close()
+
+
 def main(argv=None):
     args = classifier_parser().parse_args(argv)
     if args.qe or args.qe_calibration is not None:
         from .post_train import main_from_classifier_args
 
         return main_from_classifier_args(args)
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    run = None
-    try:
-        run = ClassifierRun(args)
-        if args.summary:
-            print_summary(run.model, args.summary, run.train_loader)
-            return 0
-        if args.evaluate:
-            epochs_run = 0
-        else:
-            epochs_run = run.train()
-        test = run.test()
-        run.summary(epochs_run, test)
-        return 0
-    except RecipeError as exc:
-        print(f"error: invalid recipe ({len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-        return 2
-    except (UsageError, DataError, ModelError, CheckpointError, TraceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. -o names a file, or a folder without write access
-        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return 2
-    finally:
-        if run is not None:
-            run.run.close()
-        torch.use_deterministic_algorithms(deterministic_before)
+    return run_guarded(run_classifier, args)

@@ -9,21 +9,20 @@ import torch
 import yaml
 from tabulate import tabulate
 
-from ..calibration.stats_file import StatsError, save_stats
-from ..data import DataError, load_data
+from ..calibration.stats_file import save_stats
+from ..data import load_data
 from ..data.loaders import DATASETS, load_calibration_data
-from ..models import ModelError, arch_family, create_model
+from ..models import arch_family, create_model
 from ..policies import QuantizationPolicy
-from ..quantization.graph import TraceError
 from ..quantization.ptq import PostTrainLinearQuantizer
 from ..recipe.build import read_recipe
-from ..recipe.errors import RecipeError
 from ..training.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, model_state, save_checkpoint
 from ..training.determinism import seed_everything
 from ..training.loop import evaluate
 from ..training.run_dir import RunDirectory
-from .classifier import UsageError, pick_device
-from .qe_args import QeError, add_qe_arguments, config_as_recipe, qe_config
+from .classifier import pick_device
+from .errors import UsageError, run_guarded
+from .qe_args import add_qe_arguments, config_as_recipe, qe_config
 
 log = logging.getLogger("compressor")
 
@@ -193,28 +192,8 @@ def main_from_classifier_args(cargs):
         return 2
     args.calibration_size = args.qe_calibration if args.qe_calibration is not None else 512
     args.compress = None  # Distiller's --qe reads its YAML through --qe-config-file
-    return _guarded(args)
+    return run_guarded(run, args)
 
 
 def main(argv=None):
-    return _guarded(post_train_parser().parse_args(argv))
-
-
-def _guarded(args):
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    try:
-        run(args)
-        return 0
-    except RecipeError as exc:
-        print(f"error: invalid quantizer configuration ({len(exc.issues)} problem(s)):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-        return 2
-    except (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError, QeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return 2
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
+    return run_guarded(run, post_train_parser().parse_args(argv))

@@ -1,0 +1,43 @@
+"""One place that turns the user's mistakes into clear messages and exit code 2 (never a traceback)."""
+
+import sys
+
+import torch
+
+from ..calibration.stats_file import StatsError
+from ..data import DataError
+from ..models import ModelError
+from ..quantization.graph import TraceError
+from ..recipe.errors import RecipeError
+from ..training.checkpoint import CheckpointError
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its inputs."""
+
+
+USER_ERRORS = (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError)
+
+
+def run_guarded(fn, *args):
+    """Run an app's body; 0 on success, 2 with a message for a user mistake. Restores global torch state."""
+    from .qe_args import QeError
+
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        fn(*args)
+        return 0
+    except RecipeError as exc:
+        n = len(exc.issues)
+        print(f"error: invalid recipe ({n} problem{'s' if n != 1 else ''}):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    except USER_ERRORS + (QeError,) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. -o names a file, or a folder without write access
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
