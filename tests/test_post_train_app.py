@@ -114,3 +114,9 @@ def test_classifier_qe_flags_use_the_same_flow(tmp_path, fp32_checkpoint):
     assert summary["quantizer"]["clip_acts"] == "LAPLACE" and summary["quantizer"]["per_channel_wts"] is True
     assert summary["calibration_images"] == round(1293 * 0.2)
     assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--qe"]) == 2  # no model to quantize
+
+
+def test_convert_pytorch_is_not_available_yet(tmp_path, root, fp32_checkpoint):
+    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint,
+                 "-o", str(tmp_path), "--qe-convert-pytorch"], root)
+    assert proc.returncode == 2 and "--qe-convert-pytorch is not available yet" in proc.stderr
