@@ -101,3 +101,15 @@ def test_histogram_methods_need_a_histogram(gauss):
         compute_range("KL", rec, 8)
     with pytest.raises(ValueError, match="expected one of"):
         compute_range("FOO", rec, 8)
+
+
+def test_mse_uses_the_asymmetric_grid_of_a_skewed_tensor():
+    # mostly positive values with a small negative tail: the asymmetric grid is [min, t], not [-t, t]
+    torch.manual_seed(3)
+    x = torch.cat([torch.distributions.Exponential(0.5).sample((100_000,)), -torch.rand(20_000)])
+    rec, hist = stats_and_hist(x)
+    lo, hi = compute_range("MSE", rec, 4, symmetric=False, histogram=hist)
+    assert lo == rec["min"]
+    best = min(quant_mse(x, lo, t, 4) for t in torch.linspace(1.0, rec["max"], 60).tolist())
+    assert quant_mse(x, lo, hi, 4) <= best * 1.1
+    assert quant_mse(x, lo, hi, 4) < quant_mse(x, rec["min"], rec["max"], 4)

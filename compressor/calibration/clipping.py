@@ -109,16 +109,27 @@ def kl_threshold(hist, bits, signed=True):
     return best_i * hist.bin_width
 
 
-def mse_threshold(hist, bits, symmetric, candidates=200):
-    """The threshold minimising the histogram's expected squared quantization error."""
+def mse_threshold(hist, bits, record, symmetric, candidates=200):
+    """The threshold t minimising the expected squared error of quantizing to [-t, t] ∩ [min, max].
+
+    Clipping error is exact on the histogram (every |x| > t is clipped, on whichever side it lies);
+    rounding error is step²/12 per value inside, with the step of the grid actually used: the
+    range [max(min, -t), min(max, t)] spread over 2**bits - 1 steps (asymmetric), or [-t, t]
+    (symmetric).
+    """
     centers, counts = hist.centers(), hist.counts
-    levels = (2**bits - 1) / 2 if symmetric else 2**bits - 1
     thresholds = torch.linspace(hist.amax / candidates, hist.amax, candidates, dtype=torch.float64)
-    step = thresholds / levels  # magnitudes: a symmetric grid spends half its levels on each sign
-    clipped = torch.minimum(centers[None, :], thresholds[:, None])
-    q = torch.round(clipped / step[:, None]) * step[:, None]
-    err = ((q - centers[None, :]) ** 2 * counts[None, :]).sum(dim=1)
-    return float(thresholds[int(torch.argmin(err))])
+    if symmetric:
+        width = 2 * torch.clamp(thresholds, max=max(abs(record["min"]), abs(record["max"])))
+    else:
+        width = torch.clamp(thresholds, max=max(record["max"], 0.0)) - \
+            torch.clamp(-thresholds, min=min(record["min"], 0.0))
+    step = width / (2**bits - 1)
+    over = (centers[None, :] - thresholds[:, None]).clamp(min=0)
+    clip_err = (over**2 * counts[None, :]).sum(dim=1)
+    inside = (centers[None, :] <= thresholds[:, None]).double()
+    round_err = (inside * counts[None, :]).sum(dim=1) * step**2 / 12
+    return float(thresholds[int(torch.argmin(clip_err + round_err))])
 
 
 def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range=False, percentile=99.99,
@@ -152,5 +163,4 @@ def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range
     if method is ClipMethod.KL:
         signed = symmetric or record["min"] < 0
         return _symmetric_threshold(histogram, kl_threshold(histogram, bits, signed), record, symmetric)
-    return _symmetric_threshold(histogram, mse_threshold(histogram, bits, symmetric or record["min"] < 0),
-                                record, symmetric)
+    return _symmetric_threshold(histogram, mse_threshold(histogram, bits, record, symmetric), record, symmetric)
