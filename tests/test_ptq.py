@@ -96,6 +96,7 @@ def test_bn_folded_and_null_bits_keep_fp32():
     assert isinstance(q.model.bn1, nn.Identity)
     assert "conv2" not in q.activation_quantizers and "conv2.weight" not in q.weight_quantizers
     assert "conv1.weight" in q.weight_quantizers and q.activation_quantizers["relu"].bits == 8
+    assert q.layer_params()["conv2"] == {"bits_weights": None}  # listed, as FP32
 
 
 @pytest.mark.parametrize("clip, passes", [("AVG", 1), ("LAPLACE", 1), ("KL", 1), ("MSE", 1)])

@@ -7,43 +7,31 @@ from ..data.loaders import DATASETS
 SUMMARY_CHOICES = ("compute", "model", "modules")
 
 
-def _fraction(flag):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number in [0, 1], got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number in [0, 1], got {value}")
-        return value
+def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=None):
+    """An argparse type: ``kind`` within [lo, hi] (lo excluded with ``lo_open``), else a message naming the flag."""
 
-    return parse
-
-
-def _positive_int(flag):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive integer, got {value}")
-        return value
-
-    return parse
-
-
-def _non_negative(flag, kind=float):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number >= 0, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number >= 0, got {value}")
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}") from None
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {value}")
         return value
 
     return parse
+
+
+def _fraction(flag):
+    return number(flag, expected="a number in [0, 1]", lo=0.0, hi=1.0)
+
+
+def _positive_int(flag):
+    return number(flag, int, expected="a positive integer", lo=0, lo_open=True)
+
+
+def _non_negative(flag, kind=float):
+    return number(flag, kind)
 
 
 def classifier_parser():

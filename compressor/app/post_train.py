@@ -20,21 +20,12 @@ from ..training.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from ..training.determinism import seed_everything
 from ..training.loop import evaluate
 from ..training.run_dir import RunDirectory
+from .args import _fraction, _non_negative, _positive_int, number
 from .classifier import pick_device
 from .errors import UsageError, run_guarded
 from .qe_args import add_qe_arguments, config_as_recipe, qe_config
 
 log = logging.getLogger("compressor")
-
-
-def _size(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--calibration-size expects a count or a fraction, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--calibration-size must be > 0, got {value}")
-    return value
 
 
 def post_train_parser():
@@ -48,11 +39,12 @@ def post_train_parser():
     src.add_argument("--exp-load-weights-from", metavar="PATH", help="FP32 weights (checkpoint or state dict)")
     p.add_argument("--compress", metavar="RECIPE", default=None,
                    help="PTQ recipe (one PostTrainLinearQuantizer); without it the --qe flags configure it")
-    p.add_argument("--calibration-size", type=_size, default=512,
+    p.add_argument("--calibration-size", default=512,
+                   type=number("--calibration-size", expected="a count, or a fraction in (0, 1]", lo=0, lo_open=True),
                    help="training images used for calibration: a count, or a fraction when <= 1 (default: 512)")
-    p.add_argument("-b", "--batch-size", type=int, default=128)
-    p.add_argument("-j", "--workers", type=int, default=0)
-    p.add_argument("--vs", "--validation-split", type=float, default=0.1, dest="validation_split")
+    p.add_argument("-b", "--batch-size", type=_positive_int("-b/--batch-size"), default=128)
+    p.add_argument("-j", "--workers", type=_non_negative("-j/--workers", int), default=0)
+    p.add_argument("--vs", "--validation-split", type=_fraction("--vs"), default=0.1, dest="validation_split")
     p.add_argument("-o", "--out-dir", default="logs")
     p.add_argument("-n", "--name", default=None)
     p.add_argument("--cpu", action="store_true")

@@ -46,6 +46,7 @@ class PostTrainLinearQuantizer(Quantizer):
         "quantize_inputs": Bool(True),
         "fold_bn": Bool(True),
     }
+    SOURCE_KEYS = ("model_activation_stats",)  # the ranges themselves live in the model's state
     LAYER_KEYS = {"bits_activations", "bits_weights", "bits_accum", "mode", "clip_acts", "clip_n_stds",
                   "clip_half_range", "clip_percentile", "per_channel_wts"}
 
@@ -182,21 +183,8 @@ class PostTrainLinearQuantizer(Quantizer):
                 "weight_zero_point": [int(v) for v in wq.zero_point.tolist()],
             })
         for name, _ in graph.weight_modules(self.prepared):
-            if name in out and "bits_weights" not in out[name]:
-                out[name]["bits_weights"] = None
+            out.setdefault(name, {}).setdefault("bits_weights", None)  # null: the layer's weights stay FP32
         return out
-
-    def state_dict(self):
-        state = super().state_dict()
-        state["config"]["model_activation_stats"] = None  # ranges live in the model's state
-        return state
-
-    def load_state_dict(self, state):
-        self.config["model_activation_stats"], saved = None, self.config["model_activation_stats"]
-        try:
-            super().load_state_dict(state)
-        finally:
-            self.config["model_activation_stats"] = saved
 
 
 def _node_named(gm, name, calls):

@@ -120,17 +120,25 @@ class Quantizer:
         lines += [(n, "", "", f"{bits} ({chain})") for n, (bits, chain) in self.act_rows.items()]
         return tabulate(lines, headers=["name", "weight bits", "bias bits", "activation bits (fused chain)"])
 
+    # Configuration that only says where the state came from (e.g. a stats file), not what it is:
+    # left out of checkpoints and of the resume comparison, since the model state holds the result.
+    SOURCE_KEYS = ()
+
+    def _state_config(self):
+        return {k: v for k, v in self.config.items() if k not in self.SOURCE_KEYS}
+
     def state_dict(self):
         """Plain data: the configuration the quantizer was built from (the rest lives in the model)."""
-        return {"class": type(self).__name__, "config": dict(self.config)}
+        return {"class": type(self).__name__, "config": self._state_config()}
 
     def load_state_dict(self, state):
         """Refuse a checkpoint made with another quantizer or other settings: its ranges would not fit."""
         if state.get("class") != type(self).__name__:
             raise ValueError(f"the checkpoint was quantized by {state.get('class')}, the recipe uses {type(self).__name__}")
-        saved = state.get("config", {})
-        differ = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+        saved = {k: v for k, v in state.get("config", {}).items() if k not in self.SOURCE_KEYS}
+        mine = self._state_config()
+        differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if differ:
-            details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {self.config.get(k)!r} in the recipe"
+            details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} in the recipe"
                                 for k in differ)
             raise ValueError(f"the recipe's quantizer settings differ from the checkpoint's ({details})")
