@@ -74,6 +74,8 @@ class QuantizationPolicy(Policy):
 
     def on_epoch_begin(self, model, epoch, optimizer=None):
         self.apply_phase(self.phase_at(epoch))
+        if hasattr(self.quantizer, "schedule_epoch"):  # quantizers that change with the epoch (INQ)
+            self.quantizer.schedule_epoch(epoch, self.epochs)
 
     def state_dict(self):
         return {"phase": self.phase}

@@ -37,6 +37,7 @@ class Registry:
 QUANTIZERS = Registry("quantizer")
 LR_SCHEDULERS = Registry("lr_scheduler")
 CALIBRATORS = Registry("calibrator")
+DISTILLERS = Registry("distiller")
 
 
 def _register_torch_lr_schedulers():

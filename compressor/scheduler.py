@@ -33,15 +33,28 @@ class CompressionScheduler:
             if p.active(epoch):
                 p.on_minibatch_begin(self.model, epoch, minibatch_id, minibatches_per_epoch, optimizer)
 
+    def attach(self, net, arch, dataset, device="cpu"):
+        """What policies need from the run: the module the loop calls, the model and data names, the device."""
+        for p in self.policies:
+            if hasattr(p, "attach"):
+                p.attach(net, arch, dataset, device)
+
     def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer=None,
                              return_loss_components=False):
-        components = []
+        """Policies return loss components to add, or a PolicyLoss whose overall loss replaces the objective
+        (e.g. knowledge distillation's weighted mix); its components are logged, not added again."""
+        overall, components, added = loss, [], []
         for p in self.policies:
             if p.active(epoch):
-                added = p.before_backward_pass(self.model, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer)
-                components += [LossComponent(n, v) for n, v in (added or [])]
-        overall = loss
-        for c in components:
+                result = p.before_backward_pass(self.model, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer)
+                if isinstance(result, PolicyLoss):
+                    overall = overall - loss + result.overall_loss
+                    components += [LossComponent(n, v) for n, v in result.loss_components]
+                else:
+                    new = [LossComponent(n, v) for n, v in (result or [])]
+                    components += new
+                    added += new
+        for c in added:
             overall = overall + c.value
         return PolicyLoss(overall, components) if return_loss_components else overall
 

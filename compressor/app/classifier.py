@@ -16,6 +16,7 @@ from ..training.loop import evaluate, train_one_epoch
 from ..training.run_dir import RunDirectory
 from .args import classifier_parser
 from .errors import UsageError, run_guarded
+from .kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
 from .summary import print_summary
 
 log = logging.getLogger("compressor")
@@ -69,6 +70,9 @@ class ClassifierRun:
             self.recipe = read_recipe(args.compress)
         elif self.checkpoint and self.checkpoint.get("recipe"):
             self.recipe = read_recipe(self.checkpoint["recipe"], file=f"{args.resume_from} (recipe)")
+        if kd_requested(args) and not has_kd_from_flags(self.recipe):  # a resumed run's recipe may have it already
+            data = add_kd_to_recipe(self.recipe.data if self.recipe else None, args)
+            self.recipe = read_recipe(data, file=f"{args.compress or 'the command line'} + --kd-* flags")
         if self.checkpoint:
             for key in ("arch", "dataset"):
                 saved = self.checkpoint.get(key)
@@ -99,7 +103,10 @@ class ClassifierRun:
         self.model.to(self.device)
         if args.exp_load_weights_from:
             try:
-                load_weights(self.model, model_state(load_checkpoint(args.exp_load_weights_from)))
+                state = model_state(load_checkpoint(args.exp_load_weights_from))
+                if self.scheduler and self.scheduler.quantizer:
+                    state = self.scheduler.quantizer.adapt_weights(state)
+                load_weights(self.model, state)
             except (RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"--exp-load-weights-from {args.exp_load_weights_from}: {exc}") from None
             log.info("Loaded weights from %s", args.exp_load_weights_from)
@@ -112,6 +119,8 @@ class ClassifierRun:
                 raise CheckpointError(f"--resume-from {args.resume_from} does not fit this run: {exc}") from None
         self._warn_idle_policies()
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
+        if self.scheduler:
+            self.scheduler.attach(self.net, args.arch, self.dataset, self.device)
         self.criterion = nn.CrossEntropyLoss().to(self.device)
 
     def _resume(self, ckpt):
@@ -210,6 +219,9 @@ class ClassifierRun:
             "bits_activations": bits_a,
             "run_dir": self.run.path,
         }
+        quantizer = self.scheduler.quantizer if self.scheduler else None
+        if quantizer is not None and quantizer.prepared is not None:
+            data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
         self.run.write_json("summary.json", data)
         hparams = {"arch": self.args.arch, "dataset": self.dataset,
                    "recipe": os.path.basename(self.args.compress or "none"),

@@ -3,4 +3,4 @@
 Importing this package registers the quantizer classes recipes may name.
 """
 
-from . import ptq, qat  # noqa: F401  (registers the quantizer classes)
+from . import inq, low_bit_qat, ptq, qat  # noqa: F401  (registers the quantizer classes)

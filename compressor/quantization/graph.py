@@ -110,6 +110,7 @@ class ActivationSite:
     node: fx.Node
     head_name: str  # first op of the chain: settings fall back to it (e.g. ``conv1`` for conv1->bn1->relu)
     chain: tuple
+    relu: bool = False  # the chain ends with a ReLU (low-bit methods replace it with a clipped one)
 
 
 def _fused_into_user(gm, node):
@@ -173,19 +174,37 @@ def find_activation_sites(gm, quantize_inputs=True):
                 chain.insert(0, prev)
             else:
                 break
-        sites.append(ActivationSite(names[node], node, names[chain[0]], tuple(names[n] for n in chain)))
+        sites.append(ActivationSite(names[node], node, names[chain[0]], tuple(names[n] for n in chain),
+                                    is_relu(gm, node)))
     return sites
 
 
+def is_relu(gm, node):
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ACT_METHODS
+
+
 def instrument(gm, sites, factory):
-    """Insert ``factory(site)`` (when not None) after each site; returns {site name: module}."""
+    """Insert ``factory(site)`` (when not None) after each site; returns {site name: module}.
+
+    A module with ``replaces_activation`` (e.g. binary activations) takes the place of the
+    site's ReLU instead: it is inserted on the ReLU's input and the ReLU is removed.
+    """
     inserted = {}
     for site in sites:
         module = factory(site)
         if module is None:
             continue
         attr = "activation_quantizers." + re.sub(r"[^0-9a-zA-Z_]", "_", site.name)
-        insert_after(gm, site.node, attr, module)
+        node = site.node
+        if getattr(module, "replaces_activation", False) and site.relu:
+            node = site.node.args[0]
+            site.node.replace_all_uses_with(node)
+            gm.graph.erase_node(site.node)
+        insert_after(gm, node, attr, module)
         inserted[site.name] = module
     gm.recompile()
     return inserted

@@ -50,7 +50,10 @@ class Quantizer:
         self.activation_quantizers = {}  # site name -> module
         self.weight_quantizers = {}  # "module.param" -> module
         self.rows = []
+        self.act_rows = {}
         self.prepared = None
+        # the FP32 model's size, before preparation changes it (e.g. WRPN's widening)
+        self.fp32_bits = FP_BITS * sum(p.numel() for p in model.parameters())
 
     # -- per-layer settings ---------------------------------------------------
     def layer_settings(self, *names):
@@ -92,16 +95,35 @@ class Quantizer:
                     continue
                 parametrize.register_parametrization(module, pname, quant, unsafe=True)
                 self.weight_quantizers[f"{name}.{pname}"] = quant
-                weight_rows.setdefault(name, {})[pname] = quant.bits
+                weight_rows.setdefault(name, {})[pname] = quant
         for key in self.overrides.unused():
             log.warning("override '%s' matches no module or activation of %s", key, type(self.model).__name__)
 
-        self.rows = [
-            (name, bits.get("weight"), bits.get("bias")) for name, bits in weight_rows.items()
-        ]
+        self.rows = list(weight_rows.items())
         self.act_rows = act_rows
         self.prepared = gm
+        self._add_parameter_groups()
         return gm
+
+    def _add_parameter_groups(self):
+        """Parameters the quantizer created (PACT clip values, TTQ scales) join the optimizer,
+        one group per kind with that kind's options (e.g. PACT's ``act_clip_decay``)."""
+        groups = {}
+        modules = list(self.activation_quantizers.values()) + list(self.weight_quantizers.values())
+        for module in modules:
+            options = getattr(module, "PARAM_GROUP", None)
+            params = [p for p in module.parameters(recurse=False)]
+            if options and params:
+                groups.setdefault(options["name"], (options, []))[1].extend(params)
+        if self.optimizer is None:
+            return
+        for name, (options, params) in groups.items():
+            self.optimizer.add_param_group({"params": params, **{k: v for k, v in options.items() if k != "name"}})
+            log.debug("optimizer group '%s': %d parameters", name, len(params))
+
+    def adapt_weights(self, state):
+        """Weights loaded into the prepared model pass here first (WRPN widens narrow ones)."""
+        return state
 
     def make_activation_quantizer(self, site, settings):
         raise NotImplementedError
@@ -115,10 +137,28 @@ class Quantizer:
             q.set_state(enabled, observing)
 
     def table(self):
-        """Per-layer table of what is quantized, for the log."""
-        lines = [(n, w, b, "") for n, w, b in self.rows]
-        lines += [(n, "", "", f"{bits} ({chain})") for n, (bits, chain) in self.act_rows.items()]
-        return tabulate(lines, headers=["name", "weight bits", "bias bits", "activation bits (fused chain)"])
+        """Per-layer table of what is quantized and how, then the model size against FP32, for the log."""
+        def describe(q):
+            return "" if q is None else f"{q.bits} {getattr(q, 'METHOD', '') or 'linear'}"
+
+        lines = [(n, describe(qs.get("weight")), describe(qs.get("bias")), "") for n, qs in self.rows]
+        lines += [(n, "", "", f"{describe(q)} ({self.act_rows[n][1]})")
+                  for n, q in self.activation_quantizers.items()]
+        size, fp32 = self.model_size_bits(), self.fp32_bits
+        text = tabulate(lines, headers=["name", "weights", "bias", "activations (fused chain)"])
+        return text + (f"\nModel size: {size / 8 / 2**20:.3f} MiB ({size} bits) vs FP32 {fp32 / 8 / 2**20:.3f} MiB: "
+                       f"{fp32 / max(size, 1):.2f}x smaller")
+
+    def model_size_bits(self):
+        """Bits to store the parameters: quantized weights at their bits, everything else at 32."""
+        quantized = {}
+        for name, qs in self.rows:
+            for pname, q in qs.items():
+                quantized[f"{name}.parametrizations.{pname}.original"] = q.bits
+        total = 0
+        for name, p in self.prepared.named_parameters():
+            total += p.numel() * quantized.get(name, FP_BITS)
+        return total
 
     # Configuration that only says where the state came from (e.g. a stats file), not what it is:
     # left out of checkpoints and of the resume comparison, since the model state holds the result.

@@ -3,7 +3,8 @@
 import copy
 
 from ..policies import CalibrationPolicy, LRPolicy, QuantizationPolicy
-from ..registry import CALIBRATORS, LR_SCHEDULERS, QUANTIZERS
+from ..distillation import DistillationPolicy
+from ..registry import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
 from ..scheduler import CompressionScheduler
 from .errors import RecipeError
 from .loader import load_recipe, parse_recipe
@@ -39,6 +40,8 @@ def build_scheduler(recipe, model, optimizer):
 
     calibrators = {name: CALIBRATORS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
                    for name, spec in (data.get("calibrators") or {}).items()}
+    distillers = {name: DISTILLERS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+                  for name, spec in (data.get("distillers") or {}).items()}
     scheduler = CompressionScheduler(model, recipe=copy.deepcopy(data))
     policies = data.get("policies") or []
     # calibration stages run after the quantization policy in each epoch, whatever the file order
@@ -55,6 +58,8 @@ def build_scheduler(recipe, model, optimizer):
         elif "calibrator" in policy:
             scheduler.add_policy(CalibrationPolicy(calibrators[policy["calibrator"]["instance_name"]],
                                                    scheduler.quantizer, epochs))
+        elif "distiller" in policy:
+            scheduler.add_policy(DistillationPolicy(distillers[policy["distiller"]["instance_name"]], epochs))
         elif "lr_scheduler" in policy:
             scheduler.add_policy(LRPolicy(lr_schedulers[policy["lr_scheduler"]["instance_name"]], epochs))
     return scheduler

@@ -90,13 +90,31 @@ class Overrides(Spec):
 
 
 class Choice(Spec):
+    """One of ``choices`` (case-insensitive); null allowed when the default is null."""
+
     def __init__(self, default, choices, doc=""):
         super().__init__(default, doc)
         self.choices = list(choices)
 
     def check(self, value):
+        if value is None and self.default is None:
+            return None
         if not isinstance(value, str) or value.upper() not in self.choices:
             return f"expected one of {self.choices}, got {value!r}"
+        return None
+
+
+class Int(Spec):
+    """An integer in [lo, hi]."""
+
+    def __init__(self, default, lo=None, hi=None, doc=""):
+        super().__init__(default, doc)
+        self.lo, self.hi = lo, hi
+
+    def check(self, value):
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            return f"expected an integer in [{self.lo}, {self.hi}], got {value!r}"
         return None
 
 

@@ -7,15 +7,18 @@ import re
 import torch
 
 from .. import quantization  # noqa: F401  (registers the quantizers)
+from .. import distillation, lr_schedulers  # noqa: F401  (register distillers and Distiller's LR schedulers)
 from ..calibration import calibrator  # noqa: F401  (registers the calibrators)
-from ..registry import CALIBRATORS, LR_SCHEDULERS, QUANTIZERS
+from ..registry import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
 
 log = logging.getLogger(__name__)
 
-SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS}
-TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "policies"}
+SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS,
+            "distillers": DISTILLERS}
+TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "distillers", "policies"}
 NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
-POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators"}
+POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators",
+                "distiller": "distillers"}
 TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
 
 
@@ -56,7 +59,7 @@ def _validate_component(recipe, section, registry, name, spec):
     if cls is None:
         return [recipe.issue(path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}")]
     args = {k: v for k, v in spec.items() if k != "class"}
-    if section in ("quantizers", "calibrators"):
+    if section in ("quantizers", "calibrators", "distillers"):
         return _validate_quantizer_args(recipe, path, cls, args)
     return _validate_lr_scheduler_args(recipe, path, cls, args)
 
@@ -199,6 +202,7 @@ def _validate_policies(recipe):
             elif kind == "quantizer":
                 quantizer_policies += 1
                 used_quantizers.add(name)
+                issues += _validate_quantizer_epochs(recipe, path, sections[name], policy)
         issues += _validate_timing(recipe, path, policy)
     calibrator_policies = [i for i, p in enumerate(policies) if isinstance(p, dict) and "calibrator" in p]
     if calibrator_policies and not used_quantizers:
@@ -209,6 +213,16 @@ def _validate_policies(recipe):
     elif quantizer_policies > 1:
         issues.append(recipe.issue(("policies",), "one quantizer policy per recipe: its window is a single epoch range"))
     return issues
+
+
+def _validate_quantizer_epochs(recipe, path, spec, policy):
+    """Quantizers whose state follows the policy's epochs (INQ) check the pairing."""
+    cls = QUANTIZERS.get(spec.get("class")) if isinstance(spec, dict) else None
+    check = getattr(cls, "check_policy_epochs", None)
+    if check is None or _validate_timing(recipe, path, policy):
+        return []
+    message = check({k: v for k, v in spec.items() if k != "class"}, policy_epochs(policy))
+    return [recipe.issue(path, message)] if message else []
 
 
 def _validate_timing(recipe, path, policy):

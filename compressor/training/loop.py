@@ -43,9 +43,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         if scheduler:
             scheduler.on_minibatch_end(epoch, i, steps, optimizer)
         if (print_freq and (i + 1) % print_freq == 0) or i + 1 == steps:
+            extra = "".join(f"    {name} {m.avg:.6f}" for name, m in meters.items() if name not in (OVERALL, OBJECTIVE))
             log.info(
-                "Epoch: [%d][%4d/%4d]    Overall Loss %.6f    Objective Loss %.6f    Top1 %.3f    Top5 %.3f    LR %.6g",
-                epoch, i + 1, steps, meters[OVERALL].avg, meters[OBJECTIVE].avg,
+                "Epoch: [%d][%4d/%4d]    Overall Loss %.6f    Objective Loss %.6f%s    Top1 %.3f    Top5 %.3f    LR %.6g",
+                epoch, i + 1, steps, meters[OVERALL].avg, meters[OBJECTIVE].avg, extra,
                 100.0 * correct1 / seen, 100.0 * correct5 / seen, optimizer.param_groups[0]["lr"],
             )
     stats = {name: m.avg for name, m in meters.items()}
