@@ -6,6 +6,10 @@ are interleaved (FP32, ours, torch.ao, FP32, ...) so machine drift hits all
 alike, and the median epoch time is reported.
 
     python benchmarks/qat_overhead.py --epochs 3 --out docs/benchmarks/qat_overhead.json
+
+``--recipe NAME=PATH`` (repeatable) adds the quantizer of a recipe as a variant, e.g. the
+low-bit methods of schedules/quant_aware_train/ (``--no-default`` leaves out our 8-bit QAT
+and torch.ao, keeping FP32 as the reference).
 """
 
 import argparse
@@ -32,6 +36,17 @@ def ours(model, opt):
     gm = q.prepare_model()
     q.set_state(True, True)
     return gm
+
+
+def from_recipe(path):
+    from compressor.recipe.build import build_scheduler, read_recipe
+
+    def prepare(model, opt):
+        scheduler = build_scheduler(read_recipe(path), model, opt)
+        scheduler.on_epoch_begin(0, opt)  # the quantization policy's first epoch: quantizing
+        return scheduler.model
+
+    return prepare
 
 
 def torch_ao(model, opt):
@@ -64,6 +79,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up epoch)")
     ap.add_argument("-b", "--batch-size", type=int, default=64)
     ap.add_argument("--no-torch-ao", action="store_true", help="skip torch.ao's prepare_qat_fx reference")
+    ap.add_argument("--no-default", action="store_true", help="only FP32 and the --recipe variants")
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=PATH", help="time a recipe's quantizer")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -72,9 +89,14 @@ def main():
     torch.manual_seed(0)
     train, _, _ = load_data("digits", None, (3, 32, 32), args.batch_size)
     base = create_model("resnet20_cifar", "digits")
-    variants = {"fp32": lambda m, o: m, "ours_qat": ours}
-    if not args.no_torch_ao:
-        variants["torch_ao_qat"] = torch_ao
+    variants = {"fp32": lambda m, o: m}
+    if not args.no_default:
+        variants["ours_qat"] = ours
+        if not args.no_torch_ao:
+            variants["torch_ao_qat"] = torch_ao
+    for spec in args.recipe:
+        name, path = spec.split("=", 1)
+        variants[name] = from_recipe(path)
     runs = {}
     for name, prepare in variants.items():
         model = copy.deepcopy(base)
