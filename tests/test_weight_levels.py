@@ -65,5 +65,5 @@ def test_ttq_scales_start_from_the_weights_and_learn():
     assert q.wn.item() == torch.tensor([0.5, 0.3]).mean().item()
     assert torch.allclose(out, torch.tensor([0.8, -0.4, 0.0, -0.4, 0.8]))
     out.sum().backward()
-    assert q.wp.grad.item() == 2.0 and q.wn.grad.item() == -2.0
+    assert q.wp.grad.item() == 1.0 and q.wn.grad.item() == -1.0
     assert bool(q.initialized) and "initialized" in q.state_dict()

@@ -59,7 +59,9 @@ class TernarizeTTQ(torch.autograd.Function):
     """Trained ternary quantization (Zhu et al. 2016): w -> {+wp, 0, -wn} with threshold ``delta``.
 
     Backward: the latent weight's gradient is scaled by wp (positive set), 1 (zero set) and
-    wn (negative set); wp gets the sum of gradients over the positive set, wn minus the sum over the negative set.
+    wn (negative set); wp gets the gradients over the positive set, wn minus those over the
+    negative set, averaged over the set rather than summed as in the paper: a layer-sized sum
+    makes the scales diverge under SGD at the model's learning rate (measured: they changed sign).
     """
 
     @staticmethod
@@ -73,4 +75,6 @@ class TernarizeTTQ(torch.autograd.Function):
         pos, neg, wp, wn = ctx.saved_tensors
         posf, negf = pos.to(grad.dtype), neg.to(grad.dtype)
         scale = wp * posf + wn * negf + (1 - posf - negf)
-        return grad * scale, (grad * posf).sum().reshape(wp.shape), -(grad * negf).sum().reshape(wn.shape), None
+        grad_wp = (grad * posf).sum() / posf.sum().clamp_min(1)
+        grad_wn = -(grad * negf).sum() / negf.sum().clamp_min(1)
+        return grad * scale, grad_wp.reshape(wp.shape), grad_wn.reshape(wn.shape), None
