@@ -17,6 +17,8 @@ setup(
         "tqdm>=4.60",
         "scikit-learn>=1.3",  # ships the embedded digits dataset (load_digits)
         "numpy",
+        "onnx>=1.15",  # QDQ export (deployment)
+        "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
     ],
     extras_require={"test": ["pytest>=7"]},
 )

@@ -89,10 +89,16 @@ def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
     trained = app(tmp_path, "train", "--epochs", "2", "--compress", str(recipe), "--deterministic")
-    ev = app(tmp_path, "eval", "--evaluate", "--resume-from", os.path.join(trained, "checkpoint.pth.tar"))
+    ev = app(tmp_path, "eval", "--evaluate", "--resume-from", os.path.join(trained, "checkpoint.pth.tar"),
+             "--export-onnx", "--qe-convert-pytorch")
     a = json.load(open(os.path.join(trained, "summary.json")))["test"]
-    b = json.load(open(os.path.join(ev, "summary.json")))["test"]
-    assert a == pytest.approx(b)
+    summary = json.load(open(os.path.join(ev, "summary.json")))
+    assert a == pytest.approx(summary["test"])
+    # a QAT checkpoint exports too (batch-norm folded into the integer weights' scales), checked on the test split
+    for key in ("onnx", "pytorch"):
+        assert summary["export"][key]["agreement"] >= 99.5
+        assert summary["export"][key]["simulated_top1"] == pytest.approx(summary["test"]["top1"])
+    assert os.path.isfile(os.path.join(ev, "eval.onnx"))
 
 
 @pytest.mark.parametrize("recipe_text", [FP32_RECIPE, QAT_RECIPE], ids=["fp32", "qat"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from compressor.app.classifier import main as classifier
@@ -118,7 +119,25 @@ def test_classifier_qe_flags_use_the_same_flow(tmp_path, fp32_checkpoint):
     assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--qe"]) == 2  # no model to quantize
 
 
-def test_convert_pytorch_is_not_available_yet(tmp_path, root, fp32_checkpoint):
+def test_export_flags_write_checked_integer_models(tmp_path, root, fp32_checkpoint):
+    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint, "-n", "exp",
+                 "-o", str(tmp_path), "--qe-per-channel", "--qe-mode-wts", "sym", "--qe-mode-acts", "asym_u",
+                 "--qe-convert-pytorch", "--export-onnx"], root)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = glob.glob(os.path.join(tmp_path, "exp___*"))
+    summary = json.load(open(os.path.join(path, "summary.json")))
+    export = summary["export"]
+    for key in ("pytorch", "onnx"):
+        assert export[key]["agreement"] >= 99.5  # the bar, on the 360 test images
+        assert export[key]["simulated_top1"] == pytest.approx(summary["quantized"]["top1"])
+        assert os.path.isfile(export[key]["path"])
+        assert export[key]["bytes"] < 0.4 * export["fp32_parameter_bytes"]  # integer weights, not FP32
+    assert export["integer_layers"] == 4
+    ckpt = torch.load(export["pytorch"]["path"], weights_only=True)
+    assert ckpt["arch"] == "simplenet_digits" and ckpt["engine"] == "qnnpack"
+
+
+def test_dynamic_ptq_export_is_a_clear_error(tmp_path, root, fp32_checkpoint):
     proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint,
-                 "-o", str(tmp_path), "--qe-convert-pytorch"], root)
-    assert proc.returncode == 2 and "--qe-convert-pytorch is not available yet" in proc.stderr
+                 "-o", str(tmp_path), "--qe-dynamic", "--export-onnx"], root)
+    assert proc.returncode == 2 and "dynamic" in proc.stderr and "Traceback" not in proc.stderr

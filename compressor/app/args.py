@@ -80,9 +80,11 @@ def classifier_parser():
     p.add_argument("--summary", choices=SUMMARY_CHOICES, action="append", default=None,
                    help="print a summary of the model and exit")
     p.add_argument("--num-best-scores", type=_positive_int("--num-best-scores"), default=1)
+    from .deploy_args import add_deploy_arguments
     from .kd_args import add_kd_arguments
     from .qe_args import add_qe_arguments
 
     add_qe_arguments(p)
     add_kd_arguments(p)
+    add_deploy_arguments(p)
     return p

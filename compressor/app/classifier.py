@@ -15,6 +15,7 @@ from ..training.determinism import rng_state, seed_everything, set_rng_state
 from ..training.loop import evaluate, train_one_epoch
 from ..training.run_dir import RunDirectory
 from .args import classifier_parser
+from .deploy_args import run_exports
 from .errors import UsageError, run_guarded
 from .kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
 from .summary import print_summary
@@ -204,6 +205,12 @@ class ClassifierRun:
                           "Performance/Test/Top5": result["top5"]}, step)
         return result
 
+    def _quantized(self):
+        """True when the model computes quantized (the quantizer is on at the end of the run)."""
+        q = self.scheduler.quantizer if self.scheduler else None
+        return q is not None and any(m.enabled for m in q.activation_quantizers.values()) or \
+            (q is not None and any(m.enabled for m in q.weight_quantizers.values()))
+
     def summary(self, epochs_run, test):
         bits_w, bits_a = _quant_bits(self.scheduler)
         best = {"epoch": self.best[0][2], "top1": self.best[0][0]} if self.best else None
@@ -222,6 +229,12 @@ class ClassifierRun:
         quantizer = self.scheduler.quantizer if self.scheduler else None
         if quantizer is not None and quantizer.prepared is not None:
             data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
+        exported = run_exports(self.args, self.run, os.path.basename(self.run.path).split("___")[0], self.model,
+                               self._quantized(), self.test_loader,
+                               {"arch": self.args.arch, "dataset": self.dataset,
+                                "recipe": self.scheduler.recipe if self.scheduler else None})
+        if exported:
+            data["export"] = exported
         self.run.write_json("summary.json", data)
         hparams = {"arch": self.args.arch, "dataset": self.dataset,
                    "recipe": os.path.basename(self.args.compress or "none"),

@@ -16,7 +16,14 @@ class UsageError(ValueError):
     """A mistake in the command line or its inputs."""
 
 
-USER_ERRORS = (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError)
+def _deploy_errors():
+    from ..deploy.convert import ConversionError
+    from ..deploy.onnx_export import ExportError
+
+    return (ConversionError, ExportError)
+
+
+USER_ERRORS = (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError) + _deploy_errors()
 
 
 def run_guarded(fn, *args):

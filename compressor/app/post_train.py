@@ -23,6 +23,7 @@ from ..training.run_dir import RunDirectory
 from .args import _fraction, _non_negative, _positive_int, number
 from .classifier import pick_device
 from .errors import UsageError, run_guarded
+from .deploy_args import add_deploy_arguments, run_exports
 from .qe_args import add_qe_arguments, config_as_recipe, qe_config
 
 log = logging.getLogger("compressor")
@@ -52,6 +53,7 @@ def post_train_parser():
     p.add_argument("--deterministic", "--det", action="store_true")
     p.add_argument("--seed", type=int, default=None)
     add_qe_arguments(p, with_switch=False)
+    add_deploy_arguments(p)
     return p
 
 
@@ -159,6 +161,10 @@ def run(args):
                    "calibration_images": len(calib_loader.dataset) if records is not None else 0,
                    "quantizer": saved_config, "fp32": pick(fp32), "quantized": pick(quant),
                    "top1_drop": fp32["top1"] - quant["top1"], "run_dir": run_dir.path}
+        exported = run_exports(args, run_dir, args.name or f"post_train_{args.arch}", gm, True, test_loader,
+                               {"arch": args.arch, "dataset": dataset, "recipe": config_as_recipe(saved_config)})
+        if exported:
+            summary["export"] = exported
         run_dir.write_json("summary.json", summary)
         run_dir.scalars({"PTQ/FP32/Top1": fp32["top1"], "PTQ/FP32/Loss": fp32["loss"],
                          "PTQ/Quantized/Top1": quant["top1"], "PTQ/Quantized/Loss": quant["loss"]}, 0)

@@ -33,7 +33,8 @@ def add_qe_arguments(parser, with_switch=True):
     g.add_argument("--qe-save-fp-weights", action="store_true",
                    help="accepted for Distiller compatibility: quantized checkpoints always keep the FP32 weights")
     g.add_argument("--qe-convert-pytorch", action="store_true",
-                   help="convert to PyTorch quantized modules (not available yet: deployment is a later release)")
+                   help="also convert to PyTorch quantized modules (torch.ao.nn.quantized) and save "
+                        "quantized_int8.pth.tar, checked against the simulation on the test split")
     stats = g.add_mutually_exclusive_group()
     stats.add_argument("--qe-stats-file", default=None, metavar="PATH", help="activation stats YAML")
     stats.add_argument("--qe-dynamic", action="store_true", help="online ranges from each batch (no stats)")
@@ -58,8 +59,6 @@ def _bits(value, flag):
 
 def qe_config(args):
     """The PostTrainLinearQuantizer arguments the --qe flags describe."""
-    if getattr(args, "qe_convert_pytorch", False):
-        raise QeError("--qe-convert-pytorch is not available yet; the quantized checkpoint and the simulation are")
     if args.qe_config_file:
         from ..recipe.build import read_recipe
 

@@ -78,9 +78,7 @@ def _integer_weight(layer, w, wq, norm):
         shape = (-1,) + (1,) * (w.dim() - 1)
         q = torch.clamp(torch.round(w / scale.view(shape)) + zp.view(shape), wq.qmin, wq.qmax) - zp.view(shape)
         if q.abs().max() > 127 or (q.min() < -128):
-            deq = q * scale.view(shape)
-            log.info("re-quantizing asymmetric weights of %s symmetric per channel for the integer kernels",
-                     type(layer).__name__)
+            deq = q * scale.view(shape)  # asymmetric grid: re-quantized symmetric per channel (logged by the caller)
             amax = deq.abs().flatten(1).amax(1).clamp_min(1e-12)
             w, scale, q = deq, amax / 127.0, None
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -161,6 +159,7 @@ class _Converter:
         self.absorbed = {}  # old node -> old node whose result it is (ops fused into a quantized layer)
         self.count = 0
         self.converted = []
+        self.requantized = []  # layers whose asymmetric weights were re-quantized symmetric
 
     def module(self, node):
         return self.modules.get(node.target) if node.op == "call_module" else None
@@ -281,6 +280,8 @@ class _Converter:
             if n is not None:
                 self.absorbed[n] = node
         self.converted.append(node.target)
+        if wq is not None and int(wq.zero_point.abs().max()) != 0:
+            self.requantized.append(node.target)
         return True
 
     def copy_module(self, node, module, keep_quantized):
@@ -346,4 +347,9 @@ def to_torch_int8(model, engine="x86"):
         int8 = converter.run()
     model.train(was_training)
     int8.eval()
+    if converter.requantized:
+        log.info("%d layers have asymmetric weights; the integer kernels take weight zero point 0, so they were "
+                 "re-quantized symmetric per channel (close to the simulation, not bit-exact): %s",
+                 len(converter.requantized), ", ".join(converter.requantized[:5]) +
+                 (", ..." if len(converter.requantized) > 5 else ""))
     return int8, converter.converted
