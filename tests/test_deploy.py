@@ -149,3 +149,53 @@ def test_dynamic_ranges_cannot_be_exported():
     sched.on_epoch_begin(0, opt)
     with pytest.raises(ConversionError, match="dynamic"):
         to_torch_int8(sched.model.eval())
+
+
+def test_nibble_packing_round_trip():
+    from compressor.deploy.artifact import pack_nibbles, unpack_nibbles
+
+    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3)[:-1]  # odd count
+    data, count = pack_nibbles(q)
+    assert data.dtype == torch.uint8 and data.numel() == (q.numel() + 1) // 2
+    assert torch.equal(unpack_nibbles(data, count), q)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_int8_artifact_rebuilds_the_model_and_packs_low_bit_weights(tmp_path, bits):
+    from compressor.deploy.artifact import load_artifact, save_artifact
+    from compressor.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("simplenet_digits", "digits").eval()
+    recipe = {"quantizers": {"q": {"class": "PostTrainLinearQuantizer", "bits_activations": 8, "bits_parameters": bits,
+                                   "per_channel_wts": True, "mode": {"activations": "ASYMMETRIC_UNSIGNED",
+                                                                     "weights": "SYMMETRIC"}}},
+              "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 1}]}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = build_scheduler(read_recipe(recipe), model, opt)
+    sched.on_epoch_begin(0, opt)
+    g = torch.Generator().manual_seed(0)
+    sched.quantizer.calibrate([(torch.rand(16, 1, 8, 8, generator=g) * 16, None) for _ in range(2)])
+    sim = sched.model.eval()
+    int8, _ = to_torch_int8(sim)
+    path = str(tmp_path / "a.pth.tar")
+    save_artifact(path, int8, sim, {"arch": "simplenet_digits", "dataset": "digits", "recipe": recipe,
+                                    "engine": "qnnpack"})
+    art = torch.load(path, weights_only=True)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    packed = sum(p["data"].numel() for p in art["packed_weights"].values())
+    if bits == 4:  # every layer packed two weights per byte
+        assert len(art["packed_weights"]) == 4 and packed == sum((n + 1) // 2 for n in
+                                                                 [m.weight.numel() for m in model.modules()
+                                                                  if isinstance(m, (nn.Conv2d, nn.Linear))])
+    else:
+        assert packed == 0
+    assert not any(k.endswith(".original") for k in art["quantizer_state"])  # no FP32 weights inside
+    rebuilt, _ = load_artifact(path)
+    x = torch.rand(4, 1, 8, 8, generator=g) * 16
+    with torch.no_grad():
+        expected = sim(x)
+        got = rebuilt(x)
+    step = sim.get_submodule("activation_quantizers.fc2").scale.item()
+    assert (got - expected).abs().max().item() <= 3 * step  # the rebuilt integer model computes the simulation
+    assert weights > 0

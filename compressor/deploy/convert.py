@@ -160,6 +160,7 @@ class _Converter:
         self.count = 0
         self.converted = []
         self.requantized = []  # layers whose asymmetric weights were re-quantized symmetric
+        self.weight_bits = {}  # quantized module name -> bits of its weights in the simulation
 
     def module(self, node):
         return self.modules.get(node.target) if node.op == "call_module" else None
@@ -274,6 +275,7 @@ class _Converter:
         params = _u8_params(self.activation_quant(qnode))
         qlayer = _make_quantized_layer(layer, w, wq, self.module(norm) if norm else None, relu is not None, params)
         name = self.add_module(node.target, qlayer)
+        self.weight_bits[name] = wq.bits if wq is not None else 8
         self.env[node] = self.graph.call_module(name, (self.env[src],))
         self.qparams[node] = params
         for n in (norm, relu):
@@ -347,6 +349,7 @@ def to_torch_int8(model, engine="x86"):
         int8 = converter.run()
     model.train(was_training)
     int8.eval()
+    int8.weight_bits = converter.weight_bits
     if converter.requantized:
         log.info("%d layers have asymmetric weights; the integer kernels take weight zero point 0, so they were "
                  "re-quantized symmetric per channel (close to the simulation, not bit-exact): %s",

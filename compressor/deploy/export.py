@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ..training.checkpoint import save_checkpoint
+from .artifact import save_artifact
 from .convert import to_torch_int8
 from .onnx_export import export_onnx
 from .verify import REQUIRED_AGREEMENT, agreement, onnx_runner
@@ -44,7 +44,7 @@ def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="q
         example = next(iter(loader))[0][:1]
     report = {"engine": engine, "integer_layers": len(converted), "fp32_parameter_bytes": fp32_bytes(model)}
     if pytorch_path:
-        save_checkpoint(pytorch_path, {"int8_state_dict": int8.state_dict(), "engine": engine, **(metadata or {})})
+        save_artifact(pytorch_path, int8, model, {"engine": engine, **(metadata or {})})
         check = agreement(model, lambda x: int8(x), loader, device)
         report["pytorch"] = {"path": pytorch_path, "bytes": os.path.getsize(pytorch_path), **check}
         _log("PyTorch int8", report["pytorch"])
