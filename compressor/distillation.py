@@ -81,7 +81,10 @@ class KnowledgeDistillation:
         from .training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
 
         path = self.config["teacher_checkpoint"]
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"knowledge distillation teacher: {exc} (--kd-resume / teacher_checkpoint)") from None
         teacher_arch = self.config["teacher_arch"] or (ckpt.get("arch") if isinstance(ckpt, dict) else None) or arch
         teacher = create_model(teacher_arch, dataset)
         try:

@@ -41,3 +41,12 @@ def test_policy_mixes_the_losses_and_reports_the_component():
         assert agg.overall_loss.item() == pytest.approx(0.3 * loss.item() + 0.7 * distill.item(), rel=1e-6)
         agg.overall_loss.backward()
         assert student.weight.grad is not None and teacher.weight.grad is None
+
+
+def test_kd_flags_need_the_teacher_checkpoint(tmp_path):
+    from compressor.app.classifier import main
+
+    argv = ["-a", "simplenet_digits", "--dataset", "digits", "--epochs", "1", "-o", str(tmp_path)]
+    assert main(argv + ["--kd-teacher", "simplenet_digits"]) == 2
+    assert main(argv + ["--kd-teacher", "simplenet_digits", "--kd-resume", str(tmp_path / "nope.pth.tar")]) == 2
+    assert main(argv + ["--kd-teacher", "simplenet_digits", "--kd-resume", "x", "--kd-tw", "0.5"]) == 2
