@@ -43,19 +43,18 @@ class CompressionScheduler:
                              return_loss_components=False):
         """Policies return loss components to add, or a PolicyLoss whose overall loss replaces the objective
         (e.g. knowledge distillation's weighted mix); its components are logged, not added again."""
-        overall, components, added = loss, [], []
-        for p in self.policies:
+        overall, components = loss, []
+        for p in self.policies:  # as Distiller: each policy sees the loss as the policies before it left it
             if p.active(epoch):
-                result = p.before_backward_pass(self.model, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer)
+                result = p.before_backward_pass(self.model, epoch, minibatch_id, minibatches_per_epoch, overall,
+                                                optimizer)
                 if isinstance(result, PolicyLoss):
-                    overall = overall - loss + result.overall_loss
+                    overall = result.overall_loss
                     components += [LossComponent(n, v) for n, v in result.loss_components]
                 else:
-                    new = [LossComponent(n, v) for n, v in (result or [])]
-                    components += new
-                    added += new
-        for c in added:
-            overall = overall + c.value
+                    for n, v in result or []:
+                        components.append(LossComponent(n, v))
+                        overall = overall + v
         return PolicyLoss(overall, components) if return_loss_components else overall
 
     def before_parameter_optimization(self, epoch, minibatch_id, minibatches_per_epoch, optimizer=None):

@@ -199,3 +199,40 @@ def test_int8_artifact_rebuilds_the_model_and_packs_low_bit_weights(tmp_path, bi
     step = sim.get_submodule("activation_quantizers.fc2").scale.item()
     assert (got - expected).abs().max().item() <= 3 * step  # the rebuilt integer model computes the simulation
     assert weights > 0
+
+
+def test_low_bit_activations_saturate_like_the_simulation():
+    sim = simulated(bits_activations=4)
+    int8, _ = to_torch_int8(sim)
+    x = _batches(1, seed=4)[0][0] * 3  # beyond the calibrated ranges: both must clip
+    with torch.no_grad():
+        a, b = sim(x), int8(x)
+    step = sim.get_submodule("activation_quantizers.fc").scale.item()
+    assert (a - b).abs().max().item() <= 3 * step
+
+
+def test_negative_and_zero_batch_norm_scales_fold():
+    sim = simulated("QuantAwareTrainRangeLinearQuantizer")
+    bn = sim.get_submodule("bn1")
+    with torch.no_grad():
+        bn.weight[0] = -bn.weight[0]
+        bn.weight[1] = 0.0
+    int8, converted = to_torch_int8(sim)
+    assert "conv1" in converted
+    x = _batches(1, seed=5)[0][0]
+    with torch.no_grad():
+        a, b = sim(x), int8(x)
+    # requantization rounding adds up over the 4 layers of this untrained model to a few output steps
+    # (7 before the change of gamma); a wrong sign or scale would be off by orders of magnitude
+    assert (a - b).abs().max().item() <= 12 * sim.get_submodule("activation_quantizers.fc").scale.item()
+
+
+def test_low_bit_training_quantizers_are_refused_by_the_converter():
+    model = Mixed().eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    recipe = read_recipe({"quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4}},
+                          "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 1}]})
+    sched = build_scheduler(recipe, model, opt)
+    sched.on_epoch_begin(0, opt)
+    with pytest.raises(ConversionError, match="linear quantizers"):
+        to_torch_int8(sched.model.eval())

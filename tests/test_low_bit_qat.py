@@ -139,3 +139,21 @@ def test_distiller_low_bit_examples_build_unchanged(root, name):
     assert q.weight_quantizers["layer1.0.conv1.weight"].bits == 3
     out = sched.model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("lr", [{"class": "MultiStepMultiGammaLR", "milestones": [1], "gammas": [0.5]},
+                                {"class": "ExponentialLR", "gamma": 0.5}])
+def test_lr_schedulers_cover_the_quantizer_parameter_groups(lr):
+    model = Functional()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    recipe = read_recipe({"quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4}},
+                          "lr_schedulers": {"lr": lr},
+                          "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 3},
+                                       {"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 3}]})
+    sched = build_scheduler(recipe, model, opt)
+    assert len(opt.param_groups) == 2
+    for epoch in range(2):
+        sched.on_epoch_begin(epoch, opt)
+        opt.step()
+        sched.on_epoch_end(epoch, opt)
+    assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == pytest.approx(0.05 if "milestones" in lr else 0.025)

@@ -45,8 +45,9 @@ def save_artifact(path, int8_model, simulated, metadata):
         bits = weight_bits.get(key.split("._packed_params")[0].rsplit(".", 1)[0] if "_packed_params" in key
                                 else key.rsplit(".", 1)[0])
         weight, rest = (value[0], list(value[1:])) if isinstance(value, tuple) else (value, None)
-        if torch.is_tensor(weight) and weight.dtype == torch.qint8 and bits is not None and bits <= PACK_BITS \
-                and (rest is not None or key.endswith(".weight")):
+        fits = torch.is_tensor(weight) and weight.dtype == torch.qint8 and \
+            -8 <= int(weight.int_repr().min()) and int(weight.int_repr().max()) <= 7
+        if fits and bits is not None and bits <= PACK_BITS and (rest is not None or key.endswith(".weight")):
             data, count = pack_nibbles(weight.int_repr())
             packed[key] = {"data": data, "count": count, "shape": list(weight.shape), "rest": rest,
                            "scales": weight.q_per_channel_scales().float(), "axis": weight.q_per_channel_axis()}

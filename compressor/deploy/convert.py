@@ -63,37 +63,39 @@ def _u8_params(quant):
 
 
 def _integer_weight(layer, w, wq, norm):
-    """The layer's weight as a per-channel qint8 tensor (BN folded into scales) and its float bias.
+    """The layer's weight as a per-channel qint8 tensor (BN folded into scales), its float bias, and whether
+    the simulation's integers had to be re-quantized (an asymmetric grid does not fit int8 with zero point 0).
 
     ``w`` is the FP32 master weight, ``wq`` its fake-quantizer in the simulation (None: FP32 there).
     """
     w = w.detach().float()
     out_ch = w.shape[0]
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    requantized = False
     if wq is None:  # FP32 weights in the simulation: quantize them per channel at 8 bits for the kernel
-        amax = w.abs().flatten(1).amax(1).clamp_min(1e-12)
-        scale, q = amax / 127.0, None
+        scale, q = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0, None
     else:
         scale = wq.scale.detach().float().expand(out_ch).clone() if wq.scale.numel() == 1 else wq.scale.detach().float()
         zp = wq.zero_point.detach().expand(out_ch) if wq.zero_point.numel() == 1 else wq.zero_point.detach()
-        shape = (-1,) + (1,) * (w.dim() - 1)
         q = torch.clamp(torch.round(w / scale.view(shape)) + zp.view(shape), wq.qmin, wq.qmax) - zp.view(shape)
-        if q.abs().max() > 127 or (q.min() < -128):
-            deq = q * scale.view(shape)  # asymmetric grid: re-quantized symmetric per channel (logged by the caller)
-            amax = deq.abs().flatten(1).amax(1).clamp_min(1e-12)
-            w, scale, q = deq, amax / 127.0, None
-    shape = (-1,) + (1,) * (w.dim() - 1)
+        if q.min() < -128 or q.max() > 127:
+            w = q * scale.view(shape)  # the simulated values, re-quantized symmetric per channel
+            scale, q, requantized = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0, None, True
     if q is None:
         q = torch.clamp(torch.round(w / scale.view(shape)), -127, 127)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_ch)
     if norm is not None:  # y = gamma * (conv - mean) / sqrt(var + eps) + beta, per output channel
-        factor = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-        bias = (bias - norm.running_mean) * factor + norm.bias.detach()
-        sign = torch.where(factor < 0, -1.0, 1.0)
-        q = q * sign.view(shape)
-        scale = scale * factor.abs()
+        gamma = norm.weight.detach() if norm.affine else torch.ones(out_ch)
+        beta = norm.bias.detach() if norm.affine else torch.zeros(out_ch)
+        factor = gamma / torch.sqrt(norm.running_var + norm.eps)
+        bias = (bias - norm.running_mean) * factor + beta
+        dead = factor == 0  # a channel BN zeroes: its output is the bias alone
+        q = torch.where(dead.view(shape), torch.zeros_like(q), q * torch.where(factor < 0, -1.0, 1.0).view(shape))
+        q = q.clamp(-128, 127)  # -128 flipped by a negative gamma: one step off, on that value only
+        scale = torch.where(dead, torch.ones_like(scale), scale * factor.abs())
     qweight = torch.quantize_per_channel(q * scale.view(shape), scale.double(), torch.zeros(out_ch, dtype=torch.long),
                                          0, torch.qint8)
-    return qweight, bias.float()
+    return qweight, bias.float(), requantized
 
 
 def _make_quantized_layer(layer, w, wq, norm, relu, out_params):
@@ -105,9 +107,10 @@ def _make_quantized_layer(layer, w, wq, norm, relu, out_params):
             raise ConversionError(f"padding_mode {layer.padding_mode!r} has no quantized kernel")
         qlayer = qtype(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                        layer.dilation, layer.groups, True)
-    qlayer.set_weight_bias(*_integer_weight(layer, w, wq, norm))
+    qweight, bias, requantized = _integer_weight(layer, w, wq, norm)
+    qlayer.set_weight_bias(qweight, bias)
     qlayer.scale, qlayer.zero_point = out_params
-    return qlayer
+    return qlayer, requantized
 
 
 def _float_type(module):
@@ -194,6 +197,15 @@ class _Converter:
         return None
 
     # -- value helpers ------------------------------------------------------------------------
+    def saturate(self, new, qnode):
+        """Clamp to the simulation's integer range where it is narrower than quint8's (below 8 bits, restricted)."""
+        quant = self.activation_quant(qnode)
+        shift = 128 if quant.qmin < 0 else 0
+        if quant.qmin + shift <= 0 and quant.qmax + shift >= 255:
+            return new
+        scale, zp = float(quant.scale.item()), int(quant.zero_point.item())
+        return self.graph.call_function(torch.clamp, (new, (quant.qmin - zp) * scale, (quant.qmax - zp) * scale))
+
     def quantized(self, old, params):
         new = self.env[old]
         if self.qparams.get(old) == params:
@@ -248,7 +260,7 @@ class _Converter:
             if getattr(quant, "dynamic", False):
                 raise ConversionError("activation ranges are dynamic (no calibration): an integer model needs fixed "
                                       "ranges; calibrate (--qe-calibration / calibration data) or give stats first")
-            self.env[node] = self.quantized(node.args[0], params)
+            self.env[node] = self.saturate(self.quantized(node.args[0], params), node)
             self.qparams[node] = params
             return
         if isinstance(module, (ActivationFakeQuant,)):  # disabled quantizer: identity
@@ -273,17 +285,19 @@ class _Converter:
             raise ConversionError("convert a model in eval mode")
         w, wq = self.weights.get(node.target, (layer.weight, None))
         params = _u8_params(self.activation_quant(qnode))
-        qlayer = _make_quantized_layer(layer, w, wq, self.module(norm) if norm else None, relu is not None, params)
+        qlayer, requantized = _make_quantized_layer(layer, w, wq, self.module(norm) if norm else None,
+                                                    relu is not None, params)
         name = self.add_module(node.target, qlayer)
         self.weight_bits[name] = wq.bits if wq is not None else 8
-        self.env[node] = self.graph.call_module(name, (self.env[src],))
+        self.env[node] = self.saturate(self.graph.call_module(name, (self.env[src],)), qnode)
         self.qparams[node] = params
         for n in (norm, relu):
             if n is not None:
                 self.absorbed[n] = node
         self.converted.append(node.target)
-        if wq is not None and int(wq.zero_point.abs().max()) != 0:
+        if requantized:
             self.requantized.append(node.target)
+            self.weight_bits[name] = 8
         return True
 
     def copy_module(self, node, module, keep_quantized):
@@ -304,19 +318,19 @@ class _Converter:
                 if node.target in _CATS:
                     dim = node.args[1] if len(node.args) > 1 else 0
                     inputs = [self.quantized(t, params) for t in tensors]
-                    self.env[node] = self.graph.call_function(torch.ops.quantized.cat, (inputs, dim, *params))
+                    self.env[node] = self.saturate(
+                        self.graph.call_function(torch.ops.quantized.cat, (inputs, dim, *params)), qnode)
                 else:
                     inputs = [self.quantized(t, self.qparams.get(t) or params) for t in tensors]
                     op = torch.ops.quantized.add_relu if relu is not None else torch.ops.quantized.add
-                    self.env[node] = self.graph.call_function(op, (*inputs, *params))
+                    self.env[node] = self.saturate(self.graph.call_function(op, (*inputs, *params)), qnode)
                 self.qparams[node] = params
                 if relu is not None:
                     self.absorbed[relu] = node
                 return
         if node.target in _PASS_FUNCTIONS and node.args and node.args[0] in self.qparams:
             self.env[node] = self.graph.call_function(node.target, self.mapped(node.args), self.mapped(node.kwargs))
-            if node.target is not operator.getitem or isinstance(node.args[1], (slice, tuple)):
-                self.qparams[node] = self.qparams[node.args[0]]
+            self.qparams[node] = self.qparams[node.args[0]]  # indexing a quantized tensor keeps its parameters
             return
         self.env[node] = self.graph.call_function(node.target, self.floating(node.args), self.floating(node.kwargs))
 
@@ -339,20 +353,36 @@ def to_torch_int8(model, engine="x86"):
                               f"{torch.backends.quantized.supported_engines}")
     if not isinstance(model, fx.GraphModule):
         raise ConversionError("convert the quantizer's prepared model (scheduler.model / quantizer.prepared)")
-    torch.backends.quantized.engine = engine  # packed weights are made for the engine that runs them
+    from ..quantization.switchable import Switchable
+
+    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, Switchable)})
+    if others:
+        raise ConversionError(f"export covers the linear quantizers (QuantAwareTrainRangeLinearQuantizer, "
+                              f"PostTrainLinearQuantizer); this model uses {', '.join(others)}, whose levels no "
+                              "integer runtime here computes as such")
     if next(model.parameters()).device.type != "cpu":
         raise ConversionError("move the model to the CPU before converting it (integer kernels run on the CPU)")
-    was_training = model.training
-    model.eval()
-    converter = _Converter(model)
-    with torch.no_grad():
-        int8 = converter.run()
-    model.train(was_training)
+    engine_before, was_training = torch.backends.quantized.engine, model.training
+    torch.backends.quantized.engine = engine  # packed weights are made for the engine that runs them
+    try:
+        model.eval()
+        converter = _Converter(model)
+        with torch.no_grad():
+            int8 = converter.run()
+    except BaseException:
+        torch.backends.quantized.engine = engine_before
+        raise
+    finally:
+        model.train(was_training)
+    if not converter.converted:
+        torch.backends.quantized.engine = engine_before
+        raise ConversionError("no layer could run on integer kernels: conv/linear layers need a quantized input "
+                              "and an activation quantizer after them")
     int8.eval()
     int8.weight_bits = converter.weight_bits
     if converter.requantized:
-        log.info("%d layers have asymmetric weights; the integer kernels take weight zero point 0, so they were "
-                 "re-quantized symmetric per channel (close to the simulation, not bit-exact): %s",
-                 len(converter.requantized), ", ".join(converter.requantized[:5]) +
+        log.info("%d layers have weights outside int8 with zero point 0 (asymmetric grid); the integer kernels take "
+                 "zero point 0, so they were re-quantized symmetric per channel (close to the simulation, not "
+                 "bit-exact): %s", len(converter.requantized), ", ".join(converter.requantized[:5]) +
                  (", ..." if len(converter.requantized) > 5 else ""))
     return int8, converter.converted

@@ -36,9 +36,9 @@ def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="q
     path, file size, agreement with the simulation, both top-1s, the largest logit difference.
     """
     device = next(model.parameters()).device
-    cpu_model = model if device.type == "cpu" else model.cpu()
-    int8, converted = to_torch_int8(cpu_model, engine)
-    if device.type != "cpu":
+    try:
+        int8, converted = to_torch_int8(model.cpu(), engine)
+    finally:
         model.to(device)
     if example is None:
         example = next(iter(loader))[0][:1]

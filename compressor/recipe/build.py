@@ -34,6 +34,9 @@ def build_scheduler(recipe, model, optimizer):
     for name, spec in (data.get("quantizers") or {}).items():
         args = {k: copy.deepcopy(v) for k, v in spec.items() if k != "class"}
         quantizers[name] = QUANTIZERS.get(spec["class"])(model, optimizer, **args)
+    for policy in data.get("policies") or []:
+        if "quantizer" in policy:  # before LR schedulers: preparing may add parameter groups (PACT, TTQ)
+            quantizers[policy["quantizer"]["instance_name"]].prepare_model()
     for name, spec in (data.get("lr_schedulers") or {}).items():
         args = {k: copy.deepcopy(v) for k, v in spec.items() if k != "class"}
         lr_schedulers[name] = LR_SCHEDULERS.get(spec["class"])(optimizer, **args)
