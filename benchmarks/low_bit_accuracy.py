@@ -33,7 +33,7 @@ def run(arch, recipe, fp32, out_dir, name, kd=False):
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:], "command": " ".join(cmd)}
-    (path,) = glob.glob(os.path.join(out_dir, f"{name}___*"))
+    path = sorted(glob.glob(os.path.join(out_dir, f"{name}___*")))[-1]  # this run's folder (timestamped)
     summary = json.load(open(os.path.join(path, "summary.json")))
     return {"test_top1": summary["test"]["top1"], "best_val_top1": summary["best"]["top1"],
             "model_size_bits": summary.get("model_size_bits"), "seconds": round(seconds, 1),
@@ -46,6 +46,7 @@ def main():
     p.add_argument("--only", default="", help="comma-separated substrings of recipe names to run")
     p.add_argument("--kd", default="pact_w4a4,dorefa_w4a4", help="recipes also run with KD from the FP32 checkpoint")
     p.add_argument("--work", default="/tmp/low_bit_runs")
+    p.add_argument("--skip-existing", action="store_true", help="keep results already in --out")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     results = json.load(open(args.out)) if args.out and os.path.exists(args.out) else {}
@@ -60,6 +61,8 @@ def main():
             variants = [(base, False)] + ([(base + "+kd", True)] if any(base == k for k in args.kd.split(",")) else [])
             for name, kd in variants:
                 key = f"{arch}/{name}"
+                if args.skip_existing and "test_top1" in runs.get(key, {}):
+                    continue
                 runs[key] = run(arch, recipe, fp32, args.work, key.replace("/", "_"), kd)
                 print(key, {k: v for k, v in runs[key].items() if k != "command"}, flush=True)
                 if args.out:
