@@ -203,3 +203,21 @@ def test_summary_compute(tmp_path, capsys):
     assert main(["-a", "resnet20_cifar", "--dataset", "digits", "--summary", "compute", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "layer3.2.conv2" in out and "Total" in out
+
+
+def test_fp32_export_onnx_matches_the_model(tmp_path):
+    path = app(tmp_path, "fp32", "--epochs", "1", "--etrs", "0.3", "--export-onnx", str(tmp_path / "m.onnx"))
+    summary = json.load(open(os.path.join(path, "summary.json")))
+    onnx = summary["export"]["onnx"]
+    assert onnx["path"] == str(tmp_path / "m.onnx") and os.path.isfile(onnx["path"])
+    assert onnx["agreement"] == 100.0 and onnx["max_logit_diff"] < 1e-3
+    assert onnx["simulated_top1"] == pytest.approx(summary["test"]["top1"])
+
+
+def test_export_of_a_low_bit_training_quantizer_is_a_clear_error(tmp_path, root):
+    recipe = tmp_path / "pact.yaml"
+    recipe.write_text("quantizers:\n  q: {class: PACTQuantizer, bits_activations: 4, bits_weights: 4}\n"
+                      "policies:\n  - quantizer: {instance_name: q}\n    starting_epoch: 0\n    ending_epoch: 1\n")
+    proc = _cli("--dataset", "digits", "-a", "simplenet_digits", "--epochs", "1", "--etrs", "0.2", "--compress",
+                str(recipe), "--export-onnx", "-o", str(tmp_path), cwd=root)
+    assert proc.returncode == 2 and "linear quantizers" in proc.stderr and "Traceback" not in proc.stderr

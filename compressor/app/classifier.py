@@ -15,7 +15,7 @@ from ..training.determinism import rng_state, seed_everything, set_rng_state
 from ..training.loop import evaluate, train_one_epoch
 from ..training.run_dir import RunDirectory
 from .args import classifier_parser
-from .deploy_args import run_exports
+from .deploy_args import run_exports, wants_export
 from .errors import UsageError, run_guarded
 from .kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
 from .summary import print_summary
@@ -118,6 +118,11 @@ class ClassifierRun:
                 self._resume(self.checkpoint)
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"--resume-from {args.resume_from} does not fit this run: {exc}") from None
+        quantizer = self.scheduler.quantizer if self.scheduler else None
+        if wants_export(args) and quantizer is not None and not quantizer.EXPORTABLE:
+            raise UsageError(f"--export-onnx/--qe-convert-pytorch: export covers the linear quantizers "
+                             f"(QuantAwareTrainRangeLinearQuantizer, PostTrainLinearQuantizer), not "
+                             f"{type(quantizer).__name__}; nothing was trained")
         self._warn_idle_policies()
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         if self.scheduler:

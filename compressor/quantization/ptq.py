@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 @QUANTIZERS.register
 class PostTrainLinearQuantizer(Quantizer):
+    EXPORTABLE = True
     PARAMS = {
         **Quantizer.PARAMS,
         "bits_activations": Bits(8, lo=2, hi=16, fp_values=(FP_BITS,)),

@@ -14,6 +14,7 @@ _QAT_BITS = dict(lo=2, hi=16, fp_values=(FP_BITS,))
 
 @QUANTIZERS.register
 class QuantAwareTrainRangeLinearQuantizer(Quantizer):
+    EXPORTABLE = True
     PARAMS = {
         **Quantizer.PARAMS,
         "bits_activations": Bits(FP_BITS, **_QAT_BITS),

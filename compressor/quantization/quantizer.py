@@ -37,6 +37,7 @@ class Quantizer:
         "overrides": Overrides(),
     }
     LAYER_KEYS = {"bits_activations", "bits_weights", "bits_bias"}
+    EXPORTABLE = False  # compressor.deploy converts its models to integer runtimes
 
     def __init__(self, model, optimizer=None, **kwargs):
         unknown = set(kwargs) - set(self.PARAMS)
