@@ -151,7 +151,8 @@ def _plain_copy(module):
 
 
 class _Converter:
-    def __init__(self, gm):
+    def __init__(self, gm, for_onnx=False):
+        self.for_onnx = for_onnx
         self.weights = _weight_quantizers(gm)
         self.gm = gm
         self.modules = dict(gm.named_modules())
@@ -204,7 +205,12 @@ class _Converter:
         if quant.qmin + shift <= 0 and quant.qmax + shift >= 255:
             return new
         scale, zp = float(quant.scale.item()), int(quant.zero_point.item())
-        return self.graph.call_function(torch.clamp, (new, (quant.qmin - zp) * scale, (quant.qmax - zp) * scale))
+        if not self.for_onnx:  # clamp works on quantized tensors, in the integer domain
+            return self.graph.call_function(torch.clamp, (new, (quant.qmin - zp) * scale, (quant.qmax - zp) * scale))
+        # dequantize -> clamp -> quantize: exports to ONNX as DQ -> Clip -> Q (a clamp on a quantized tensor does not)
+        value = self.graph.call_method("dequantize", (new,))
+        value = self.graph.call_function(torch.clamp, (value, (quant.qmin - zp) * scale, (quant.qmax - zp) * scale))
+        return self.graph.call_function(torch.quantize_per_tensor, (value, *_u8_params(quant), torch.quint8))
 
     def quantized(self, old, params):
         new = self.env[old]
@@ -343,8 +349,11 @@ class _Converter:
         self.env[node] = self.graph.call_method(node.target, self.floating(node.args), self.floating(node.kwargs))
 
 
-def to_torch_int8(model, engine="x86"):
+def to_torch_int8(model, engine="x86", for_onnx=False):
     """A quantized copy of the simulated, prepared ``model`` (a GraphModule), for the ``engine`` kernels.
+
+    ``for_onnx``: express the saturation of sub-8-bit activations with ops torch.onnx can export
+    (slower in PyTorch than clamping the quantized tensor).
 
     Returns (int8 GraphModule, names of the layers that run on integer kernels).
     """
@@ -366,7 +375,7 @@ def to_torch_int8(model, engine="x86"):
     torch.backends.quantized.engine = engine  # packed weights are made for the engine that runs them
     try:
         model.eval()
-        converter = _Converter(model)
+        converter = _Converter(model, for_onnx)
         with torch.no_grad():
             int8 = converter.run()
     except BaseException:

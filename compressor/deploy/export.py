@@ -49,12 +49,24 @@ def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="q
         report["pytorch"] = {"path": pytorch_path, "bytes": os.path.getsize(pytorch_path), **check}
         _log("PyTorch int8", report["pytorch"])
     if onnx_path:
-        export_onnx(int8, example.cpu(), onnx_path)
+        exportable = int8
+        if any(q.bits < 8 for q in _activation_quantizers(model)):  # saturation in ONNX-exportable ops
+            try:
+                exportable, _ = to_torch_int8(model.cpu(), engine, for_onnx=True)
+            finally:
+                model.to(device)
+        export_onnx(exportable, example.cpu(), onnx_path)
         check = agreement(model, onnx_runner(onnx_path), loader, device)
         report["onnx"] = {"path": onnx_path, "bytes": os.path.getsize(onnx_path), **check}
         _log("ONNX (onnxruntime)", report["onnx"])
     report["int8_model"] = int8
     return report
+
+
+def _activation_quantizers(model):
+    from ..quantization.fake_quant import ActivationFakeQuant
+
+    return [m for m in model.modules() if isinstance(m, ActivationFakeQuant) and m.enabled]
 
 
 def _log(what, r):

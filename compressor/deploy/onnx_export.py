@@ -37,9 +37,13 @@ def export_onnx(int8_model, example_input, path, opset=OPSET, unsigned_weights=T
     def write(tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation notes of the TorchScript exporter
-            torch.onnx.export(int8_model, (example_input,), tmp, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            try:
+                torch.onnx.export(int8_model, (example_input,), tmp, dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            except Exception as exc:  # torch.onnx raises many types; the first line says which op
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"torch.onnx cannot export this int8 model to {path}: {first}") from None
         model = onnx.load(tmp)
         _drop_identity_casts(model)
         if unsigned_weights:

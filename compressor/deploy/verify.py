@@ -4,6 +4,8 @@ import logging
 
 import torch
 
+from ..training.metrics import topk_correct
+
 log = logging.getLogger(__name__)
 REQUIRED_AGREEMENT = 99.5  # percent of top-1 predictions
 
@@ -21,8 +23,9 @@ def agreement(simulated, exported, loader, device="cpu"):
         a = simulated(inputs.to(device)).float().cpu()
         b = exported(inputs.cpu()).float()
         same += (a.argmax(1) == b.argmax(1)).sum().item()
-        correct_sim += (a.argmax(1) == target).sum().item()
-        correct_exp += (b.argmax(1) == target).sum().item()
+        # top-1 counted as evaluate() counts it (topk), so ties of quantized logits break the same way
+        correct_sim += topk_correct(a, target)[0]
+        correct_exp += topk_correct(b, target)[0]
         seen += target.numel()
         max_diff = max(max_diff, (a - b).abs().max().item())
     result = {"agreement": 100.0 * same / seen, "simulated_top1": 100.0 * correct_sim / seen,
