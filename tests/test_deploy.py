@@ -236,3 +236,14 @@ def test_low_bit_training_quantizers_are_refused_by_the_converter():
     sched.on_epoch_begin(0, opt)
     with pytest.raises(ConversionError, match="linear quantizers"):
         to_torch_int8(sched.model.eval())
+
+
+def test_seven_bit_activations_run_exactly_on_the_x86_engine():
+    # 7-bit activations (torch.ao's reduce_range) keep fbgemm's 16-bit pair sums from saturating
+    sim = simulated(bits_activations=7)
+    int8, _ = to_torch_int8(sim, engine="x86")
+    x = _batches(1, seed=6)[0][0] * 2
+    with torch.no_grad():
+        a, b = sim(x), int8(x)
+    assert (a - b).abs().max().item() <= 3 * sim.get_submodule("activation_quantizers.fc").scale.item()
+    assert "torch.clamp" in int8.code  # the 7-bit range is enforced on the quantized tensors
