@@ -101,24 +101,35 @@ def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path):
     assert os.path.isfile(os.path.join(ev, "eval.onnx"))
 
 
+def assert_same_state(a, b):
+    """Floating-point tensors within 1e-6; integer buffers (zero points, step counters, masks) and flags equal."""
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert (value - b[key]).abs().max().item() <= 1e-6, key
+        else:
+            assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
+
+
+def whole_and_resumed(tmp_path, common, arch):
+    """4 epochs in one go, and 2 epochs then --resume-from to 4: (run dirs, final checkpoints), states compared."""
+    whole = app(tmp_path, "whole", "--epochs", "4", *common, arch=arch)
+    half = app(tmp_path, "half", "--epochs", "2", *common, arch=arch)
+    rest = app(tmp_path, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
+               *common, arch=arch)
+    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
+    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
+    assert a["epoch"] == b["epoch"] == 3
+    assert_same_state(a["state_dict"], b["state_dict"])
+    return whole, rest, a, b
+
+
 @pytest.mark.parametrize("recipe_text", [FP32_RECIPE, QAT_RECIPE], ids=["fp32", "qat"])
 def test_resume_equals_uninterrupted_run(tmp_path, recipe_text):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text)
     common = ["--compress", str(recipe), "--deterministic", "--etrs", "0.3"]
-    whole = app(tmp_path, "whole", "--epochs", "4", *common, arch="resnet20_cifar")
-    half = app(tmp_path, "half", "--epochs", "2", *common, arch="resnet20_cifar")
-    rest = app(tmp_path, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
-               *common, arch="resnet20_cifar")
-    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
-    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
-    assert a["epoch"] == b["epoch"] == 3
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key, value in a["state_dict"].items():
-        if torch.is_tensor(value) and value.is_floating_point():
-            assert (value - b["state_dict"][key]).abs().max().item() <= 1e-6, key
-        else:  # integer buffers (zero points, EMA step counters) and quantizer flags
-            assert torch.equal(value, b["state_dict"][key]) if torch.is_tensor(value) else value == b["state_dict"][key]
+    whole, rest, a, b = whole_and_resumed(tmp_path, common, "resnet20_cifar")
     if "quantizers" in recipe_text:
         assert any("activation_quantizers" in k for k in a["state_dict"])
     sa = json.load(open(os.path.join(whole, "summary.json")))

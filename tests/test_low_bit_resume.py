@@ -4,10 +4,8 @@ import json
 import os
 
 import pytest
-import torch
 
-from compressor.training.checkpoint import load_checkpoint
-from test_app import app
+from test_app import app, whole_and_resumed
 
 LOW_BIT = {
     "pact_ttq": """\
@@ -61,17 +59,6 @@ def _recipe(tmp_path, key):
     return str(path)
 
 
-def _assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key, value in a.items():
-        if torch.is_tensor(value) and value.is_floating_point():
-            assert (value - b[key]).abs().max().item() <= 1e-6, key
-        elif torch.is_tensor(value):
-            assert torch.equal(value, b[key]), key
-        else:
-            assert value == b[key], key
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
@@ -87,14 +74,7 @@ def test_resume_equals_uninterrupted_run_and_evaluates(tmp_path, key, teacher):
     else:
         recipe, extra = _recipe(tmp_path, key), []
     common = ["--compress", recipe, "--deterministic", "--etrs", "0.3", *extra]
-    whole = app(tmp_path, "whole", "--epochs", "4", *common, arch="simplenet_digits")
-    half = app(tmp_path, "half", "--epochs", "2", *common, arch="simplenet_digits")
-    rest = app(tmp_path, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
-               *common, arch="simplenet_digits")
-    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
-    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
-    assert a["epoch"] == b["epoch"] == 3
-    _assert_same_state(a["state_dict"], b["state_dict"])
+    whole, rest, a, b = whole_and_resumed(tmp_path, common, "simplenet_digits")
     assert a["optimizer_state_dict"]["param_groups"] == b["optimizer_state_dict"]["param_groups"]
     sa = json.load(open(os.path.join(whole, "summary.json")))
     sb = json.load(open(os.path.join(rest, "summary.json")))

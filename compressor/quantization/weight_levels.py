@@ -99,13 +99,19 @@ class TrainedTernaryWeight(Switchable):
         self.wp = nn.Parameter(torch.ones(1))
         self.wn = nn.Parameter(torch.ones(1))
         self.register_buffer("initialized", torch.zeros(1, dtype=torch.bool))
+        self._ready = False
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # look at the loaded ``initialized`` once more
     def forward(self, w):
         if not self.enabled:
             return w
         delta = self.THRESHOLD * w.detach().abs().max()
-        if not bool(self.initialized):
-            self._init_scales(w.detach(), delta)
+        if not self._ready:  # a Python flag: reading the buffer every step would sync a GPU each step
+            if not bool(self.initialized):
+                self._init_scales(w.detach(), delta)
+            self._ready = True
         return TernarizeTTQ.apply(w, self.wp, self.wn, delta)
 
     @torch.no_grad()
