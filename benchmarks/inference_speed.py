@@ -60,7 +60,7 @@ def build(arch, batch, size, variant):
                 prepared(c)
         converted = convert_fx(prepared)
         return lambda: converted(x)
-    from compressor.quantization.ptq import PostTrainLinearQuantizer
+    from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
     # _a7: 7-bit activations (torch.ao's reduce_range): fbgemm's 16-bit pair sums cannot saturate, so x86 is exact
     quantizer = PostTrainLinearQuantizer(model, bits_activations=7 if variant.endswith("_a7") else 8,

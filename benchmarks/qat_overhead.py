@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from compressor.data import load_data  # noqa: E402
 from compressor.models import create_model  # noqa: E402
-from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer  # noqa: E402
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer  # noqa: E402
 
 
 def ours(model, opt):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compressor.app.classifier import main
-from compressor.training.checkpoint import load_checkpoint
+from compressor.core.io import load_checkpoint
 
 QAT_RECIPE = """\
 quantizers:
@@ -185,7 +185,7 @@ def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
     (["--dataset", "digits", "--vs", "2"], "--vs expects a number in [0, 1]"),
     (["--dataset", "digits", "--lr", "-1"], "--lr expects a number >= 0"),
     (["--dataset", "digits", "-j", "-1"], "-j/--workers expects a number >= 0"),
-    (["--dataset", "mnist", "-a", "resnet20_cifar", "/tmp"], "resnet20_cifar expects 3-channel images, mnist has 1"),
+    (["--dataset", "cifar10", "-a", "simplenet_mnist", "/tmp"], "simplenet_mnist expects 1-channel images, cifar10 has 3"),
     (["--dataset", "digits", "--compress", "/nonexistent.yaml"], "/nonexistent.yaml: <top level>: cannot read recipe"),
 ])
 def test_bad_input_errors(tmp_path, root, args, message):

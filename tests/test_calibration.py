@@ -2,11 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.calibration.collector import collect_stats
+from compressor.quantization.collect import collect_stats
 from compressor.calibration.stats import TensorStats
-from compressor.calibration.stats_file import StatsError, load_stats, match_stats, save_stats
+from compressor.core.errors import StatsError
+from compressor.calibration.stats_file import load_stats, match_stats, save_stats
 from compressor.models import create_model
-from compressor.quantization.bn_fold import fold_batchnorm
+from compressor.quantization.graph.fold_bn import fold_batchnorm
 
 
 def test_one_pass_stats_match_exact_values():

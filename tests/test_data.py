@@ -1,8 +1,15 @@
+import gzip
+import os
+import shutil
+
+import numpy as np
 import pytest
 import torch
 
-from compressor.data import DataError, load_data
-from compressor.data.loaders import EpochShuffleSampler
+from compressor.core.errors import DataError
+from compressor.data import load_data
+from compressor.data.idx import DEBIAN_FASHION_MNIST, FILES, idx_datasets, load_idx_arrays
+from compressor.data.loaders import EpochShuffleSampler, load_calibration_data
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -39,7 +46,67 @@ def test_epoch_shuffle_depends_only_on_seed_and_epoch():
 
 
 def test_missing_dataset_names_where_it_looked(tmp_path):
-    with pytest.raises(DataError, match=f"looked for {tmp_path}/MNIST/raw"):
+    with pytest.raises(DataError, match=f"mnist not found: looked for .* in {tmp_path}/MNIST/raw"):
         load_data("mnist", str(tmp_path), None, 8)
+    with pytest.raises(DataError, match="--dataset mnist needs DATASET_DIR"):
+        load_data("mnist", None, None, 8)
     with pytest.raises(DataError, match="imagenet not found"):
         load_data("imagenet", str(tmp_path), None, 8)
+
+
+def test_fashion_mnist_from_the_debian_package_has_the_official_splits():
+    (x_train, y_train), (x_test, y_test) = load_idx_arrays("fashion_mnist", None)
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28) and x_train.dtype == np.uint8
+    assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
+
+
+def test_fashion_mnist_loaders_split_sizes_and_shapes():
+    train, val, test = load_data("fashion_mnist", None, (3, 32, 32), 256, validation_split=0.1)
+    assert (len(train.sampler), len(val.dataset), len(test.dataset)) == (54000, 6000, 10000)
+    x, y = next(iter(test))
+    assert x.shape == (256, 3, 32, 32) and y.dtype == torch.int64
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])  # grey channel repeated
+    # the 2-pixel border added around the 28x28 image is background (pixel value 0)
+    background = x[0, 0, 0, 0].item()
+    assert torch.all(x[:, :, :2, :] == background) and torch.all(x[:, :, :, -2:] == background)
+    labels = torch.cat([y for _, y in test])
+    assert torch.bincount(labels).tolist() == [1000] * 10
+    # MNIST-shaped archs get the images as they are
+    _, _, test28 = load_data("fashion_mnist", None, (1, 28, 28), 8)
+    assert next(iter(test28))[0].shape == (8, 1, 28, 28)
+
+
+def test_fashion_mnist_training_augmentation_shifts_and_flips_only_training_images():
+    train_set, test_set, eval_set = idx_datasets("fashion_mnist", None, (1, 32, 32))
+    torch.manual_seed(0)
+    views = torch.stack([train_set[7][0] for _ in range(16)])
+    assert views.shape == (16, 1, 32, 32) and len({v.sum().item() for v in views}) > 1  # random shifts
+    assert torch.equal(eval_set[7][0], eval_set[7][0]) and not torch.equal(eval_set[7][0], test_set[7][0])
+    # shifted views hold the same pixels as the centred image, up to the 2-pixel margin
+    assert torch.allclose(views.sum(dim=(1, 2, 3)).mean(), eval_set[7][0].sum(), rtol=0.05)
+
+
+def test_calibration_images_come_from_the_training_split_only():
+    loader = load_calibration_data("fashion_mnist", None, (1, 28, 28), 64, 128)
+    x = torch.cat([b for b, _ in loader]).flatten(1)
+    _, _, test = load_data("fashion_mnist", None, (1, 28, 28), 1000)
+    x_test = next(iter(test))[0].flatten(1)
+    assert len(x) == 128 and torch.cdist(x, x_test).min() > 0
+
+
+def test_dataset_dir_in_torchvision_layout_wins_and_takes_gzip_or_raw(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for names in FILES.values():
+        for name in names:
+            src = os.path.join(DEBIAN_FASHION_MNIST, name + ".gz")
+            if "images" in name:  # unpacked, as torchvision leaves them
+                with gzip.open(src) as f, open(raw / name, "wb") as out:
+                    shutil.copyfileobj(f, out)
+            else:
+                shutil.copy(src, raw / (name + ".gz"))
+    (x_train, _), (x_test, _) = load_idx_arrays("fashion_mnist", str(tmp_path))
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="is not an idx file"):
+        load_idx_arrays("fashion_mnist", str(tmp_path))

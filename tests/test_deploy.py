@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.deploy.convert import ConversionError, to_torch_int8
+from compressor.core.errors import ConversionError
+from compressor.deploy.convert import to_torch_int8
 from compressor.deploy.export import export_quantized, fp32_bytes
 from compressor.deploy.onnx_export import export_onnx
 from compressor.deploy.verify import onnx_runner

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.distillation import DISTILL_LOSS, DistillationPolicy, KnowledgeDistillation, distillation_loss
-from compressor.scheduler import CompressionScheduler
+from compressor.scheduling.distillation import DISTILL_LOSS, DistillationPolicy, KnowledgeDistillation, distillation_loss
+from compressor.scheduling.scheduler import CompressionScheduler
 
 
 def test_distillation_loss_is_batch_mean_kl_of_softened_distributions():

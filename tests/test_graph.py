@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
 class Functional(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
-from compressor.quantization.integer_sim import IntegerArithmetic, approx_multiplier
+from compressor.quantization.linear.integer_sim import IntegerArithmetic, approx_multiplier
 from compressor.quantization.modes import LinearQuantMode as M
 
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from compressor.recipe.build import read_recipe
-from compressor.recipe.errors import RecipeError
-from compressor.registry import LR_SCHEDULERS
+from compressor.core.errors import RecipeError
+from compressor.recipe.components import LR_SCHEDULERS
 
 
 def test_multistep_multigamma_multiplies_each_milestone_gamma():

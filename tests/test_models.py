@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from compressor.models import ModelError, arch_family, create_model
+from compressor.core.errors import ModelError
+from compressor.models import arch_family, create_model
 from compressor.models import _LOCAL as LOCAL_ARCHS
-from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
 @pytest.mark.parametrize("arch", sorted(LOCAL_ARCHS))

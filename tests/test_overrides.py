@@ -5,7 +5,7 @@ from torch import nn
 
 from compressor.models import create_model
 from compressor.quantization.overrides import OverrideTable
-from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
 def test_exact_name_beats_earlier_regex():

@@ -11,7 +11,7 @@ import yaml
 from compressor.app.classifier import main as classifier
 from compressor.app.post_train import main as post_train
 from compressor.calibration.stats_file import load_stats
-from compressor.training.checkpoint import load_checkpoint
+from compressor.core.io import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.calibration.stats_file import StatsError
-from compressor.quantization.ptq import PostTrainLinearQuantizer
+from compressor.core.errors import StatsError
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
 
 class Net(nn.Module):

@@ -3,9 +3,9 @@ import textwrap
 import pytest
 
 from compressor.recipe.build import read_recipe
-from compressor.recipe.errors import RecipeError
-from compressor.registry import QUANTIZERS
-from compressor.quantization.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.core.errors import RecipeError
+from compressor.recipe.components import QUANTIZERS
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 GOOD = """\
 quantizers:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.policies import QuantizationPolicy
+from compressor.scheduling.policies import QuantizationPolicy
 from compressor.recipe.build import build_scheduler, read_recipe
 
 RECIPE = """\
@@ -137,7 +137,7 @@ def test_calibration_stage_starts_ranges_from_statistics():
 
 
 def test_calibrator_without_quantizer_is_an_error():
-    from compressor.recipe.errors import RecipeError
+    from compressor.core.errors import RecipeError
 
     text = """calibrators:
   c: {class: ActivationCalibrator}

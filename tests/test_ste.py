@@ -1,6 +1,6 @@
 import torch
 
-from compressor.quantization.ste import ClipQuantize, RoundSTE, SignSTE, TernarizeTTQ
+from compressor.quantization.low_bit.ste import ClipQuantize, RoundSTE, SignSTE, TernarizeTTQ
 
 
 def test_round_ste_passes_gradient_unchanged():

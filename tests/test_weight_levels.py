@@ -1,7 +1,6 @@
 import torch
 
-from compressor.quantization.weight_levels import (DorefaWeight, TernaryWeight, TrainedTernaryWeight, WRPNWeight,
-                                                   XnorWeight)
+from compressor.quantization.low_bit.weights import DorefaWeight, TernaryWeight, TrainedTernaryWeight, WRPNWeight, XnorWeight
 
 
 def enabled(module):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from compressor.models import create_model
-from compressor.quantization import widen
+from compressor.quantization.graph import widen
 
 
 @pytest.mark.parametrize("arch", ["resnet20_cifar", "preact_resnet20_cifar", "simplenet_digits"])
@@ -26,7 +26,7 @@ def test_widening_preserves_the_function(arch, monkeypatch):
 
 def test_widened_narrow_state_loads_into_wrpn_model(tmp_path):
     from compressor.recipe.build import build_scheduler, read_recipe
-    from compressor.training.checkpoint import load_weights
+    from compressor.core.state_keys import load_weights
 
     torch.manual_seed(0)
     fp32 = create_model("resnet20_cifar", "digits").eval()

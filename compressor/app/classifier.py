@@ -7,37 +7,26 @@ import sys
 import torch
 from torch import nn
 
-from ..data import load_data
-from ..models import NUM_CLASSES, arch_family, create_model
-from ..recipe.build import build_scheduler, read_recipe
-from ..training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
-from ..training.determinism import rng_state, seed_everything, set_rng_state
-from ..training.loop import evaluate, train_one_epoch
-from ..training.run_dir import RunDirectory
-from .args import classifier_parser
-from .deploy_args import run_exports, wants_export
-from .errors import UsageError, run_guarded
-from .kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
-from .summary import print_summary
+from compressor.data import load_data
+from compressor.data.loaders import SHAPE_ADAPTIVE
+from compressor.models import NUM_CLASSES, arch_family, create_model
+from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.core.errors import CheckpointError
+from compressor.core.io import load_checkpoint
+from compressor.core.state_keys import load_weights, model_state
+from compressor.training.determinism import rng_state, seed_everything, set_rng_state
+from compressor.training.loop import evaluate, train_one_epoch
+from compressor.training.run_dir import RunDirectory
+from compressor.app.args import classifier_parser
+from compressor.app.common import pick_device
+from compressor.app.post_train import main_from_classifier_args
+from compressor.app.deploy_args import run_exports, wants_export
+from compressor.core.errors import UsageError
+from compressor.app.errors import run_guarded
+from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
+from compressor.app.summary import print_summary
 
 log = logging.getLogger("compressor")
-
-
-def pick_device(args):
-    if args.cpu or not torch.cuda.is_available():
-        if args.gpus and not args.cpu:
-            raise UsageError(f"--gpus {args.gpus}: no CUDA device is available (use --cpu)")
-        return torch.device("cpu"), []
-    ids = [0]
-    if args.gpus:
-        try:
-            ids = [int(i) for i in args.gpus.split(",")]
-        except ValueError:
-            raise UsageError(f"--gpus expects comma-separated integers, got {args.gpus!r}") from None
-        bad = [i for i in ids if not 0 <= i < torch.cuda.device_count()]
-        if bad:
-            raise UsageError(f"--gpus: no such device {bad}; this machine has {torch.cuda.device_count()}")
-    return torch.device("cuda", ids[0]), ids
 
 
 def _quant_bits(scheduler):
@@ -87,7 +76,7 @@ class ClassifierRun:
         self.run.copy_in(args.compress)
 
         model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
-        shape = arch_family(args.arch)[1] if self.dataset == "digits" else None
+        shape = arch_family(args.arch)[1] if self.dataset in SHAPE_ADAPTIVE else None
         self.train_loader, self.val_loader, self.test_loader = load_data(
             self.dataset, args.data, shape, args.batch_size, args.workers, args.validation_split,
             args.effective_train_size, args.effective_valid_size, args.effective_test_size, seed=self.data_seed,
@@ -265,7 +254,5 @@ def run_classifier(args):
 def main(argv=None):
     args = classifier_parser().parse_args(argv)
     if args.qe or args.qe_calibration is not None:
-        from .post_train import main_from_classifier_args
-
         return main_from_classifier_args(args)
     return run_guarded(run_classifier, args)

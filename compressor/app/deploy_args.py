@@ -4,6 +4,10 @@ import logging
 import os
 
 import torch
+from compressor.deploy.export import export_quantized
+from compressor.core.errors import UsageError
+from compressor.deploy.verify import agreement, onnx_runner
+from compressor.core.io import atomic_write
 
 log = logging.getLogger("compressor")
 ENGINES = ("qnnpack", "x86", "fbgemm", "onednn")
@@ -32,11 +36,9 @@ def run_exports(args, run_dir, name, model, quantized, loader, metadata):
         onnx_path = args.export_onnx or run_dir.file(f"{name}.onnx")
     if not quantized:
         if args.qe_convert_pytorch:
-            from .errors import UsageError
 
             raise UsageError("--qe-convert-pytorch needs a quantized model (a quantizer in the recipe, or --qe)")
         return {"onnx": _export_fp32(model, loader, onnx_path)}
-    from ..deploy.export import export_quantized
 
     pytorch_path = run_dir.file("quantized_int8.pth.tar") if args.qe_convert_pytorch else None
     report = export_quantized(model, loader, onnx_path=onnx_path, pytorch_path=pytorch_path,
@@ -49,8 +51,6 @@ def _export_fp32(model, loader, path):
     """Distiller's --export-onnx of an unquantized model: plain FP32 ONNX."""
     import warnings
 
-    from ..deploy.verify import agreement, onnx_runner
-    from ..training.checkpoint import atomic_write
 
     device = next(model.parameters()).device
     example = next(iter(loader))[0][:1].to(device)

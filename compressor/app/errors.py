@@ -4,32 +4,11 @@ import sys
 
 import torch
 
-from ..calibration.stats_file import StatsError
-from ..data import DataError
-from ..models import ModelError
-from ..quantization.graph import TraceError
-from ..recipe.errors import RecipeError
-from ..training.checkpoint import CheckpointError
-
-
-class UsageError(ValueError):
-    """A mistake in the command line or its inputs."""
-
-
-def _deploy_errors():
-    from ..deploy.convert import ConversionError
-    from ..deploy.onnx_export import ExportError
-
-    return (ConversionError, ExportError)
-
-
-USER_ERRORS = (UsageError, DataError, ModelError, CheckpointError, TraceError, StatsError) + _deploy_errors()
+from compressor.core.errors import CompressorError, RecipeError
 
 
 def run_guarded(fn, *args):
     """Run an app's body; 0 on success, 2 with a message for a user mistake. Restores global torch state."""
-    from .qe_args import QeError
-
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         fn(*args)
@@ -40,7 +19,7 @@ def run_guarded(fn, *args):
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 2
-    except USER_ERRORS + (QeError,) as exc:
+    except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. -o names a file, or a folder without write access

@@ -1,7 +1,7 @@
 """Distiller's knowledge-distillation flags, turned into a recipe section so flags and recipes share one path."""
 
-from .args import number
-from .errors import UsageError
+from compressor.app.common import number
+from compressor.core.errors import UsageError
 
 KD_INSTANCE = "kd_from_flags"
 

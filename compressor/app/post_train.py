@@ -9,22 +9,24 @@ import torch
 import yaml
 from tabulate import tabulate
 
-from ..calibration.stats_file import save_stats
-from ..data import load_data
-from ..data.loaders import DATASETS, load_calibration_data
-from ..models import arch_family, create_model
-from ..policies import QuantizationPolicy
-from ..quantization.ptq import PostTrainLinearQuantizer
-from ..recipe.build import read_recipe
-from ..training.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, model_state, save_checkpoint
-from ..training.determinism import seed_everything
-from ..training.loop import evaluate
-from ..training.run_dir import RunDirectory
-from .args import _fraction, _non_negative, _positive_int, number
-from .classifier import pick_device
-from .errors import UsageError, run_guarded
-from .deploy_args import add_deploy_arguments, run_exports
-from .qe_args import add_qe_arguments, config_as_recipe, qe_config
+from compressor.calibration.stats_file import save_stats
+from compressor.data import load_data
+from compressor.data.loaders import DATASETS, SHAPE_ADAPTIVE, load_calibration_data
+from compressor.models import arch_family, create_model
+from compressor.scheduling.policies import QuantizationPolicy
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+from compressor.recipe.build import read_recipe
+from compressor.core.errors import CheckpointError
+from compressor.core.io import atomic_write, load_checkpoint, save_checkpoint
+from compressor.core.state_keys import load_weights, model_state
+from compressor.training.determinism import seed_everything
+from compressor.training.loop import evaluate
+from compressor.training.run_dir import RunDirectory
+from compressor.app.common import fraction, non_negative, number, pick_device, positive_int
+from compressor.core.errors import UsageError
+from compressor.app.errors import run_guarded
+from compressor.app.deploy_args import add_deploy_arguments, run_exports
+from compressor.app.qe_args import add_qe_arguments, config_as_recipe, qe_config
 
 log = logging.getLogger("compressor")
 
@@ -43,9 +45,9 @@ def post_train_parser():
     p.add_argument("--calibration-size", default=512,
                    type=number("--calibration-size", expected="a count, or a fraction in (0, 1]", lo=0, lo_open=True),
                    help="training images used for calibration: a count, or a fraction when <= 1 (default: 512)")
-    p.add_argument("-b", "--batch-size", type=_positive_int("-b/--batch-size"), default=128)
-    p.add_argument("-j", "--workers", type=_non_negative("-j/--workers", int), default=0)
-    p.add_argument("--vs", "--validation-split", type=_fraction("--vs"), default=0.1, dest="validation_split")
+    p.add_argument("-b", "--batch-size", type=positive_int("-b/--batch-size"), default=128)
+    p.add_argument("-j", "--workers", type=non_negative("-j/--workers", int), default=0)
+    p.add_argument("--vs", "--validation-split", type=fraction("--vs"), default=0.1, dest="validation_split")
     p.add_argument("-o", "--out-dir", default="logs")
     p.add_argument("-n", "--name", default=None)
     p.add_argument("--cpu", action="store_true")
@@ -117,7 +119,7 @@ def run(args):
         log.info("Run folder: %s", run_dir.path)
         log.info("Command line: %s", " ".join(sys.argv))
         run_dir.copy_in(args.compress)
-        shape = arch_family(args.arch)[1] if dataset == "digits" else None
+        shape = arch_family(args.arch)[1] if dataset in SHAPE_ADAPTIVE else None
         _, _, test_loader = load_data(dataset, args.data, shape, args.batch_size, args.workers, args.validation_split)
         calib_loader = load_calibration_data(dataset, args.data, shape, args.batch_size, args.calibration_size,
                                              args.workers, args.validation_split)

@@ -4,7 +4,9 @@ import argparse
 
 import yaml
 
-from ..calibration.clipping import CLIP_NAMES
+from compressor.calibration.clipping import CLIP_NAMES
+from compressor.core.errors import QeError
+from compressor.recipe.build import read_recipe
 
 MODES = {"sym": "SYMMETRIC", "sym_restr": "SYMMETRIC_RESTRICTED", "asym_s": "ASYMMETRIC_SIGNED",
          "asym_u": "ASYMMETRIC_UNSIGNED"}
@@ -45,9 +47,6 @@ def add_qe_arguments(parser, with_switch=True):
     return g
 
 
-class QeError(ValueError):
-    pass
-
 
 def _bits(value, flag):
     if value == 0:
@@ -60,7 +59,6 @@ def _bits(value, flag):
 def qe_config(args):
     """The PostTrainLinearQuantizer arguments the --qe flags describe."""
     if args.qe_config_file:
-        from ..recipe.build import read_recipe
 
         recipe = read_recipe(args.qe_config_file)
         quantizers = recipe.data.get("quantizers") or {}

@@ -7,13 +7,11 @@ here (e.g. a batch-norm fused into its conv), load too.
 
 import yaml
 
-from ..training.checkpoint import atomic_write
+from compressor.core.io import atomic_write
+from compressor.core.errors import StatsError
 
 RECORD_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std", "b")
 
-
-class StatsError(ValueError):
-    pass
 
 
 def save_stats(path, records):

@@ -1,3 +1,4 @@
 """Datasets: embedded digits, and CIFAR-10 / MNIST / ImageNet read from a local folder (never downloaded)."""
 
-from .loaders import DataError, load_data  # noqa: F401
+from compressor.core.errors import DataError
+from compressor.data.loaders import load_data  # noqa: F401

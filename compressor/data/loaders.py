@@ -10,14 +10,15 @@ import os
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from .digits import digits_datasets
+from compressor.data.digits import digits_datasets
+from compressor.data.idx import idx_datasets
+from compressor.core.errors import DataError
 
-DATASETS = ("digits", "cifar10", "mnist", "imagenet")
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet")
+# served at the shape of the arch (padded/resized, grey channel repeated), so any arch trains on them
+SHAPE_ADAPTIVE = ("digits", "fashion_mnist", "mnist")
 SPLIT_SEED = 1234  # fixed: the validation split must not change with --seed
 
-
-class DataError(ValueError):
-    pass
 
 
 class EpochShuffleSampler(Sampler):
@@ -59,12 +60,6 @@ def _torchvision_datasets(dataset, data_dir):
         make = lambda train, tf: tvd.CIFAR10(data_dir, train=train, download=False, transform=tf)  # noqa: E731
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         test_tf = T.Compose([T.ToTensor(), norm])
-    elif dataset == "mnist":
-        norm = T.Normalize((0.1307,), (0.3081,))
-        expected = os.path.join(data_dir, "MNIST", "raw")
-        how = "copy the four *-ubyte files of MNIST (http://yann.lecun.com/exdb/mnist/) into DATASET_DIR/MNIST/raw"
-        make = lambda train, tf: tvd.MNIST(data_dir, train=train, download=False, transform=tf)  # noqa: E731
-        train_tf = test_tf = T.Compose([T.ToTensor(), norm])
     else:
         norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         expected = os.path.join(data_dir, "train") + " and " + os.path.join(data_dir, "val")
@@ -91,6 +86,8 @@ def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_
     if dataset == "digits":
         train_set, test_set = digits_datasets(input_shape)
         train_eval_set = train_set
+    elif dataset in ("mnist", "fashion_mnist"):
+        train_set, test_set, train_eval_set = idx_datasets(dataset, data_dir, input_shape)
     else:
         train_set, test_set, train_eval_set = _torchvision_datasets(dataset, data_dir)
 
@@ -119,6 +116,8 @@ def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, work
     transforms, never the test set and never the validation images."""
     if dataset == "digits":
         train_set, _ = digits_datasets(input_shape)
+    elif dataset in ("mnist", "fashion_mnist"):
+        _, _, train_set = idx_datasets(dataset, data_dir, input_shape)
     else:
         _, _, train_set = _torchvision_datasets(dataset, data_dir)
     perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()

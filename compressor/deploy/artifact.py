@@ -10,7 +10,10 @@ from collections import OrderedDict
 
 import torch
 
-from ..training.checkpoint import load_checkpoint, save_checkpoint
+from compressor.core.io import load_checkpoint, save_checkpoint
+from compressor.models import create_model
+from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.deploy.convert import to_torch_int8
 
 PACK_BITS = 4  # weights at this many bits or fewer are stored two per byte
 
@@ -60,10 +63,6 @@ def save_artifact(path, int8_model, simulated, metadata):
 
 def load_artifact(path, engine=None):
     """Rebuild the int8 model of an artifact written by ``save_artifact``; returns (model, artifact dict)."""
-    from ..models import create_model
-    from ..recipe.build import build_scheduler, read_recipe
-    from .convert import to_torch_int8
-
     art = load_checkpoint(path)
     model = create_model(art["arch"], art["dataset"]).eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from ..quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
-from ..quantization.graph import NORM_TYPES
+from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.graph.sites import NORM_TYPES
+from compressor.core.errors import ConversionError
+from compressor.quantization.switchable import Switchable
 
 log = logging.getLogger(__name__)
 
-
-class ConversionError(ValueError):
-    pass
 
 
 _QUANTIZED_LAYERS = {  # float type -> (quantized type, quantized type with ReLU fused)
@@ -362,7 +361,6 @@ def to_torch_int8(model, engine="x86", for_onnx=False):
                               f"{torch.backends.quantized.supported_engines}")
     if not isinstance(model, fx.GraphModule):
         raise ConversionError("convert the quantizer's prepared model (scheduler.model / quantizer.prepared)")
-    from ..quantization.switchable import Switchable
 
     others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, Switchable)})
     if others:

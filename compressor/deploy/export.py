@@ -11,10 +11,11 @@ import os
 
 import torch
 
-from .artifact import save_artifact
-from .convert import to_torch_int8
-from .onnx_export import export_onnx
-from .verify import REQUIRED_AGREEMENT, agreement, onnx_runner
+from compressor.deploy.artifact import save_artifact
+from compressor.deploy.convert import to_torch_int8
+from compressor.deploy.onnx_export import export_onnx
+from compressor.deploy.verify import REQUIRED_AGREEMENT, agreement, onnx_runner
+from compressor.quantization.fake_quant import ActivationFakeQuant
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="q
 
 
 def _activation_quantizers(model):
-    from ..quantization.fake_quant import ActivationFakeQuant
 
     return [m for m in model.modules() if isinstance(m, ActivationFakeQuant) and m.enabled]
 

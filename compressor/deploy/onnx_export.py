@@ -11,14 +11,12 @@ import warnings
 
 import torch
 
-from ..training.checkpoint import atomic_write
+from compressor.core.io import atomic_write
+from compressor.core.errors import ExportError
 
 log = logging.getLogger(__name__)
 OPSET = 13
 
-
-class ExportError(RuntimeError):
-    pass
 
 
 def export_onnx(int8_model, example_input, path, opset=OPSET, unsigned_weights=True):

@@ -4,7 +4,7 @@ import logging
 
 import torch
 
-from ..training.metrics import topk_correct
+from compressor.training.metrics import topk_correct
 
 log = logging.getLogger(__name__)
 REQUIRED_AGREEMENT = 99.5  # percent of top-1 predictions

@@ -5,7 +5,8 @@ import os
 import torch
 import torchvision
 
-from . import preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
+from compressor.models import preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
+from compressor.core.errors import ModelError
 
 _LOCAL = {}
 for _module in (resnet_cifar, preact_resnet_cifar, simplenet, vgg_cifar):
@@ -20,12 +21,10 @@ _FAMILIES = {
     "_digits": ("digits", (1, 8, 8)),
 }
 IMAGENET = ("imagenet", (3, 224, 224))
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "mnist": 10, "imagenet": 1000}
-DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "imagenet": 3}  # digits is served at the arch's shape
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000}
+# digits, MNIST and Fashion-MNIST are served at the arch's shape (compressor.data.idx)
+DATASET_CHANNELS = {"cifar10": 3, "imagenet": 3}
 
-
-class ModelError(ValueError):
-    pass
 
 
 def torchvision_names():

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from .resnet_cifar import conv3x3
+from compressor.models.resnet_cifar import conv3x3
 
 __all__ = [f"preact_resnet{d}_cifar" for d in (20, 32, 44, 56, 110)]
 

@@ -1,6 +1,7 @@
 """Quantization: modes and scale math, fake-quantization modules, graph preparation, quantizers.
 
-Importing this package registers the quantizer classes recipes may name.
+- ``graph/``: torch.fx tracing, activation sites, instrumentation, BN folding, WRPN widening;
+- ``linear/``: range-based linear quantization (QAT, post-training, integer arithmetic);
+- ``low_bit/``: DoReFa, WRPN, PACT, binary/ternary weights, INQ (straight-through estimators);
+- top level: the ``Quantizer`` base, modes, scale math, fake-quant modules, overrides, calibration pass.
 """
-
-from . import inq, low_bit_qat, ptq, qat  # noqa: F401  (registers the quantizer classes)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .qparams import qparams_from_range, quant_range
+from compressor.quantization.qparams import qparams_from_range, quant_range
 
 
 class _FakeQuantBase(nn.Module):

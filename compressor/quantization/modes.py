@@ -2,6 +2,8 @@
 
 from enum import Enum
 
+from compressor.core.spec import Spec
+
 
 class LinearQuantMode(Enum):
     SYMMETRIC = 1
@@ -43,3 +45,14 @@ def _one(name):
     if not isinstance(name, str) or name.upper() not in LinearQuantMode.__members__:
         raise ValueError(f"expected one of {MODE_NAMES}, got {name!r}")
     return LinearQuantMode[name.upper()]
+
+
+class Mode(Spec):
+    """A recipe's ``mode`` key: one of ``MODE_NAMES`` or {activations: MODE, weights: MODE}."""
+
+    def check(self, value):
+        try:
+            parse_mode(value)
+        except ValueError as exc:
+            return str(exc)
+        return None

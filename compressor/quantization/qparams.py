@@ -9,7 +9,7 @@ for stats and reports.
 
 import torch
 
-from .modes import LinearQuantMode
+from compressor.quantization.modes import LinearQuantMode
 
 _EPS = torch.finfo(torch.float32).eps
 

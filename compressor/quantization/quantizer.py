@@ -13,9 +13,9 @@ from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..recipe.params import Bits, Overrides
-from . import graph
-from .overrides import OverrideTable, strip_parallel_prefix
+from compressor.core.spec import Bits, Overrides
+from compressor.quantization.graph import sites as graph
+from compressor.quantization.overrides import OverrideTable, strip_parallel_prefix
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import yaml
 
-from .errors import RecipeError, RecipeIssue
+from compressor.core.errors import RecipeError, RecipeIssue
 
 
 class Recipe:

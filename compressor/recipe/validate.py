@@ -6,15 +6,10 @@ import re
 
 import torch
 
-from .. import quantization  # noqa: F401  (registers the quantizers)
-from .. import distillation, lr_schedulers  # noqa: F401  (register distillers and Distiller's LR schedulers)
-from ..calibration import calibrator  # noqa: F401  (registers the calibrators)
-from ..registry import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
+from compressor.recipe.components import QUANTIZERS, SECTIONS
 
 log = logging.getLogger(__name__)
 
-SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS,
-            "distillers": DISTILLERS}
 TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "distillers", "policies"}
 NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
 POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators",

@@ -5,7 +5,7 @@ import logging
 import torch
 from tqdm import tqdm
 
-from .metrics import AverageMeter, confusion_matrix, topk_correct
+from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
 
 log = logging.getLogger("compressor")
 OBJECTIVE = "Objective Loss"

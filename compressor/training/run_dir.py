@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 
-from .checkpoint import atomic_write, save_checkpoint
+from compressor.core.io import atomic_write, save_checkpoint
 
 log = logging.getLogger("compressor")
 

@@ -18,15 +18,13 @@ policies:
 
 import logging
 
-from ..recipe.params import Bool, Choice, Float, OptionalFloat, OptionalInt
-from ..registry import CALIBRATORS
-from .clipping import CLIP_NAMES, compute_range, parse_clip
-from .collector import collect_stats
+from compressor.core.spec import Bool, Choice, Float, OptionalFloat, OptionalInt
+from compressor.calibration.clipping import CLIP_NAMES, compute_range, parse_clip
+from compressor.quantization.collect import collect_stats
 
 log = logging.getLogger(__name__)
 
 
-@CALIBRATORS.register
 class ActivationCalibrator:
     PARAMS = {
         "num_batches": OptionalInt(None, lo=1),

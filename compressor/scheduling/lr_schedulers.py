@@ -1,13 +1,11 @@
-"""LR schedulers Distiller recipes name that torch does not have; registered next to torch's own."""
+"""LR schedulers Distiller recipes name that torch does not have (listed beside torch's own in recipe.components)."""
 
 import bisect
 
 from torch.optim.lr_scheduler import LRScheduler
 
-from .registry import LR_SCHEDULERS
 
 
-@LR_SCHEDULERS.register
 class MultiStepMultiGammaLR(LRScheduler):
     """Distiller's: at each milestone the LR is multiplied by that milestone's own gamma."""
 

@@ -8,12 +8,11 @@ ReLU after it) stay in floating point, as in Distiller.
 
 import logging
 
-from ..recipe.params import Bits, Bool, Choice, Float, Int
-from ..registry import QUANTIZERS
-from .activation_clipping import BinaryActivation, ClippedLinearQuant, LearnedClipQuant
-from .quantizer import FP_BITS, Quantizer, is_quantized
-from .weight_levels import FIXED_BITS, WEIGHT_METHODS
-from .widen import widen_model, widen_state_dict
+from compressor.core.spec import Bits, Bool, Choice, Float, Int
+from compressor.quantization.low_bit.activations import BinaryActivation, ClippedLinearQuant, LearnedClipQuant
+from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
+from compressor.quantization.low_bit.weights import FIXED_BITS, WEIGHT_METHODS
+from compressor.quantization.graph.widen import widen_model, widen_state_dict
 
 log = logging.getLogger(__name__)
 _LOW_BITS = dict(lo=1, hi=16, fp_values=(FP_BITS,))
@@ -58,12 +57,10 @@ class ClippedReLUQuantizer(Quantizer):
         return WEIGHT_METHODS[method](bits)
 
 
-@QUANTIZERS.register
 class DorefaQuantizer(ClippedReLUQuantizer):
     """DoReFa-Net (Zhou S. et al. 2016): tanh-normalised weights, activations clipped to [0, 1]."""
 
 
-@QUANTIZERS.register
 class WRPNQuantizer(ClippedReLUQuantizer):
     """WRPN (Mishra et al. 2018): weights clamped to [-1, 1], activations to [0, 1], layers ``width_multiplier`` wider."""
 
@@ -99,7 +96,6 @@ class WRPNQuantizer(ClippedReLUQuantizer):
         return widen_state_dict(state, plan, self.config["width_multiplier"])
 
 
-@QUANTIZERS.register
 class PACTQuantizer(ClippedReLUQuantizer):
     """PACT (Choi et al. 2018): DoReFa weights, activations clipped at a value learned per layer."""
 

@@ -9,7 +9,7 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from . import graph
+from compressor.quantization.graph import sites as graph
 
 
 def fold_batchnorm(model):

@@ -10,13 +10,11 @@ layer keeps its input channels and its last layer its outputs (the classes).
 import torch
 from torch import fx, nn
 
-from .graph import LAYER_TYPES, NORM_TYPES, trace
+from compressor.quantization.graph.sites import LAYER_TYPES, NORM_TYPES, trace
+from compressor.core.errors import WidenError
 
 SYMMETRY_NOISE = 0.01  # relative to each tensor's std
 
-
-class WidenError(ValueError):
-    pass
 
 
 def plan_widening(model):

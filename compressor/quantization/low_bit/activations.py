@@ -7,8 +7,8 @@ clipped ReLU these methods replace ReLU with, so model code needs no change.
 import torch
 from torch import nn
 
-from .ste import ClipQuantize, SignSTE
-from .switchable import Switchable
+from compressor.quantization.low_bit.ste import ClipQuantize, SignSTE
+from compressor.quantization.switchable import Switchable
 
 
 class ClippedLinearQuant(Switchable):

@@ -1,4 +1,4 @@
-"""Declarative argument specs: a class lists its recipe keys, and validation reads the list.
+"""Declarative argument specs (the typed config base): a class lists its recipe keys, and validation reads the list.
 
 Each spec's ``check`` returns None when the value is fine, else a message saying
 what was expected. Keeping specs declarative lets a recipe be validated whole,
@@ -39,17 +39,6 @@ class Bits(Spec):
         return None
 
 
-class Mode(Spec):
-    def check(self, value):
-        from ..quantization.modes import parse_mode  # lazy: quantizers import this module
-
-        try:
-            parse_mode(value)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-
 class Bool(Spec):
     def check(self, value):
         if not isinstance(value, bool):
@@ -84,9 +73,6 @@ class Overrides(Spec):
         if value is not None and not isinstance(value, dict):
             return f"expected a mapping of module name (or regex) -> settings, got {type(value).__name__}"
         return None
-
-
-
 
 
 class Choice(Spec):

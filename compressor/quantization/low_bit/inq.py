@@ -12,10 +12,9 @@ import math
 
 import torch
 
-from ..recipe.params import Bits, Spec
-from ..registry import QUANTIZERS
-from .quantizer import FP_BITS, Quantizer, is_quantized
-from .switchable import Switchable
+from compressor.core.spec import Bits, Spec
+from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
+from compressor.quantization.switchable import Switchable
 
 
 class Portions(Spec):
@@ -70,7 +69,6 @@ class INQWeight(Switchable):
         self.portion.fill_(portion)
 
 
-@QUANTIZERS.register
 class INQQuantizer(Quantizer):
     """Weights only, to ``bits_weights``-bit powers of two (INQ uses 5), frozen in growing portions."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from compressor.core.errors import TraceError
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WEIGHT_TYPES = LAYER_TYPES + (nn.Embedding,)
@@ -31,9 +32,6 @@ JOIN_METHODS = {"add", "add_", "mul", "mul_"}
 # kind of producer -> kinds it may be fused into
 _FUSES_INTO = {"layer": {"norm", "act"}, "norm": {"act"}, "join": {"act"}}
 
-
-class TraceError(RuntimeError):
-    pass
 
 
 def trace(model):

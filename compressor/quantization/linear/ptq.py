@@ -10,21 +10,21 @@ import logging
 
 from torch import nn
 
-from ..calibration.clipping import CLIP_NAMES, compute_range, parse_clip
-from ..calibration.stats_file import load_stats, match_stats
-from ..recipe.params import Bits, Bool, Choice, Float, Mode, OptionalFloat, OptionalInt, StatsSource
-from ..registry import QUANTIZERS
-from . import graph
-from .bn_fold import fold_batchnorm
-from .fake_quant import ActivationFakeQuant, WeightFakeQuant
-from .integer_sim import IntegerArithmetic, accumulator_bits
-from .modes import parse_mode
-from .quantizer import FP_BITS, Quantizer, is_quantized
+from compressor.calibration.clipping import CLIP_NAMES, compute_range, parse_clip
+from compressor.calibration.stats_file import load_stats, match_stats
+from compressor.core.spec import Bits, Bool, Choice, Float, OptionalFloat, OptionalInt, StatsSource
+from compressor.quantization.modes import Mode
+from compressor.quantization.graph import sites as graph
+from compressor.quantization.graph.fold_bn import fold_batchnorm
+from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
+from compressor.quantization.modes import parse_mode
+from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
+from compressor.quantization.collect import collect_stats  # lazy: the collector imports this package
 
 log = logging.getLogger(__name__)
 
 
-@QUANTIZERS.register
 class PostTrainLinearQuantizer(Quantizer):
     EXPORTABLE = True
     PARAMS = {
@@ -126,7 +126,6 @@ class PostTrainLinearQuantizer(Quantizer):
 
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
-        from ..calibration.collector import collect_stats  # lazy: the collector imports this package
 
         records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
                                        quantize_inputs=self.config["quantize_inputs"])

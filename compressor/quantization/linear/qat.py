@@ -2,17 +2,16 @@
 ``QuantAwareTrainRangeLinearQuantizer``): weights fake-quantized from their current
 range, activations from an EMA of their range, straight-through gradients."""
 
-from ..recipe.params import Bits, Bool, Float, Mode
-from ..registry import QUANTIZERS
-from .fake_quant import ActivationFakeQuant, WeightFakeQuant
-from .graph import LAYER_TYPES
-from .modes import parse_mode
-from .quantizer import FP_BITS, Quantizer, is_quantized
+from compressor.core.spec import Bits, Bool, Float
+from compressor.quantization.modes import Mode
+from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.graph.sites import LAYER_TYPES
+from compressor.quantization.modes import parse_mode
+from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
 
 _QAT_BITS = dict(lo=2, hi=16, fp_values=(FP_BITS,))
 
 
-@QUANTIZERS.register
 class QuantAwareTrainRangeLinearQuantizer(Quantizer):
     EXPORTABLE = True
     PARAMS = {

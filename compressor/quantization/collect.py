@@ -3,8 +3,8 @@ quantize, in ONE pass over the calibration data."""
 
 import torch
 
-from ..quantization import graph
-from .stats import StatsObserver
+from compressor.quantization.graph import sites as graph
+from compressor.calibration.stats import StatsObserver
 
 
 def instrument(model, quantize_inputs=True, histograms=False, bins=2048):

@@ -7,8 +7,8 @@ gradients reach the master weight straight through (or as the method's paper say
 import torch
 from torch import nn
 
-from .ste import RoundSTE, TernarizeTTQ
-from .switchable import Switchable
+from compressor.quantization.low_bit.ste import RoundSTE, TernarizeTTQ
+from compressor.quantization.switchable import Switchable
 
 
 def _straight_through(w, quantized):

@@ -26,10 +26,13 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .policies import Policy
-from .recipe.params import Float, Spec
-from .registry import DISTILLERS
-from .scheduler import PolicyLoss
+from compressor.scheduling.policies import Policy
+from compressor.core.spec import Float, Spec
+from compressor.scheduling.scheduler import PolicyLoss
+from compressor.models import create_model
+from compressor.core.errors import CheckpointError
+from compressor.core.io import load_checkpoint
+from compressor.core.state_keys import load_weights, model_state
 
 log = logging.getLogger(__name__)
 DISTILL_LOSS = "Distill Loss"
@@ -59,7 +62,6 @@ def distillation_loss(student_logits, teacher_logits, temperature):
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
-@DISTILLERS.register
 class KnowledgeDistillation:
     PARAMS = {
         "teacher_checkpoint": _Path(),
@@ -77,8 +79,6 @@ class KnowledgeDistillation:
 
     def build_teacher(self, arch, dataset, device):
         """Create the teacher from its checkpoint, frozen in evaluation mode."""
-        from .models import create_model
-        from .training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_state
 
         path = self.config["teacher_checkpoint"]
         try:

@@ -1,0 +1,67 @@
+"""State-dict key names of a quantization-prepared model, and loading weights across the two namings.
+
+A prepared model keeps each FP32 weight at ``X.parametrizations.weight.original`` (torch's
+parametrization naming) and its activation quantizers under ``activation_quantizers.``; a plain
+model has neither. Every module that maps between the two names uses these constants.
+"""
+
+from compressor.core.errors import CheckpointError
+
+ACT_QUANT_PREFIX = "activation_quantizers."
+PARAM_KEY = ".parametrizations."
+ORIGINAL_SUFFIX = ".original"
+
+
+def model_state(checkpoint):
+    """The model state dict of one of our checkpoints, or of a bare state dict."""
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        return checkpoint["state_dict"]
+    return checkpoint
+
+
+def adapt_state_dict(state, model):
+    """Map keys between a plain model and a quantization-prepared one (weights only).
+
+    A prepared model keeps its FP32 weight at ``X.parametrizations.weight.original``;
+    loading FP32 weights into it, or a quantized checkpoint's weights into a plain
+    model, maps those names and drops what the other side does not have.
+    """
+    target = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") and key not in target else key
+        if key in target:
+            out[key] = value
+            continue
+        if PARAM_KEY in key and key.endswith(ORIGINAL_SUFFIX):
+            prefix, rest = key.split(PARAM_KEY, 1)
+            plain = f"{prefix}.{rest[: -len(ORIGINAL_SUFFIX)]}"
+            if plain in target:
+                out[plain] = value
+                continue
+        parts = key.rsplit(".", 1)
+        if len(parts) == 2:
+            prepared = f"{parts[0]}{PARAM_KEY}{parts[1]}{ORIGINAL_SUFFIX}"
+            if prepared in target:
+                out[prepared] = value
+                continue
+        out[key] = value  # left for load_state_dict to report
+    missing = [k for k in target if k not in out and not is_quant_state(k)]
+    unexpected = [k for k in out if k not in target and not is_quant_state(k)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    return {k: v for k, v in out.items() if k in target}
+
+
+def is_quant_state(key):
+    """True for quantizer state (ranges, flags) rather than a weight."""
+    return key.startswith(ACT_QUANT_PREFIX) or (PARAM_KEY in key and not key.endswith(ORIGINAL_SUFFIX))
+
+
+def load_weights(model, state):
+    """Load weights (plain or prepared naming) into ``model``; quantizer state absent on one side is left as is."""
+    state = adapt_state_dict(state, model)
+    model.load_state_dict(state, strict=False)
