@@ -144,7 +144,7 @@ def test_distiller_recipe_runs_unchanged(tmp_path, root):
     assert json.load(open(os.path.join(path, "summary.json")))["bits_weights"] == 8
     assert "Quantization: quantize-and-observe" in open(os.path.join(path, "distiller.log")).read()
     state = load_checkpoint(os.path.join(path, "checkpoint.pth.tar"))["state_dict"]
-    act = state["activation_quantizers.relu1.num_updates"]
+    act = state["activation_quantizers.relu1.observer.num_updates"]
     assert act.item() == 21 and state["activation_quantizers.relu1._extra_state"]["enabled"]  # 21 steps observed
 
 

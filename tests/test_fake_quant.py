@@ -92,7 +92,7 @@ def test_ema_bias_corrected_average():
     fq(torch.tensor([0.0, 4.0]))
     # biased: 0.5*(0.5*2) + 0.5*4 = 2.5 ; correction 1 - 0.25 = 0.75
     assert fq.range[1] == pytest.approx(2.5 / 0.75)
-    assert fq.num_updates.item() == 2
+    assert fq.observer.num_updates.item() == 2
 
 
 def test_disabled_is_identity_and_frozen_does_not_observe():
@@ -115,7 +115,35 @@ def test_disabled_is_identity_and_frozen_does_not_observe():
 def test_state_round_trip_includes_flags_and_counter():
     fq = ActivationFakeQuant(8, M.SYMMETRIC)
     fq.set_state(True, False)
-    fq.num_updates.fill_(7)
+    fq.observer.num_updates.fill_(7)
     fq2 = ActivationFakeQuant(8, M.SYMMETRIC)
     fq2.load_state_dict(fq.state_dict())
-    assert (fq2.enabled, fq2.observing, fq2.num_updates.item()) == (True, False, 7)
+    assert (fq2.enabled, fq2.observing, fq2.observer.num_updates.item()) == (True, False, 7)
+
+
+def test_state_saved_before_observers_were_submodules_still_loads():
+    """Checkpoints written before the observer split kept the EMA buffers on the fake quantizer itself."""
+    fq = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED, ema_decay=0.9)
+    fq.set_state(True, True)
+    fq.train()
+    fq(torch.linspace(-1.0, 3.0, 50))
+    fq(torch.linspace(-2.0, 1.0, 50))
+    old = {k.replace("observer.", ""): v for k, v in fq.state_dict().items() if not k.startswith("batch_range")}
+    assert "num_updates" in old and "biased_min" in old
+    fresh = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED, ema_decay=0.9)
+    fresh.load_state_dict(old)
+    assert fresh.range == fq.range and fresh.observer.num_updates.item() == 2
+    assert torch.equal(fresh.scale, fq.scale) and torch.equal(fresh.zero_point, fq.zero_point)
+
+
+def test_observers_are_separate_from_fake_quantization():
+    from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
+
+    ema = EmaMinMaxObserver(0.5)
+    lo, hi = ema.update(torch.tensor(-1.0), torch.tensor(2.0))
+    assert (lo.item(), hi.item()) == (-1.0, 2.0)  # bias correction: the first batch is the range
+    lo, hi = ema.update(torch.tensor(-3.0), torch.tensor(4.0))
+    assert (lo.item(), hi.item()) == pytest.approx((-(0.25 * 1 + 0.5 * 3) / 0.75, (0.25 * 2 + 0.5 * 4) / 0.75))
+    w = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    mn, mx = MinMaxObserver(per_channel=True, axis=0)(w)
+    assert mn.tolist() == [-2.0, 0.5] and mx.tolist() == [1.0, 3.0]

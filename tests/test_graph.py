@@ -106,7 +106,7 @@ def test_functional_op_never_takes_a_module_name():
     q, _ = prepared(FunctionalBeforeModule())
     assert "relu" in q.activation_quantizers and "relu_1" in q.activation_quantizers
     # the chain add -> relu module ends at the module, which keeps its own name
-    assert [n for n in q.act_rows if q.act_rows[n][1].endswith("->relu")] == ["relu"]
+    assert [n for n, chain in q.act_chains.items() if chain.endswith("->relu") and n in q.activation_quantizers] == ["relu"]
 
 
 def test_torchvision_model_trains_under_qat():

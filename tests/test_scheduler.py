@@ -55,14 +55,14 @@ def test_quantization_window_fp32_then_quantized_then_frozen():
     act = sched.quantizer.activation_quantizers["input"]
     sched.on_epoch_begin(4, opt)
     assert sched.policies[0].phase == QuantizationPolicy.FROZEN
-    frozen = act.scale.clone(), act.num_updates.item()
+    frozen = act.scale.clone(), act.observer.num_updates.item()
     wq = sched.quantizer.weight_quantizers["0.weight"]
     w_scale = wq.scale.clone()
     with torch.no_grad():
         qmodel.get_submodule("0").parametrizations.weight.original.mul_(3.0)
     qmodel.train()
     qmodel(x * 5)
-    assert torch.equal(act.scale, frozen[0]) and act.num_updates.item() == frozen[1], "ranges stop after ending_epoch"
+    assert torch.equal(act.scale, frozen[0]) and act.observer.num_updates.item() == frozen[1], "ranges stop after ending_epoch"
     assert torch.equal(wq.scale, w_scale), "weight scales stop after ending_epoch"
     qmodel.eval()
     assert not torch.equal(qmodel(x), ref), "still quantized after ending_epoch"

@@ -17,7 +17,7 @@ from compressor.scheduling.policies import QuantizationPolicy
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 from compressor.recipe.build import read_recipe
 from compressor.core.errors import CheckpointError
-from compressor.core.io import atomic_write, load_checkpoint, save_checkpoint
+from compressor.core.io import atomic_write_text, load_checkpoint, save_checkpoint
 from compressor.core.state_keys import load_weights, model_state
 from compressor.training.determinism import seed_everything
 from compressor.training.loop import evaluate
@@ -137,7 +137,7 @@ def run(args):
             save_stats(run_dir.file("acts_quantization_stats.yaml"), records)
         params = quantizer.layer_params()
         text = yaml.safe_dump(params, sort_keys=False)
-        atomic_write(run_dir.file("layer_quant_params.yaml"), lambda tmp: open(tmp, "w").write(text))
+        atomic_write_text(run_dir.file("layer_quant_params.yaml"), text)
 
         log.info("--- quantized test ---")
         quant = evaluate(gm, test_loader, criterion, device, desc="quantized test")

@@ -10,10 +10,13 @@ small function. Ranges never exceed the observed [min, max].
 - MSE: the threshold minimising the quantization error over the |x| histogram.
 """
 
+import dataclasses
 import math
 from enum import Enum
 
 import torch
+
+from compressor.core.spec import Bool, Choice, Config, Float, OptionalFloat, setting
 
 
 class ClipMethod(Enum):
@@ -164,3 +167,31 @@ def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range
         signed = symmetric or record["min"] < 0
         return _symmetric_threshold(histogram, kl_threshold(histogram, bits, signed), record, symmetric)
     return _symmetric_threshold(histogram, mse_threshold(histogram, bits, record, symmetric), record, symmetric)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipConfig(Config):
+    """How an activation range is derived from its statistics: the keys PTQ and calibration stages share."""
+
+    clip_acts: str = setting(Choice("NONE", CLIP_NAMES), "NONE (min/max), AVG (mean of per-batch min/max), "
+                             "N_STD, GAUSS / LAPLACE (ACIQ), PERCENTILE, KL, MSE", layer=True)
+    clip_n_stds: float | None = setting(OptionalFloat(None, lo=0.0, lo_open=True),
+                                        "N_STD: the range is mean +- clip_n_stds * std", layer=True)
+    clip_half_range: bool = setting(Bool(False), "ACIQ on non-negative data: clip only the top of the range",
+                                    layer=True)
+    clip_percentile: float = setting(Float(99.99, lo=0.0, hi=100.0, lo_open=True),
+                                     "PERCENTILE: the percentile of |x| kept", layer=True)
+
+    def range_for(self, record, bits, symmetric, histogram=None):
+        """(lo, hi) for a tensor described by ``record`` (and its histogram, for KL/MSE/PERCENTILE)."""
+        return compute_range(self.clip_acts, record, bits, symmetric=symmetric, n_stds=self.clip_n_stds,
+                             half_range=self.clip_half_range, percentile=self.clip_percentile, histogram=histogram)
+
+    @property
+    def needs_histogram(self):
+        return parse_clip(self.clip_acts).needs_histogram
+
+    def cross_check(self):
+        if parse_clip(self.clip_acts) is ClipMethod.N_STD and self.clip_n_stds is None:
+            return [("clip_acts", "N_STD needs clip_n_stds (the number of standard deviations kept)")]
+        return []

@@ -7,7 +7,7 @@ here (e.g. a batch-norm fused into its conv), load too.
 
 import yaml
 
-from compressor.core.io import atomic_write
+from compressor.core.io import atomic_write_text
 from compressor.core.errors import StatsError
 
 RECORD_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std", "b")
@@ -18,7 +18,7 @@ def save_stats(path, records):
     data = {name: {"output": {k: (float(v) if k != "shape" else v) for k, v in rec.items()}}
             for name, rec in records.items()}
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    atomic_write(path, lambda tmp: open(tmp, "w").write(text))
+    atomic_write_text(path, text)
 
 
 def load_stats(source):

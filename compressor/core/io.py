@@ -8,7 +8,6 @@ import torch
 from compressor.core.errors import CheckpointError
 
 
-
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` then rename over ``path``: readers see the old file or the new one."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -22,6 +21,16 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically; the file handle is closed before the rename."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path, checkpoint):

@@ -39,45 +39,41 @@ def _resolve(module_name, node):
     return [f"{target}.{a.name}" for a in node.names]
 
 
-def _modules():
-    names = set()
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            if f.endswith(".py"):
-                rel = os.path.relpath(os.path.join(dirpath, f), os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
-                names.add(rel[: -len(".__init__")] if rel.endswith(".__init__") else rel)
-    return names
+def _parsed_modules():
+    """(module name, anchor for relative imports, parsed tree) of every module under compressor/."""
+    for dirpath, _, files in sorted(os.walk(ROOT)):
+        for f in sorted(files):
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
+            name = rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+            with open(path, encoding="utf-8") as fh:
+                tree = ast.parse(fh.read(), path)
+            # relative imports inside a package's __init__ resolve against the package itself
+            yield name, rel, tree
 
 
 def module_imports():
     """{module: set of compressor modules it imports} for every module under compressor/.
 
     ``from package import name`` counts as importing ``package.name`` when that is a module."""
-    known = _modules()
+    parsed = list(_parsed_modules())
+    known = {name for name, _, _ in parsed}
     out = {}
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            if not f.endswith(".py"):
-                continue
-            path = os.path.join(dirpath, f)
-            rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
-            name = rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
-            # relative imports inside a package's __init__ resolve against the package itself
-            anchor = name + ".__init__" if f == "__init__.py" else name
-            with open(path, encoding="utf-8") as fh:
-                tree = ast.parse(fh.read(), path)
-            deps = set()
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    for target in _resolve(anchor, node):
-                        if not target.startswith("compressor"):
-                            continue
-                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                            subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
-                            deps.update(subs or [target])
-                        else:
-                            deps.add(target)
-            out[name] = deps - {name}
+    for name, anchor, tree in parsed:
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _resolve(anchor, node):
+                    if not target.startswith("compressor"):
+                        continue
+                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                        subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
+                        deps.update(subs or [target])
+                    else:
+                        deps.add(target)
+        out[name] = deps - {name}
     return out
 
 
@@ -136,19 +132,10 @@ def module_cycles(imports=None):
 def local_imports():
     """(module, line, imported module) for every compressor import made inside a function."""
     found = []
-    for dirpath, _, files in os.walk(ROOT):
-        for f in files:
-            if not f.endswith(".py"):
-                continue
-            path = os.path.join(dirpath, f)
-            rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
-            with open(path, encoding="utf-8") as fh:
-                tree = ast.parse(fh.read(), path)
-            for func in ast.walk(tree):
-                if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    for node in ast.walk(func):
-                        if isinstance(node, (ast.Import, ast.ImportFrom)):
-                            for target in _resolve(rel, node):
-                                if target.startswith("compressor"):
-                                    found.append((rel, node.lineno, target))
+    for name, anchor, tree in _parsed_modules():
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(func):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        found += [(name, node.lineno, t) for t in _resolve(anchor, node) if t.startswith("compressor")]
     return found

@@ -1,16 +1,16 @@
 """Name -> class registries: recipes may only name classes registered here.
 
 A recipe never imports by path. A registry is declared with its built-in classes and the
-interface every member must have (``base``: a class to derive from, or ``methods``: names it
-must define); users add their own classes with ``register``. Nothing registers itself at import.
+interface every member must have (``base``: a class to derive from, or ``members``: names it
+must define, e.g. ``CONFIG`` and ``calibrate``); users add their own classes with ``register``. Nothing registers itself at import.
 """
 
 
 class Registry:
-    def __init__(self, kind, classes=(), base=None, methods=()):
+    def __init__(self, kind, classes=(), base=None, members=()):
         self.kind = kind
         self.base = base
-        self.methods = tuple(methods)
+        self.members = tuple(members)
         self._classes = {}
         for cls in classes:
             self.register(cls)
@@ -21,7 +21,7 @@ class Registry:
         def add(c):
             if self.base is not None and not (isinstance(c, type) and issubclass(c, self.base)):
                 raise TypeError(f"a {self.kind} must derive from {self.base.__name__}; {c!r} does not")
-            missing = [m for m in self.methods if not callable(getattr(c, m, None))]
+            missing = [m for m in self.members if not callable(getattr(c, m, None))]
             if missing:
                 raise TypeError(f"a {self.kind} must define {', '.join(missing)}; {c!r} does not")
             key = name or c.__name__

@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from compressor.quantization.graph.sites import NORM_TYPES
 from compressor.core.errors import ConversionError
-from compressor.quantization.switchable import Switchable
+from compressor.quantization.quant_module import QuantModule
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def to_torch_int8(model, engine="x86", for_onnx=False):
     if not isinstance(model, fx.GraphModule):
         raise ConversionError("convert the quantizer's prepared model (scheduler.model / quantizer.prepared)")
 
-    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, Switchable)})
+    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, QuantModule) and not m.EXPORTABLE})
     if others:
         raise ConversionError(f"export covers the linear quantizers (QuantAwareTrainRangeLinearQuantizer, "
                               f"PostTrainLinearQuantizer); this model uses {', '.join(others)}, whose levels no "

@@ -4,66 +4,73 @@ The rounding itself is torch's fused kernel (``torch.fake_quantize_per_*_affine`
 whose backward passes the gradient through unchanged inside the quantization
 range and zeroes it outside (the clipped straight-through estimator).
 
-Both modules have three states, set by the quantization policy:
-``enabled`` (quantize at all) and ``observing`` (update the range). Their
+Both are ``QuantModule``s with an observer (``observers``) that tracks the range; the quantization
+policy sets ``enabled`` (quantize at all) and ``observing`` (update the range). Their
 state travels in ``state_dict`` (ranges as buffers, flags as extra state), so
 a checkpoint evaluates and resumes exactly as it was saved.
 """
 
-import math
-
 import torch
-from torch import nn
 
+from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
 from compressor.quantization.qparams import qparams_from_range, quant_range
+from compressor.quantization.quant_module import QuantModule
 
 
-class _FakeQuantBase(nn.Module):
+class FakeQuantize(QuantModule):
+    """Linear fake quantization to ``bits`` in ``mode`` with the scale and zero point of the observer's range.
+
+    ``observed`` is False until a range was seen: a frozen quantizer then observes once.
+    """
+
+    METHOD = "linear"
+    EXPORTABLE = True
+
     def __init__(self, bits, mode, channels=1):
-        super().__init__()
-        self.bits = bits
+        super().__init__(bits)
         self.mode = mode
         self.qmin, self.qmax = quant_range(bits, mode)
-        self.enabled = False
-        self.observing = True
-        self.observed = False  # False until a range was seen: a frozen quantizer then observes once
+        self.observed = False
         self.register_buffer("scale", torch.ones(channels))
         self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
 
-    def set_state(self, enabled, observing):
-        self.enabled = enabled
-        self.observing = observing
+    @torch.no_grad()
+    def _set_qparams(self, lo, hi):
+        scale, zero_point = qparams_from_range(lo, hi, self.bits, self.mode)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.observed = True
 
     def get_extra_state(self):
-        return {"enabled": self.enabled, "observing": self.observing, "observed": self.observed,
-                "dynamic": getattr(self, "dynamic", False)}
+        return {**super().get_extra_state(), "observed": self.observed}
 
     def set_extra_state(self, state):
-        self.enabled = bool(state["enabled"])
-        self.observing = bool(state["observing"])
+        super().set_extra_state(state)
         self.observed = bool(state.get("observed", True))
-        if hasattr(self, "dynamic"):
-            self.dynamic = bool(state.get("dynamic", False))
 
     def extra_repr(self):
         return f"bits={self.bits}, mode={self.mode.name}, enabled={self.enabled}, observing={self.observing}"
 
 
-class ActivationFakeQuant(_FakeQuantBase):
+class ActivationFakeQuant(FakeQuantize):
     """Per-tensor fake quantization with a range tracked by a bias-corrected EMA (as Distiller's QAT).
 
     The range is updated only in training mode while observing; evaluation and a
-    frozen quantizer use the stored scale and zero point.
+    frozen quantizer use the stored scale and zero point. ``dynamic``: each batch's own
+    range, in training and evaluation (online post-training quantization).
     """
 
     def __init__(self, bits, mode, ema_decay=0.999, dynamic=False):
         super().__init__(bits, mode)
-        self.ema_decay = float(ema_decay)
-        self.dynamic = dynamic  # range of each batch itself, in training and evaluation (online PTQ)
-        # A buffer, not a Python int: DataParallel keeps in-place buffer updates of replica 0.
-        self.register_buffer("num_updates", torch.zeros(1, dtype=torch.int64))
-        self.register_buffer("biased_min", torch.zeros(1))
-        self.register_buffer("biased_max", torch.zeros(1))
+        self.dynamic = dynamic
+        self.observer = EmaMinMaxObserver(ema_decay)
+        self.batch_range = MinMaxObserver()
+        # checkpoints written before the observer was a submodule hold its buffers at the top level
+        self._register_load_state_dict_pre_hook(_move_observer_buffers)
+
+    @property
+    def ema_decay(self):
+        return self.observer.ema_decay
 
     def forward(self, x):
         if not self.enabled or not torch.is_tensor(x) or not x.is_floating_point():
@@ -74,54 +81,51 @@ class ActivationFakeQuant(_FakeQuantBase):
 
     @torch.no_grad()
     def observe(self, x):
-        mn, mx = torch.aminmax(x.detach())
-        self.observed = True
+        mn, mx = self.batch_range(x)
         if self.dynamic:
             self.set_range(mn, mx)
-            return
-        self.num_updates += 1
-        weight = 1.0 - self.ema_decay
-        self.biased_min.lerp_(mn.float().reshape(1), weight)
-        self.biased_max.lerp_(mx.float().reshape(1), weight)
-        correction = 1.0 - torch.pow(self.ema_decay, self.num_updates).float()
-        scale, zero_point = qparams_from_range(
-            self.biased_min / correction, self.biased_max / correction, self.bits, self.mode
-        )
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
+        else:
+            self._set_qparams(*self.observer.update(mn, mx))
 
     @torch.no_grad()
     def set_range(self, lo, hi):
         """Quantize to [lo, hi] from now on (calibrated post-training ranges)."""
         lo = torch.as_tensor(lo, dtype=torch.float32, device=self.scale.device).reshape(1)
         hi = torch.as_tensor(hi, dtype=torch.float32, device=self.scale.device).reshape(1)
-        scale, zero_point = qparams_from_range(lo, hi, self.bits, self.mode)
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
-        self.biased_min.copy_(lo)
-        self.biased_max.copy_(hi)
-        self.num_updates.fill_(0)
-        self.observed = True
+        self._set_qparams(lo, hi)
+        self.observer.reset(lo, hi)
 
     @torch.no_grad()
     def init_range(self, lo, hi):
         """Start the moving average from [lo, hi] (calibrate-then-train): later batches move it as usual."""
         self.set_range(lo, hi)
-        if self.ema_decay > 0:
-            # enough pseudo-steps that the bias correction 1 - decay**n is 1 to float precision
-            self.num_updates.fill_(int(math.ceil(math.log(1e-9) / math.log(self.ema_decay))))
+        self.observer.reset(self.observer.biased_min.clone(), self.observer.biased_max.clone(), settled=True)
 
     @property
     def range(self):
         """The (min, max) currently used, bias-corrected; None before the first observation."""
         if not self.observed:
             return None
-        n = int(self.num_updates.item())
+        n = int(self.observer.num_updates.item())
         correction = 1.0 - self.ema_decay**n if n else 1.0
-        return (self.biased_min / correction).item(), (self.biased_max / correction).item()
+        return (self.observer.biased_min / correction).item(), (self.observer.biased_max / correction).item()
+
+    def get_extra_state(self):
+        return {**super().get_extra_state(), "dynamic": self.dynamic}
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        self.dynamic = bool(state.get("dynamic", False))
 
 
-class WeightFakeQuant(_FakeQuantBase):
+def _move_observer_buffers(state_dict, prefix, *args):
+    for name in ("num_updates", "biased_min", "biased_max"):
+        old = prefix + name
+        if old in state_dict:
+            state_dict[prefix + "observer." + name] = state_dict.pop(old)
+
+
+class WeightFakeQuant(FakeQuantize):
     """Fake quantization of a parameter, per tensor or per output channel; used as a parametrization.
 
     The range is the parameter's current min/max, so the FP32 master weight is the only
@@ -132,6 +136,7 @@ class WeightFakeQuant(_FakeQuantBase):
         super().__init__(bits, mode, channels if per_channel else 1)
         self.per_channel = per_channel
         self.axis = axis
+        self.observer = MinMaxObserver(per_channel, axis)
 
     def forward(self, w):
         if not self.enabled:
@@ -146,15 +151,7 @@ class WeightFakeQuant(_FakeQuantBase):
 
     @torch.no_grad()
     def observe(self, w):
-        self.observed = True
-        if self.per_channel:
-            mn, mx = torch.aminmax(w.detach().transpose(0, self.axis).flatten(1), dim=1)
-        else:
-            mn, mx = torch.aminmax(w.detach())
-            mn, mx = mn.reshape(1), mx.reshape(1)
-        scale, zero_point = qparams_from_range(mn, mx, self.bits, self.mode)
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
+        self._set_qparams(*self.observer(w))
 
     def extra_repr(self):
         return super().extra_repr() + f", per_channel={self.per_channel}"

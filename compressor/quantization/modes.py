@@ -50,6 +50,9 @@ def _one(name):
 class Mode(Spec):
     """A recipe's ``mode`` key: one of ``MODE_NAMES`` or {activations: MODE, weights: MODE}."""
 
+    def describe(self):
+        return " / ".join(MODE_NAMES) + ", or {activations: MODE, weights: MODE}"
+
     def check(self, value):
         try:
             parse_mode(value)

@@ -7,13 +7,14 @@ only copy. Everything starts disabled: the model computes in FP32 until the
 quantization policy enables it at its ``starting_epoch``.
 """
 
+import dataclasses
 import logging
 
 from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compressor.core.spec import Bits, Overrides
+from compressor.core.spec import Bits, Config, Overrides, setting
 from compressor.quantization.graph import sites as graph
 from compressor.quantization.overrides import OverrideTable, strip_parallel_prefix
 
@@ -26,45 +27,66 @@ def is_quantized(bits):
     return bits is not None and bits < FP_BITS
 
 
-class Quantizer:
-    """Subclasses define ``PARAMS`` (recipe keys), ``LAYER_KEYS`` (what overrides may set),
-    and the factories ``make_activation_quantizer`` / ``make_weight_quantizer``."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantizerConfig(Config):
+    """Settings every quantizer has: what to quantize at which width, and per-layer overrides."""
 
-    PARAMS = {
-        "bits_activations": Bits(FP_BITS),
-        "bits_weights": Bits(FP_BITS),
-        "bits_bias": Bits(FP_BITS),
-        "overrides": Overrides(),
-    }
-    LAYER_KEYS = {"bits_activations", "bits_weights", "bits_bias"}
+    bits_activations: int | None = setting(Bits(FP_BITS), "bits of activations; 32 or null keep FP32", layer=True)
+    bits_weights: int | None = setting(Bits(FP_BITS), "bits of conv/linear/embedding weights", layer=True)
+    bits_bias: int | None = setting(Bits(FP_BITS), "bits of biases", layer=True)
+    overrides: dict | None = setting(Overrides(), "per-layer settings: module name or regex -> per-layer keys")
+
+
+class Quantizer:
+    """Base of every quantizer: subclasses declare ``CONFIG`` (their typed settings) and the factories
+    ``make_activation_quantizer`` / ``make_weight_quantizer``; the hooks below are no-ops by default."""
+
+    CONFIG = QuantizerConfig
     EXPORTABLE = False  # compressor.deploy converts its models to integer runtimes
 
     def __init__(self, model, optimizer=None, **kwargs):
-        unknown = set(kwargs) - set(self.PARAMS)
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
-        self.config = {k: spec.default for k, spec in self.PARAMS.items()}
-        self.config.update(kwargs)
+        self.config = self.CONFIG.from_args(**kwargs)
         self.model = model
         self.optimizer = optimizer
-        self.overrides = OverrideTable(self.config.get("overrides"))
+        self.overrides = OverrideTable(self.config.overrides)
         self.activation_quantizers = {}  # site name -> module
         self.weight_quantizers = {}  # "module.param" -> module
         self.rows = []
-        self.act_rows = {}
+        self.act_chains = {}
         self.prepared = None
         # the FP32 model's size, before preparation changes it (e.g. WRPN's widening)
         self.fp32_bits = FP_BITS * sum(p.numel() for p in model.parameters())
 
+    # -- hooks a subclass may override -------------------------------------------
+    def quantize_inputs(self):
+        """Whether the model input is an activation site."""
+        return True
+
+    def schedule_epoch(self, epoch, policy_epochs):
+        """Called at the start of each epoch of the quantizer's policy (INQ freezes weights here)."""
+
+    @staticmethod
+    def check_policy_epochs(args, epochs):
+        """A message when the recipe's policy epochs do not fit the quantizer's arguments, else None."""
+        return None
+
+    def adapt_weights(self, state):
+        """Weights loaded into the prepared model pass here first (WRPN widens narrow ones)."""
+        return state
+
+    def make_activation_quantizer(self, site, settings):
+        raise NotImplementedError
+
+    def make_weight_quantizer(self, module, pname, param, settings):
+        raise NotImplementedError
+
     # -- per-layer settings ---------------------------------------------------
     def layer_settings(self, *names):
-        """Defaults updated by the first of ``names`` that an override governs."""
-        settings = {k: self.config[k] for k in self.LAYER_KEYS if k in self.config}
+        """The config with the overrides of the first of ``names`` that an override governs."""
         for name in names:
             if self.overrides.match(name) is not None:
-                settings.update(self.overrides.lookup(name))
-                break
-        return settings
+                return self.config.for_layer(self.overrides.lookup(name))
+        return self.config
 
     def site_settings(self, site):
         """Settings of an activation site: its own name, its module's name, then its chain's head."""
@@ -78,11 +100,10 @@ class Quantizer:
         if self.prepared is not None:
             return self.prepared
         gm = graph.trace(self.model)
-        sites = graph.find_activation_sites(gm, self.config.get("quantize_inputs", True))
-        chains = {site.name: "->".join(site.chain) for site in sites}
+        sites = graph.find_activation_sites(gm, self.quantize_inputs())
+        self.act_chains = {site.name: "->".join(site.chain) for site in sites}
         self.activation_quantizers = graph.instrument(
             gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site)))
-        act_rows = {name: (module.bits, chains[name]) for name, module in self.activation_quantizers.items()}
 
         weight_rows = {}
         for name, module in graph.weight_modules(gm):
@@ -101,7 +122,6 @@ class Quantizer:
             log.warning("override '%s' matches no module or activation of %s", key, type(self.model).__name__)
 
         self.rows = list(weight_rows.items())
-        self.act_rows = act_rows
         self.prepared = gm
         self._add_parameter_groups()
         return gm
@@ -112,7 +132,7 @@ class Quantizer:
         groups = {}
         modules = list(self.activation_quantizers.values()) + list(self.weight_quantizers.values())
         for module in modules:
-            options = getattr(module, "PARAM_GROUP", None)
+            options = module.param_group()
             params = [p for p in module.parameters(recurse=False)]
             if options and params:
                 groups.setdefault(options["name"], (options, []))[1].extend(params)
@@ -122,16 +142,6 @@ class Quantizer:
             self.optimizer.add_param_group({"params": params, **{k: v for k, v in options.items() if k != "name"}})
             log.debug("optimizer group '%s': %d parameters", name, len(params))
 
-    def adapt_weights(self, state):
-        """Weights loaded into the prepared model pass here first (WRPN widens narrow ones)."""
-        return state
-
-    def make_activation_quantizer(self, site, settings):
-        raise NotImplementedError
-
-    def make_weight_quantizer(self, module, pname, param, settings):
-        raise NotImplementedError
-
     # -- phases (driven by the quantization policy) -------------------------------------
     def set_state(self, enabled, observing):
         for q in list(self.activation_quantizers.values()) + list(self.weight_quantizers.values()):
@@ -140,10 +150,10 @@ class Quantizer:
     def table(self):
         """Per-layer table of what is quantized and how, then the model size against FP32, for the log."""
         def describe(q):
-            return "" if q is None else f"{q.bits} {getattr(q, 'METHOD', '') or 'linear'}"
+            return "" if q is None else f"{q.bits} {q.METHOD}"
 
         lines = [(n, describe(qs.get("weight")), describe(qs.get("bias")), "") for n, qs in self.rows]
-        lines += [(n, "", "", f"{describe(q)} ({self.act_rows[n][1]})")
+        lines += [(n, "", "", f"{describe(q)} ({self.act_chains[n]})")
                   for n, q in self.activation_quantizers.items()]
         size, fp32 = self.model_size_bits(), self.fp32_bits
         text = tabulate(lines, headers=["name", "weights", "bias", "activations (fused chain)"])
@@ -161,12 +171,8 @@ class Quantizer:
             total += p.numel() * quantized.get(name, FP_BITS)
         return total
 
-    # Configuration that only says where the state came from (e.g. a stats file), not what it is:
-    # left out of checkpoints and of the resume comparison, since the model state holds the result.
-    SOURCE_KEYS = ()
-
     def _state_config(self):
-        return {k: v for k, v in self.config.items() if k not in self.SOURCE_KEYS}
+        return self.config.to_dict(with_sources=False)
 
     def state_dict(self):
         """Plain data: the configuration the quantizer was built from (the rest lives in the model)."""
@@ -176,7 +182,7 @@ class Quantizer:
         """Refuse a checkpoint made with another quantizer or other settings: its ranges would not fit."""
         if state.get("class") != type(self).__name__:
             raise ValueError(f"the checkpoint was quantized by {state.get('class')}, the recipe uses {type(self).__name__}")
-        saved = {k: v for k, v in state.get("config", {}).items() if k not in self.SOURCE_KEYS}
+        saved = {k: v for k, v in state.get("config", {}).items() if k not in self.CONFIG.SOURCE_KEYS}
         mine = self._state_config()
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if differ:

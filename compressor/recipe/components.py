@@ -1,8 +1,9 @@
 """What a recipe may name: one registry per section, declared with its built-in classes.
 
 Extend a section with ``QUANTIZERS.register(MyQuantizer)`` (or as a decorator) before reading the
-recipe; a registered quantizer derives from ``Quantizer``, a calibrator has ``calibrate``, a
-distiller has ``build_teacher``.
+recipe; a registered quantizer derives from ``Quantizer`` (its settings in ``CONFIG``, a
+``compressor.core.spec.Config``), a calibrator has ``CONFIG`` and ``calibrate``, a distiller
+``CONFIG`` and ``build_teacher``.
 """
 
 import torch
@@ -31,8 +32,8 @@ def _torch_lr_schedulers():
 
 QUANTIZERS = Registry("quantizer", [QuantAwareTrainRangeLinearQuantizer, PostTrainLinearQuantizer, DorefaQuantizer,
                                     WRPNQuantizer, PACTQuantizer, INQQuantizer], base=Quantizer)
-LR_SCHEDULERS = Registry("lr_scheduler", _torch_lr_schedulers() + [MultiStepMultiGammaLR], methods=("step",))
-CALIBRATORS = Registry("calibrator", [ActivationCalibrator], methods=("calibrate",))
-DISTILLERS = Registry("distiller", [KnowledgeDistillation], methods=("build_teacher",))
+LR_SCHEDULERS = Registry("lr_scheduler", _torch_lr_schedulers() + [MultiStepMultiGammaLR], members=("step",))
+CALIBRATORS = Registry("calibrator", [ActivationCalibrator], members=("CONFIG", "calibrate"))
+DISTILLERS = Registry("distiller", [KnowledgeDistillation], members=("CONFIG", "build_teacher"))
 SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS,
             "distillers": DISTILLERS}

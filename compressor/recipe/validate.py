@@ -55,13 +55,15 @@ def _validate_component(recipe, section, registry, name, spec):
         return [recipe.issue(path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}")]
     args = {k: v for k, v in spec.items() if k != "class"}
     if section in ("quantizers", "calibrators", "distillers"):
-        return _validate_quantizer_args(recipe, path, cls, args)
+        return _validate_component_args(recipe, path, cls, args)
     return _validate_lr_scheduler_args(recipe, path, cls, args)
 
 
-def _validate_quantizer_args(recipe, path, cls, args):
+def _validate_component_args(recipe, path, cls, args):
+    """Check a quantizer's, calibrator's or distiller's arguments against its typed ``CONFIG``."""
     issues = []
-    params = cls.PARAMS
+    params = cls.CONFIG.specs()
+    layer_keys = cls.CONFIG.layer_keys()
     for key, value in args.items():
         if key not in params:
             issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {sorted(params)}"))
@@ -90,12 +92,25 @@ def _validate_quantizer_args(recipe, path, cls, args):
                 issues.append(recipe.issue(opath, "expected a mapping of per-layer settings"))
                 continue
             for key, value in settings.items():
-                if key not in cls.LAYER_KEYS:
-                    issues.append(recipe.issue(opath + (key,), f"unknown per-layer key; an override may set {sorted(cls.LAYER_KEYS)}"))
+                if key not in layer_keys:
+                    issues.append(recipe.issue(opath + (key,), f"unknown per-layer key; an override may set {sorted(layer_keys)}"))
                     continue
                 message = params[key].check(value)
                 if message:
                     issues.append(recipe.issue(opath + (key,), message))
+    if not issues:
+        issues += _cross_check(recipe, path, cls, args)
+    return issues
+
+
+def _cross_check(recipe, path, cls, args):
+    """Combinations of individually valid values that do not work together, for the whole config and per layer."""
+    config = cls.CONFIG.from_args(**args)
+    issues = [recipe.issue(path + (key,), message) for key, message in config.cross_check()]
+    for pattern, settings in (args.get("overrides") or {}).items():
+        if isinstance(settings, dict) and settings:  # problems an override itself brings in
+            issues += [recipe.issue(path + ("overrides", pattern, key), message)
+                       for key, message in config.for_layer(settings).cross_check() if key in settings]
     return issues
 
 
@@ -213,10 +228,9 @@ def _validate_policies(recipe):
 def _validate_quantizer_epochs(recipe, path, spec, policy):
     """Quantizers whose state follows the policy's epochs (INQ) check the pairing."""
     cls = QUANTIZERS.get(spec.get("class")) if isinstance(spec, dict) else None
-    check = getattr(cls, "check_policy_epochs", None)
-    if check is None or _validate_timing(recipe, path, policy):
+    if cls is None or _validate_timing(recipe, path, policy):
         return []
-    message = check({k: v for k, v in spec.items() if k != "class"}, policy_epochs(policy))
+    message = cls.check_policy_epochs({k: v for k, v in spec.items() if k != "class"}, policy_epochs(policy))
     return [recipe.issue(path, message)] if message else []
 
 

@@ -16,45 +16,44 @@ policies:
 ```
 """
 
+import dataclasses
 import logging
 
-from compressor.core.spec import Bool, Choice, Float, OptionalFloat, OptionalInt
-from compressor.calibration.clipping import CLIP_NAMES, compute_range, parse_clip
+from compressor.core.spec import OptionalInt, setting
+from compressor.calibration.clipping import ClipConfig
 from compressor.quantization.collect import collect_stats
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibratorConfig(ClipConfig):
+    num_batches: int | None = setting(OptionalInt(None, lo=1), "training batches to collect on (null: the whole "
+                                      "training split)")
+
+
 class ActivationCalibrator:
-    PARAMS = {
-        "num_batches": OptionalInt(None, lo=1),
-        "clip_acts": Choice("NONE", CLIP_NAMES),
-        "clip_n_stds": OptionalFloat(None, lo=0.0, lo_open=True),
-        "clip_half_range": Bool(False),
-        "clip_percentile": Float(99.99, lo=0.0, hi=100.0, lo_open=True),
-    }
+    CONFIG = CalibratorConfig
 
     def __init__(self, **kwargs):
-        self.config = {k: spec.default for k, spec in self.PARAMS.items()}
-        self.config.update(kwargs)
+        self.config = self.CONFIG.from_args(**kwargs)
         self.loader, self.device = None, "cpu"
         self.last_records = None
+
+    def set_data(self, loader, device="cpu"):
+        """The batches to calibrate on (the training split) and where to run them."""
+        self.loader, self.device = loader, device
 
     def calibrate(self, quantizer):
         """Collect statistics on the quantizer's model and start every activation range from them."""
         if self.loader is None:
             raise RuntimeError("the calibrator has no data: the app must call scheduler.set_calibration_data()")
-        method = parse_clip(self.config["clip_acts"])
-        records, hists = collect_stats(quantizer.model, self.loader, self.device, self.config["num_batches"],
-                                       histograms=method.needs_histogram,
-                                       quantize_inputs=quantizer.config.get("quantize_inputs", True))
+        cfg = self.config
+        records, hists = collect_stats(quantizer.model, self.loader, self.device, cfg.num_batches,
+                                       histograms=cfg.needs_histogram, quantize_inputs=quantizer.quantize_inputs())
         for name, fq in quantizer.activation_quantizers.items():
-            lo, hi = compute_range(method, records[name], fq.bits, symmetric=fq.mode.symmetric,
-                                   n_stds=self.config["clip_n_stds"], half_range=self.config["clip_half_range"],
-                                   percentile=self.config["clip_percentile"],
-                                   histogram=hists.get(name) if hists else None)
-            fq.init_range(lo, hi)
+            fq.init_range(*cfg.range_for(records[name], fq.bits, fq.mode.symmetric, hists.get(name) if hists else None))
         self.last_records = records
         log.info("Calibrated %d activation ranges (%s) on %s batches", len(quantizer.activation_quantizers),
-                 method.value, self.config["num_batches"] or "all")
+                 str(cfg.clip_acts).upper(), cfg.num_batches or "all")
         return records

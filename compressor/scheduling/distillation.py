@@ -21,13 +21,14 @@ factor, so Distiller's weights mean the same here). The distillation term is log
 loss component, ``Distill Loss``.
 """
 
+import dataclasses
 import logging
 
 import torch
 import torch.nn.functional as F
 
 from compressor.scheduling.policies import Policy
-from compressor.core.spec import Float, Spec
+from compressor.core.spec import Config, Float, Spec, setting
 from compressor.scheduling.scheduler import PolicyLoss
 from compressor.models import create_model
 from compressor.core.errors import CheckpointError
@@ -62,30 +63,33 @@ def distillation_loss(student_logits, teacher_logits, temperature):
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillationConfig(Config):
+    teacher_checkpoint: str = setting(_Path(), "the teacher's checkpoint (e.g. the FP32 model's best.pth.tar)")
+    teacher_arch: str | None = setting(_OptionalArch(None), "the teacher's arch (null: the checkpoint's, else the "
+                                       "student's)")
+    temperature: float = setting(Float(1.0, lo=0.0, lo_open=True), "softmax temperature of both distributions")
+    distill_wt: float = setting(Float(0.5, lo=0.0), "weight of the student-vs-teacher soft loss")
+    student_wt: float = setting(Float(0.5, lo=0.0), "weight of the student-vs-labels loss")
+    teacher_wt: float = setting(_Zero(0.0), "only 0: the teacher is frozen")
+
+
 class KnowledgeDistillation:
-    PARAMS = {
-        "teacher_checkpoint": _Path(),
-        "teacher_arch": _OptionalArch(None),
-        "temperature": Float(1.0, lo=0.0, lo_open=True),
-        "distill_wt": Float(0.5, lo=0.0),
-        "student_wt": Float(0.5, lo=0.0),
-        "teacher_wt": _Zero(0.0),
-    }
+    CONFIG = DistillationConfig
 
     def __init__(self, **kwargs):
-        self.config = {k: spec.default for k, spec in self.PARAMS.items()}
-        self.config.update(kwargs)
+        self.config = self.CONFIG.from_args(**kwargs)
         self.teacher = None
 
     def build_teacher(self, arch, dataset, device):
         """Create the teacher from its checkpoint, frozen in evaluation mode."""
 
-        path = self.config["teacher_checkpoint"]
+        path = self.config.teacher_checkpoint
         try:
             ckpt = load_checkpoint(path)
         except CheckpointError as exc:
             raise CheckpointError(f"knowledge distillation teacher: {exc} (--kd-resume / teacher_checkpoint)") from None
-        teacher_arch = self.config["teacher_arch"] or (ckpt.get("arch") if isinstance(ckpt, dict) else None) or arch
+        teacher_arch = self.config.teacher_arch or (ckpt.get("arch") if isinstance(ckpt, dict) else None) or arch
         teacher = create_model(teacher_arch, dataset)
         try:
             load_weights(teacher, model_state(ckpt))
@@ -96,7 +100,7 @@ class KnowledgeDistillation:
             p.requires_grad_(False)
         self.teacher = teacher
         log.info("Knowledge distillation: teacher %s from %s, temperature %g, weights distill %g / student %g",
-                 teacher_arch, path, self.config["temperature"], self.config["distill_wt"], self.config["student_wt"])
+                 teacher_arch, path, self.config.temperature, self.config.distill_wt, self.config.student_wt)
         return teacher
 
 
@@ -140,6 +144,6 @@ class DistillationPolicy(Policy):
         with torch.no_grad():
             teacher_logits = self.distiller.teacher(inputs)
         cfg = self.distiller.config
-        distill = distillation_loss(student_logits, teacher_logits, cfg["temperature"])
-        overall = cfg["student_wt"] * loss + cfg["distill_wt"] * distill
+        distill = distillation_loss(student_logits, teacher_logits, cfg.temperature)
+        overall = cfg.student_wt * loss + cfg.distill_wt * distill
         return PolicyLoss(overall, [(DISTILL_LOSS, distill)])

@@ -36,6 +36,12 @@ class Policy:
     def on_epoch_end(self, model, epoch, optimizer=None, metrics=None):
         pass
 
+    def set_data(self, loader, device="cpu"):
+        """The training data, for policies that run passes of their own (calibration stages)."""
+
+    def attach(self, net, arch, dataset, device="cpu"):
+        """What the run is: the module the loop calls, model and data names, device (knowledge distillation)."""
+
     def state_dict(self):
         return {}
 
@@ -74,8 +80,7 @@ class QuantizationPolicy(Policy):
 
     def on_epoch_begin(self, model, epoch, optimizer=None):
         self.apply_phase(self.phase_at(epoch))
-        if hasattr(self.quantizer, "schedule_epoch"):  # quantizers that change with the epoch (INQ)
-            self.quantizer.schedule_epoch(epoch, self.epochs)
+        self.quantizer.schedule_epoch(epoch, self.epochs)
 
     def state_dict(self):
         return {"phase": self.phase}
@@ -138,6 +143,9 @@ class CalibrationPolicy(Policy):
     def __init__(self, calibrator, quantizer, epochs):
         super().__init__(epochs)
         self.calibrator, self.quantizer = calibrator, quantizer
+
+    def set_data(self, loader, device="cpu"):
+        self.calibrator.set_data(loader, device)
 
     def on_epoch_begin(self, model, epoch, optimizer=None):
         if self.active(epoch):

@@ -21,8 +21,7 @@ class CompressionScheduler:
     def set_calibration_data(self, loader, device="cpu"):
         """Data for the recipe's calibration stages (the training split, with its batches)."""
         for p in self.policies:
-            if hasattr(p, "calibrator"):
-                p.calibrator.loader, p.calibrator.device = loader, device
+            p.set_data(loader, device)
 
     def on_epoch_begin(self, epoch, optimizer=None):
         for p in self.policies:
@@ -36,8 +35,7 @@ class CompressionScheduler:
     def attach(self, net, arch, dataset, device="cpu"):
         """What policies need from the run: the module the loop calls, the model and data names, the device."""
         for p in self.policies:
-            if hasattr(p, "attach"):
-                p.attach(net, arch, dataset, device)
+            p.attach(net, arch, dataset, device)
 
     def before_backward_pass(self, epoch, minibatch_id, minibatches_per_epoch, loss, optimizer=None,
                              return_loss_components=False):

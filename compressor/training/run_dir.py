@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 
-from compressor.core.io import atomic_write, save_checkpoint
+from compressor.core.io import atomic_write_text, save_checkpoint
 
 log = logging.getLogger("compressor")
 
@@ -89,7 +89,7 @@ class RunDirectory:
     def write_json(self, name, data):
         if self.is_main:
             text = json.dumps(data, indent=2)
-            atomic_write(self.file(name), lambda tmp: open(tmp, "w").write(text + "\n"))
+            atomic_write_text(self.file(name), text + "\n")
 
     def save_checkpoint(self, checkpoint, is_best):
         if not self.is_main:

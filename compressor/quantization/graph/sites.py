@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from compressor.core.errors import TraceError
+from compressor.quantization.quant_module import QuantModule
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WEIGHT_TYPES = LAYER_TYPES + (nn.Embedding,)
@@ -188,7 +189,7 @@ def is_relu(gm, node):
 def instrument(gm, sites, factory):
     """Insert ``factory(site)`` (when not None) after each site; returns {site name: module}.
 
-    A module with ``replaces_activation`` (e.g. binary activations) takes the place of the
+    A QuantModule with ``REPLACES_ACTIVATION`` (e.g. binary activations) takes the place of the
     site's ReLU instead: it is inserted on the ReLU's input and the ReLU is removed.
     """
     inserted = {}
@@ -198,7 +199,7 @@ def instrument(gm, sites, factory):
             continue
         attr = "activation_quantizers." + re.sub(r"[^0-9a-zA-Z_]", "_", site.name)
         node = site.node
-        if getattr(module, "replaces_activation", False) and site.relu:
+        if isinstance(module, QuantModule) and module.REPLACES_ACTIVATION and site.relu:
             node = site.node.args[0]
             site.node.replace_all_uses_with(node)
             gm.graph.erase_node(site.node)

@@ -6,69 +6,81 @@ them) or ``model_activation_stats`` fixes every activation range; without either
 taken from each batch at run time (online / dynamic quantization, adds and concats included).
 """
 
+import dataclasses
 import logging
+from typing import ClassVar
 
 from torch import nn
 
-from compressor.calibration.clipping import CLIP_NAMES, compute_range, parse_clip
+from compressor.calibration.clipping import ClipConfig
 from compressor.calibration.stats_file import load_stats, match_stats
-from compressor.core.spec import Bits, Bool, Choice, Float, OptionalFloat, OptionalInt, StatsSource
-from compressor.quantization.modes import Mode
-from compressor.quantization.graph import sites as graph
+from compressor.core.spec import Bits, Bool, OptionalInt, StatsSource, setting
+from compressor.quantization import graph
+from compressor.quantization.collect import collect_stats
+from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.graph.fold_bn import fold_batchnorm
-from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
-from compressor.quantization.modes import parse_mode
+from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
-from compressor.quantization.collect import collect_stats  # lazy: the collector imports this package
 
+_PTQ_BITS = dict(lo=2, hi=16, fp_values=(FP_BITS,))
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PTQConfig(LinearConfig, ClipConfig):
+    """Distiller's PostTrainLinearQuantizer arguments (``bits_parameters``; ``bits_weights`` is its per-layer alias)."""
+
+    SOURCE_KEYS: ClassVar[tuple] = ("model_activation_stats",)  # the ranges themselves live in the model's state
+
+    bits_activations: int | None = setting(Bits(8, **_PTQ_BITS), "bits of activations; 32 or null keep FP32",
+                                           layer=True)
+    bits_parameters: int | None = setting(Bits(8, **_PTQ_BITS), "bits of weights (Distiller's name)")
+    bits_weights: int | None = setting(Bits(None, **_PTQ_BITS), "bits of weights; defaults to bits_parameters "
+                                       "(overrides use this name)", layer=True)
+    bits_bias: int | None = setting(Bits(FP_BITS, lo=FP_BITS, hi=FP_BITS, fp_values=(FP_BITS,)),
+                                    "always 32: biases join the 32-bit accumulator")
+    bits_accum: int = setting(Bits(32, lo=8, hi=64, fp_values=()), "accumulator width of the integer arithmetic",
+                              layer=True)
+    model_activation_stats: str | dict | None = setting(StatsSource(None), "activation statistics (Distiller's stats "
+                                                        "YAML or a mapping) that fix every range")
+    scale_approx_mult_bits: int | None = setting(OptionalInt(None, lo=2, hi=32), "requantization multiplier as a "
+                                                 "fixed-point integer of this many bits (null: exact float)")
+    power_of_two_scales: bool = setting(Bool(False), "round requantization scales to powers of two (shifts only)")
+    integer_arithmetic: bool = setting(Bool(True), "compute conv/linear in integer arithmetic (saturating "
+                                       "accumulator) rather than fake-quantized float")
+    inputs_quant_auto_fallback: bool = setting(Bool(True), "accepted for Distiller compatibility; no effect (every "
+                                               "layer input here is a quantized site)")
+    fold_bn: bool = setting(Bool(True), "fold batch-norm into the preceding conv/linear first")
+
+    def resolve(self):
+        if self.bits_weights is None and self.bits_parameters is not None:
+            return dataclasses.replace(self, bits_weights=self.bits_parameters)
+        return self
+
+
 class PostTrainLinearQuantizer(Quantizer):
+    CONFIG = PTQConfig
     EXPORTABLE = True
-    PARAMS = {
-        **Quantizer.PARAMS,
-        "bits_activations": Bits(8, lo=2, hi=16, fp_values=(FP_BITS,)),
-        "bits_parameters": Bits(8, lo=2, hi=16, fp_values=(FP_BITS,)),
-        "bits_weights": Bits(None, lo=2, hi=16, fp_values=(FP_BITS,)),  # alias; overrides use it
-        "bits_accum": Bits(32, lo=8, hi=64, fp_values=()),
-        "mode": Mode("SYMMETRIC"),
-        "clip_acts": Choice("NONE", CLIP_NAMES),
-        "clip_n_stds": OptionalFloat(None, lo=0.0, lo_open=True),
-        "clip_half_range": Bool(False),
-        "clip_percentile": Float(99.99, lo=0.0, hi=100.0, lo_open=True),
-        "per_channel_wts": Bool(False),
-        "model_activation_stats": StatsSource(None),
-        "scale_approx_mult_bits": OptionalInt(None, lo=2, hi=32),
-        "power_of_two_scales": Bool(False),
-        "integer_arithmetic": Bool(True),
-        "inputs_quant_auto_fallback": Bool(True),
-        "quantize_inputs": Bool(True),
-        "fold_bn": Bool(True),
-    }
-    SOURCE_KEYS = ("model_activation_stats",)  # the ranges themselves live in the model's state
-    LAYER_KEYS = {"bits_activations", "bits_weights", "bits_accum", "mode", "clip_acts", "clip_n_stds",
-                  "clip_half_range", "clip_percentile", "per_channel_wts"}
 
     def __init__(self, model, optimizer=None, **kwargs):
         super().__init__(model, optimizer, **kwargs)
-        if self.config["bits_weights"] is None:
-            self.config["bits_weights"] = self.config["bits_parameters"]
-        self.config["bits_bias"] = FP_BITS  # biases stay FP32 (they join the 32-bit accumulator)
         self.site_config = {}  # site name -> settings used for its range
         self.ranges = {}
 
+    def quantize_inputs(self):
+        return self.config.quantize_inputs
+
     def prepare_model(self):
-        if self.prepared is None and self.config["fold_bn"]:
+        if self.prepared is None and self.config.fold_bn:
             self.model = fold_batchnorm(self.model)
         first = self.prepared is None
         gm = super().prepare_model()
         if not first:
             return gm
         self.set_state(True, False)  # post-training: quantized, nothing learns
-        self.integer_layers = self._install_integer_arithmetic(gm) if self.config["integer_arithmetic"] else []
-        stats = self.config["model_activation_stats"]
+        self.integer_layers = self._install_integer_arithmetic(gm) if self.config.integer_arithmetic else []
+        stats = self.config.model_activation_stats
         if stats is not None:
             records = load_stats(stats)
             sites = list(self.activation_quantizers)
@@ -84,7 +96,7 @@ class PostTrainLinearQuantizer(Quantizer):
             if node.op == "call_module":
                 calls.setdefault(node.target, []).append(node)
         installed = []
-        for site in graph.find_activation_sites(graph.trace(self.model), self.config["quantize_inputs"]):
+        for site in graph.find_activation_sites(graph.trace(self.model), self.config.quantize_inputs):
             layer_name = site.head_name
             nodes = calls.get(layer_name, [])
             out_q = self.activation_quantizers.get(site.name)
@@ -98,48 +110,40 @@ class PostTrainLinearQuantizer(Quantizer):
                 continue
             layer = gm.get_submodule(layer_name)
             settings = self.layer_settings(layer_name)
-            hook = IntegerArithmetic(w_q, gm.get_submodule(src.target), out_q, settings["bits_accum"],
-                                     self.config["scale_approx_mult_bits"], self.config["power_of_two_scales"])
+            hook = IntegerArithmetic(w_q, gm.get_submodule(src.target), out_q, settings.bits_accum,
+                                     self.config.scale_approx_mult_bits, self.config.power_of_two_scales)
             layer.register_forward_hook(hook)
             installed.append(layer_name)
         return installed
 
     def make_activation_quantizer(self, site, settings):
-        bits = settings["bits_activations"]
-        if not is_quantized(bits):
+        if not is_quantized(settings.bits_activations):
             return None
         self.site_config[site.name] = settings
-        acts_mode, _ = parse_mode(settings["mode"])
-        return ActivationFakeQuant(bits, acts_mode, dynamic=True)
+        return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
 
     def make_weight_quantizer(self, module, pname, param, settings):
-        if pname != "weight" or not is_quantized(settings["bits_weights"]):
+        if pname != "weight" or not is_quantized(settings.bits_weights):
             return None
-        _, wts_mode = parse_mode(settings["mode"])
-        per_channel = settings["per_channel_wts"] and param.dim() > 1
-        axis = 1 if "Transpose" in type(module).__name__ else 0
-        return WeightFakeQuant(settings["bits_weights"], wts_mode, per_channel, param.shape[axis], axis)
+        return make_linear_weight_quantizer(module, param, settings.bits_weights, settings)
 
     # -- calibration -----------------------------------------------------------------
     def needs_histograms(self):
-        return any(parse_clip(cfg["clip_acts"]).needs_histogram for cfg in self.site_config.values())
+        return any(cfg.needs_histogram for cfg in self.site_config.values())
 
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
 
         records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
-                                       quantize_inputs=self.config["quantize_inputs"])
+                                       quantize_inputs=self.config.quantize_inputs)
         self.apply_stats(records, hists)
         return records
 
     def apply_stats(self, records, histograms=None):
         for name, fq in self.activation_quantizers.items():
             cfg = self.site_config[name]
-            acts_mode, _ = parse_mode(cfg["mode"])
-            lo, hi = compute_range(cfg["clip_acts"], records[name], fq.bits, symmetric=acts_mode.symmetric,
-                                   n_stds=cfg["clip_n_stds"], half_range=cfg["clip_half_range"],
-                                   percentile=cfg["clip_percentile"],
-                                   histogram=histograms.get(name) if histograms else None)
+            lo, hi = cfg.range_for(records[name], fq.bits, cfg.acts_mode.symmetric,
+                                   histograms.get(name) if histograms else None)
             fq.dynamic = False
             fq.set_range(lo, hi)
             self.ranges[name] = (float(lo), float(hi))
@@ -152,16 +156,16 @@ class PostTrainLinearQuantizer(Quantizer):
             if not isinstance(module, graph.LAYER_TYPES):
                 continue
             settings = self.layer_settings(name)
-            w_bits, a_bits = settings["bits_weights"], settings["bits_activations"]
+            w_bits, a_bits = settings.bits_weights, settings.bits_activations
             if not (is_quantized(w_bits) and is_quantized(a_bits)):
                 continue
             w = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
             fan_in = w[0].numel() if not isinstance(module, nn.Linear) else w.shape[1]
             needed = accumulator_bits(w_bits, a_bits, fan_in)
-            rows.append((name, needed, settings["bits_accum"]))
-            if needed > settings["bits_accum"]:
+            rows.append((name, needed, settings.bits_accum))
+            if needed > settings.bits_accum:
                 log.warning("accumulator of %s needs %d bits (2n + log2(fan-in %d)), bits_accum is %d: it may overflow",
-                            name, needed, fan_in, settings["bits_accum"])
+                            name, needed, fan_in, settings.bits_accum)
         self.accumulator_rows = rows
         return rows
 
@@ -171,7 +175,7 @@ class PostTrainLinearQuantizer(Quantizer):
         for name, fq in self.activation_quantizers.items():
             cfg = self.site_config[name]
             out.setdefault(name, {}).update({
-                "bits_activations": fq.bits, "mode_activations": fq.mode.name, "clip_acts": str(cfg["clip_acts"]).upper(),
+                "bits_activations": fq.bits, "mode_activations": fq.mode.name, "clip_acts": str(cfg.clip_acts).upper(),
                 "clip_range": list(self.ranges.get(name, (None, None))) if name in self.ranges else "dynamic",
                 "scale": float(fq.scale.item()), "zero_point": int(fq.zero_point.item()),
             })

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from compressor.quantization.low_bit.ste import ClipQuantize, SignSTE
-from compressor.quantization.switchable import Switchable
+from compressor.quantization.quant_module import QuantModule
 
 
-class ClippedLinearQuant(Switchable):
+class ClippedLinearQuant(QuantModule):
     """clamp(x, 0, clip) quantized to 2^bits - 1 uniform steps; a fixed clip (DoReFa and WRPN use 1)."""
 
     METHOD = "clipped"
@@ -39,14 +39,17 @@ class LearnedClipQuant(ClippedLinearQuant):
         super().__init__(bits, clip_val)
         del self.clip_val
         self.clip_val = nn.Parameter(torch.tensor([float(clip_val)]))
-        self.PARAM_GROUP = {"weight_decay": float(clip_decay), "name": "pact_clip_values"}
+        self.clip_decay = float(clip_decay)
+
+    def param_group(self):
+        return {"name": "pact_clip_values", "weight_decay": self.clip_decay}
 
 
-class BinaryActivation(Switchable):
+class BinaryActivation(QuantModule):
     """sign(x) in {-1, +1} in place of the ReLU it follows (binary activations, XNOR-Net/BNN)."""
 
     METHOD = "binary"
-    replaces_activation = True  # placed on the activation's input: the ReLU itself is removed
+    REPLACES_ACTIVATION = True  # placed on the activation's input: the ReLU itself is removed
 
     def __init__(self):
         super().__init__(1)

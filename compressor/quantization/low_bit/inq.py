@@ -8,13 +8,14 @@ frozen share reaches the k-th portion. Masks and frozen values are buffers, so a
 continues exactly.
 """
 
+import dataclasses
 import math
 
 import torch
 
-from compressor.core.spec import Bits, Spec
+from compressor.core.spec import Bits, Config, Overrides, Spec, setting
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
-from compressor.quantization.switchable import Switchable
+from compressor.quantization.quant_module import QuantModule
 
 
 class Portions(Spec):
@@ -37,7 +38,7 @@ def power_of_two_levels(w, n1, bits):
     return q * torch.sign(w)
 
 
-class INQWeight(Switchable):
+class INQWeight(QuantModule):
     METHOD = "inq"
 
     def __init__(self, shape, bits):
@@ -69,15 +70,19 @@ class INQWeight(Switchable):
         self.portion.fill_(portion)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class INQConfig(Config):
+    bits_weights: int | None = setting(Bits(5, lo=2, hi=8, fp_values=(FP_BITS,)),
+                                       "bits of the power-of-two weights (INQ uses 5)", layer=True)
+    accumulated_portions: list = setting(Portions(), "share of each layer frozen at each epoch the policy lists, "
+                                         "e.g. [0.5, 0.75, 0.875, 1.0]")
+    overrides: dict | None = setting(Overrides(), "per-layer settings: module name or regex -> per-layer keys")
+
+
 class INQQuantizer(Quantizer):
     """Weights only, to ``bits_weights``-bit powers of two (INQ uses 5), frozen in growing portions."""
 
-    PARAMS = {
-        "bits_weights": Bits(5, lo=2, hi=8, fp_values=(FP_BITS,)),
-        "accumulated_portions": Portions(),
-        "overrides": Quantizer.PARAMS["overrides"],
-    }
-    LAYER_KEYS = {"bits_weights"}
+    CONFIG = INQConfig
 
     @staticmethod
     def check_policy_epochs(args, epochs):
@@ -92,13 +97,13 @@ class INQQuantizer(Quantizer):
         return None
 
     def make_weight_quantizer(self, module, pname, param, settings):
-        if pname != "weight" or not is_quantized(settings["bits_weights"]):
+        if pname != "weight" or not is_quantized(settings.bits_weights):
             return None
-        return INQWeight(param.shape, settings["bits_weights"])
+        return INQWeight(param.shape, settings.bits_weights)
 
     def schedule_epoch(self, epoch, epochs):
         """Called by the quantization policy at each epoch start: freeze the portion due by ``epoch``."""
-        due = [p for e, p in zip(epochs, self.config["accumulated_portions"]) if e <= epoch]
+        due = [p for e, p in zip(epochs, self.config.accumulated_portions) if e <= epoch]
         if not due:
             return
         for key, quant in self.weight_quantizers.items():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compressor.quantization.low_bit.ste import RoundSTE, TernarizeTTQ
-from compressor.quantization.switchable import Switchable
+from compressor.quantization.quant_module import QuantModule
 
 
 def _straight_through(w, quantized):
@@ -16,7 +16,7 @@ def _straight_through(w, quantized):
     return w + (quantized - w).detach()
 
 
-class DorefaWeight(Switchable):
+class DorefaWeight(QuantModule):
     """DoReFa (Zhou S. et al. 2016): tanh-normalise to [0, 1], quantize to 2^bits - 1 steps, map to [-1, 1].
 
     One bit: sign(w) scaled by E|w| (a constant in the backward pass), straight-through gradient.
@@ -36,7 +36,7 @@ class DorefaWeight(Switchable):
         return 2 * RoundSTE.apply(t * levels) / levels - 1
 
 
-class WRPNWeight(Switchable):
+class WRPNWeight(QuantModule):
     """WRPN (Mishra et al. 2018): clamp to [-1, 1], quantize symmetrically to 2^(bits-1) - 1 steps per side."""
 
     METHOD = "wrpn"
@@ -48,7 +48,7 @@ class WRPNWeight(Switchable):
         return RoundSTE.apply(w.clamp(-1, 1) * n) / n
 
 
-class XnorWeight(Switchable):
+class XnorWeight(QuantModule):
     """XNOR-Net binary weights (Rastegari et al. 2016): sign(w) times mean |w| of each output channel."""
 
     METHOD = "xnor"
@@ -64,7 +64,7 @@ class XnorWeight(Switchable):
         return _straight_through(w, torch.where(w >= 0, alpha, -alpha))
 
 
-class TernaryWeight(Switchable):
+class TernaryWeight(QuantModule):
     """Ternary Weight Networks (Li et al. 2016): threshold 0.7 mean|w|, scale = mean |w| above it; per layer."""
 
     METHOD = "twn"
@@ -83,7 +83,7 @@ class TernaryWeight(Switchable):
         return _straight_through(w, alpha * torch.sign(wd) * keep.to(wd.dtype))
 
 
-class TrainedTernaryWeight(Switchable):
+class TrainedTernaryWeight(QuantModule):
     """Trained Ternary Quantization (Zhu et al. 2016): {+wp, 0, -wn} with wp, wn learned per layer.
 
     The threshold is 0.05 max|w|; wp and wn start, the first time the layer is quantized, at the
@@ -91,7 +91,8 @@ class TrainedTernaryWeight(Switchable):
     """
 
     METHOD = "ttq"
-    PARAM_GROUP = {"weight_decay": 0.0, "name": "ttq_scales"}
+    def param_group(self):
+        return {"name": "ttq_scales", "weight_decay": 0.0}
     THRESHOLD = 0.05
 
     def __init__(self, bits=2):
