@@ -11,6 +11,8 @@ import shutil
 import sys
 import time
 
+import yaml
+
 from compressor.core.io import atomic_write_text, save_checkpoint
 
 log = logging.getLogger("compressor")
@@ -86,10 +88,16 @@ class RunDirectory:
         if self.is_main and path:
             shutil.copy(path, self.file(os.path.basename(path)))
 
-    def write_json(self, name, data):
+    def write_text(self, name, text):
+        """``text`` into ``name`` in the run folder, atomically (the file is closed before the rename)."""
         if self.is_main:
-            text = json.dumps(data, indent=2)
-            atomic_write_text(self.file(name), text + "\n")
+            atomic_write_text(self.file(name), text)
+
+    def write_json(self, name, data):
+        self.write_text(name, json.dumps(data, indent=2) + "\n")
+
+    def write_yaml(self, name, data):
+        self.write_text(name, yaml.safe_dump(data, sort_keys=False))
 
     def save_checkpoint(self, checkpoint, is_best):
         if not self.is_main:
