@@ -2,23 +2,19 @@
 
 import logging
 import os
-import sys
 
 import torch
 from torch import nn
 
-from compressor.data import load_data
-from compressor.data.loaders import SHAPE_ADAPTIVE
-from compressor.models import NUM_CLASSES, arch_family, create_model
+from compressor.models import NUM_CLASSES, create_model
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.core.errors import CheckpointError
-from compressor.core.io import load_checkpoint
-from compressor.core.state_keys import load_weights, model_state
-from compressor.training.determinism import rng_state, seed_everything, set_rng_state
+from compressor.core.state_keys import load_weights
+from compressor.training.determinism import set_rng_state
 from compressor.training.loop import evaluate, train_one_epoch
-from compressor.training.run_dir import RunDirectory
+from compressor.training.state import TrainState, load_model_weights, load_train_state
 from compressor.app.args import classifier_parser
-from compressor.app.common import pick_device
+from compressor.app.context import RunContext
 from compressor.app.post_train import main_from_classifier_args
 from compressor.app.deploy_args import run_exports, wants_export
 from compressor.core.errors import UsageError
@@ -37,53 +33,61 @@ def _quant_bits(scheduler):
 
 
 class ClassifierRun:
+    """One training/evaluation run, set up in named steps (the order fixes how the RNGs are consumed)."""
+
     def __init__(self, args):
         self.args = args
-        self.dataset = args.dataset or arch_family(args.arch)[0]
-        self.device, self.gpu_ids = pick_device(args)
-        if args.deterministic and args.seed is None:
-            args.seed = 0
-        if args.seed is not None:
-            seed_everything(args.seed, args.deterministic)
+        self.ctx = RunContext.from_args(args)
+        self.dataset, self.device, self.gpu_ids = self.ctx.dataset, self.ctx.device, self.ctx.gpu_ids
+        self.load_sources()
+        self.recipe = self.build_recipe()
+        self.check_checkpoint_fits()
+        self.run = self.ctx.open_run(os.path.splitext(os.path.basename(args.compress or args.arch))[0], args.compress)
+        self.build_model()
+        self.maybe_load_weights()
+        self.maybe_resume()
+        self.check_exportable()
+        self._warn_idle_policies()
+        self.attach_policies()
+
+    def load_sources(self):
+        """The checkpoint to resume and the weights to load, read before anything is written."""
+        args = self.args
+        self.checkpoint = load_train_state(args.resume_from) if args.resume_from else None
+        weights = args.exp_load_weights_from
+        self.weights = load_model_weights(weights)[1] if weights else None
         # The shuffling seed: fixed by --seed, else drawn once and kept in checkpoints for resume.
-        self.data_seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.data_seed = self.ctx.seed if self.ctx.seed is not None else int.from_bytes(os.urandom(4), "little")
+        if self.checkpoint is not None and self.checkpoint.data_seed is not None:
+            self.data_seed = self.checkpoint.data_seed
 
-        self.checkpoint = load_checkpoint(args.resume_from) if args.resume_from else None
-        if self.checkpoint is not None:
-            missing = [k for k in ("state_dict", "optimizer_state_dict", "epoch") if k not in self.checkpoint]
-            if missing:
-                raise CheckpointError(f"--resume-from {args.resume_from} is not a training checkpoint of this tool "
-                                      f"(no {', '.join(missing)}); use --exp-load-weights-from to load weights only")
-            self.data_seed = self.checkpoint.get("data_seed", self.data_seed)
-        self.recipe = None
+    def build_recipe(self):
+        """The recipe: --compress, else the resumed checkpoint's; the --kd-* flags add their distiller."""
+        args, recipe = self.args, None
         if args.compress:
-            self.recipe = read_recipe(args.compress)
-        elif self.checkpoint and self.checkpoint.get("recipe"):
-            self.recipe = read_recipe(self.checkpoint["recipe"], file=f"{args.resume_from} (recipe)")
-        if kd_requested(args) and not has_kd_from_flags(self.recipe):  # a resumed run's recipe may have it already
-            data = add_kd_to_recipe(self.recipe.data if self.recipe else None, args)
-            self.recipe = read_recipe(data, file=f"{args.compress or 'the command line'} + --kd-* flags")
-        if self.checkpoint:
-            for key in ("arch", "dataset"):
-                saved = self.checkpoint.get(key)
-                mine = args.arch if key == "arch" else self.dataset
-                if saved and saved != mine:
-                    raise UsageError(f"--resume-from {args.resume_from} holds a {saved} checkpoint; this run uses {mine}")
+            recipe = read_recipe(args.compress)
+        elif self.checkpoint and self.checkpoint.recipe:
+            recipe = read_recipe(self.checkpoint.recipe, file=f"{args.resume_from} (recipe)")
+        if kd_requested(args) and not has_kd_from_flags(recipe):  # a resumed run's recipe may have it already
+            data = add_kd_to_recipe(recipe.data if recipe else None, args)
+            recipe = read_recipe(data, file=f"{args.compress or 'the command line'} + --kd-* flags")
+        return recipe
 
-        self.run = RunDirectory(args.out_dir, args.name or os.path.splitext(os.path.basename(args.compress or args.arch))[0])
-        log.info("Run folder: %s", self.run.path)
-        log.info("Command line: %s", " ".join(sys.argv))
-        self.run.copy_in(args.compress)
+    def check_checkpoint_fits(self):
+        if self.checkpoint is None:
+            return
+        for saved, mine in ((self.checkpoint.arch, self.args.arch), (self.checkpoint.dataset, self.dataset)):
+            if saved and saved != mine:
+                raise UsageError(f"--resume-from {self.args.resume_from} holds a {saved} checkpoint; this run uses {mine}")
 
+    def build_model(self):
+        """Model, loaders, optimizer and the recipe's scheduler (which prepares the model it quantizes)."""
+        args = self.args
         model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
-        shape = arch_family(args.arch)[1] if self.dataset in SHAPE_ADAPTIVE else None
-        self.train_loader, self.val_loader, self.test_loader = load_data(
-            self.dataset, args.data, shape, args.batch_size, args.workers, args.validation_split,
-            args.effective_train_size, args.effective_valid_size, args.effective_test_size, seed=self.data_seed,
-        )
+        self.train_loader, self.val_loader, self.test_loader = self.ctx.loaders(
+            self.data_seed, args.effective_train_size, args.effective_valid_size, args.effective_test_size)
         log.info("Dataset %s: %d training, %d validation, %d test samples", self.dataset,
                  len(self.train_loader.sampler), len(self.val_loader.dataset), len(self.test_loader.dataset))
-
         self.optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
@@ -91,46 +95,54 @@ class ClassifierRun:
         if self.scheduler:
             self.scheduler.set_calibration_data(self.train_loader, self.device)
         self.model.to(self.device)
-        if args.exp_load_weights_from:
-            try:
-                state = model_state(load_checkpoint(args.exp_load_weights_from))
-                if self.scheduler and self.scheduler.quantizer:
-                    state = self.scheduler.quantizer.adapt_weights(state)
-                load_weights(self.model, state)
-            except (RuntimeError, ValueError) as exc:
-                raise CheckpointError(f"--exp-load-weights-from {args.exp_load_weights_from}: {exc}") from None
-            log.info("Loaded weights from %s", args.exp_load_weights_from)
 
+    def maybe_load_weights(self):
+        path, state, self.weights = self.args.exp_load_weights_from, self.weights, None  # not kept for the run
+        if state is None:
+            return
+        try:
+            if self.scheduler and self.scheduler.quantizer:
+                state = self.scheduler.quantizer.adapt_weights(state)
+            load_weights(self.model, state)
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"--exp-load-weights-from {path}: {exc}") from None
+        log.info("Loaded weights from %s", path)
+
+    def maybe_resume(self):
         self.start_epoch, self.best = 0, []
         if self.checkpoint:
             try:
                 self._resume(self.checkpoint)
             except (RuntimeError, ValueError, KeyError) as exc:
-                raise CheckpointError(f"--resume-from {args.resume_from} does not fit this run: {exc}") from None
+                raise CheckpointError(f"--resume-from {self.args.resume_from} does not fit this run: {exc}") from None
+
+    def check_exportable(self):
         quantizer = self.scheduler.quantizer if self.scheduler else None
-        if wants_export(args) and quantizer is not None and not quantizer.EXPORTABLE:
+        if wants_export(self.args) and quantizer is not None and not quantizer.EXPORTABLE:
             raise UsageError(f"--export-onnx/--qe-convert-pytorch: export covers the linear quantizers "
                              f"(QuantAwareTrainRangeLinearQuantizer, PostTrainLinearQuantizer), not "
                              f"{type(quantizer).__name__}; nothing was trained")
-        self._warn_idle_policies()
+
+    def attach_policies(self):
+        """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         if self.scheduler:
-            self.scheduler.attach(self.net, args.arch, self.dataset, self.device)
+            self.scheduler.attach(self.net, self.args.arch, self.dataset, self.device)
         self.criterion = nn.CrossEntropyLoss().to(self.device)
 
     def _resume(self, ckpt):
-        load_weights(self.model, ckpt["state_dict"])
+        load_weights(self.model, ckpt.state_dict)
         if self.args.reset_optimizer:
             log.info("Resumed weights from %s; optimizer reset, starting at epoch 0", self.args.resume_from)
             return
-        if ckpt["optimizer_state_dict"] is not None and not self.args.evaluate:
-            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        if self.scheduler and ckpt.get("compression_sched"):
-            self.scheduler.load_state_dict(ckpt["compression_sched"])
-        if ckpt.get("rng"):
-            set_rng_state(ckpt["rng"])
-        self.best = [tuple(b) for b in ckpt.get("best_scores", [])]
-        self.start_epoch = ckpt["epoch"] + 1
+        if ckpt.optimizer_state_dict is not None and not self.args.evaluate:
+            self.optimizer.load_state_dict(ckpt.optimizer_state_dict)
+        if self.scheduler and ckpt.compression_sched:
+            self.scheduler.load_state_dict(ckpt.compression_sched)
+        if ckpt.rng:
+            set_rng_state(ckpt.rng)
+        self.best = [tuple(b) for b in ckpt.best_scores]
+        self.start_epoch = ckpt.epoch + 1
         log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
 
     def _warn_idle_policies(self):
@@ -139,20 +151,9 @@ class ClassifierRun:
                 log.warning("WARNING: %s starts at epoch %d, after the run's last epoch (%d): it never acts",
                             type(policy).__name__, policy.epochs[0], self.args.epochs - 1)
 
-    def checkpoint_dict(self, epoch):
-        return {
-            "epoch": epoch,
-            "arch": self.args.arch,
-            "dataset": self.dataset,
-            "state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "compression_sched": self.scheduler.state_dict() if self.scheduler else None,
-            "recipe": self.scheduler.recipe if self.scheduler else None,
-            "quantizer": self.scheduler.quantizer.state_dict() if self.scheduler and self.scheduler.quantizer else None,
-            "rng": rng_state(),
-            "best_scores": [list(b) for b in self.best],
-            "data_seed": self.data_seed,
-        }
+    def train_state(self, epoch):
+        return TrainState.capture(epoch, self.args.arch, self.dataset, self.model, self.optimizer, self.scheduler,
+                                  best_scores=self.best, data_seed=self.data_seed)
 
     def train(self):
         args, run = self.args, self.run
@@ -179,7 +180,7 @@ class ClassifierRun:
             is_best = self.best[0][2] == epoch
             for top1, top5, e in self.best:
                 log.info("==> Best [Top1: %.3f   Top5: %.3f   on epoch: %d]", top1, top5, e)
-            run.save_checkpoint(self.checkpoint_dict(epoch), is_best)
+            run.save_checkpoint(self.train_state(epoch).to_dict(), is_best)
         return max(0, args.epochs - self.start_epoch)
 
     def _confusion_classes(self):

@@ -1,10 +1,11 @@
-"""What both apps share: argparse number types and the device choice."""
+"""What both apps share: argparse number types, the parent parser of their common flags, the device choice."""
 
 import argparse
 
 import torch
 
 from compressor.core.errors import UsageError
+from compressor.data.loaders import DATASETS
 
 
 def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=None):
@@ -32,6 +33,56 @@ def positive_int(flag):
 
 def non_negative(flag, kind=float):
     return number(flag, kind)
+
+
+def common_parser(batch_size=256):
+    """A fresh parent parser (argparse ``parents=``) of the flags both apps take.
+
+    Fresh on each call: a child's ``set_defaults`` writes into the shared action objects, so one
+    module-level parent would let one app's defaults leak into the other's.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("data", metavar="DATASET_DIR", nargs="?", default=None,
+                   help="folder holding the dataset (not needed for --dataset digits)")
+    p.add_argument("-a", "--arch", default="resnet20_cifar", help="model architecture (default: resnet20_cifar)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="dataset; default inferred from the arch name (*_cifar: cifar10, *_mnist: mnist, "
+                        "*_digits: digits, others: imagenet)")
+    p.add_argument("-j", "--workers", type=non_negative("-j/--workers", int), default=0,
+                   help="data loading worker processes (default: 0)")
+    p.add_argument("-b", "--batch-size", type=positive_int("-b/--batch-size"), default=batch_size,
+                   help=f"minibatch size (default: {batch_size})")
+    p.add_argument("--vs", "--validation-split", type=fraction("--vs"), default=0.1, dest="validation_split",
+                   help="fraction of the training set held out for validation; 0 validates on the test set")
+    p.add_argument("--deterministic", "--det", action="store_true", help="deterministic kernels and seeding")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0 with --deterministic)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--gpus", metavar="IDS", default=None, help="comma-separated GPU ids, e.g. 0,1")
+    p.add_argument("-n", "--name", default=None, help="experiment name (run folder prefix and log name)")
+    p.add_argument("-o", "--out-dir", default="logs", help="folder for run folders (default: logs)")
+    return p
+
+
+def add_weight_sources(parser, resume_help, load_help):
+    """--resume-from and --exp-load-weights-from (both apps; each says what it does with them)."""
+    parser.add_argument("--resume-from", metavar="PATH", default=None, help=resume_help)
+    parser.add_argument("--exp-load-weights-from", metavar="PATH", default=None, help=load_help)
+
+
+def one_weight_source(args, why):
+    """The one FP32 source of a post-training run; both missing or both given is a usage error."""
+    if not (args.resume_from or args.exp_load_weights_from):
+        raise UsageError(f"{why} needs a trained FP32 model: --resume-from or --exp-load-weights-from")
+    if args.resume_from and args.exp_load_weights_from:
+        raise UsageError("give one of --resume-from and --exp-load-weights-from")
+    return args.resume_from or args.exp_load_weights_from
+
+
+def resolved_seed(args):
+    """--seed, else 0 with --deterministic, else None (``args`` is left as the user gave it)."""
+    if args.seed is not None:
+        return args.seed
+    return 0 if args.deterministic else None
 
 
 def pick_device(args):

@@ -56,16 +56,20 @@ def _bits(value, flag):
     return value
 
 
+def ptq_config_in(path, flag, error=QeError):
+    """The arguments of the one PostTrainLinearQuantizer in the recipe at ``path`` (validated whole)."""
+    recipe = read_recipe(path)
+    ptq = [spec for spec in (recipe.data.get("quantizers") or {}).values()
+           if spec.get("class") == "PostTrainLinearQuantizer"]
+    if len(ptq) != 1:
+        raise error(f"{flag} {path}: expected one PostTrainLinearQuantizer in 'quantizers'")
+    return {k: v for k, v in ptq[0].items() if k != "class"}
+
+
 def qe_config(args):
     """The PostTrainLinearQuantizer arguments the --qe flags describe."""
     if args.qe_config_file:
-
-        recipe = read_recipe(args.qe_config_file)
-        quantizers = recipe.data.get("quantizers") or {}
-        ptq = [spec for spec in quantizers.values() if spec.get("class") == "PostTrainLinearQuantizer"]
-        if len(ptq) != 1:
-            raise QeError(f"--qe-config-file {args.qe_config_file}: expected one PostTrainLinearQuantizer in 'quantizers'")
-        return {k: v for k, v in ptq[0].items() if k != "class"}
+        return ptq_config_in(args.qe_config_file, "--qe-config-file")
     overrides = {}
     for name in args.qe_no_clip_layers:
         overrides.setdefault(name, {})["clip_acts"] = "NONE"
