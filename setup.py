@@ -21,4 +21,9 @@ setup(
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
     ],
     extras_require={"test": ["pytest>=7"]},
+    # The apps/ scripts stay for Distiller users; installed, the same mains are these commands.
+    entry_points={"console_scripts": [
+        "compress-classifier = compressor.app.classifier:main",
+        "post-train-quant = compressor.app.post_train:main",
+    ]},
 )

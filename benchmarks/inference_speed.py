@@ -29,9 +29,6 @@ import warnings
 
 import torch
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
 CONFIGS = [("resnet18", 1, 224), ("resnet18", 8, 224), ("resnet20_cifar", 128, 32)]
 VARIANTS = ["fp32", "ours_simulated", "ours_onnxruntime", "ours_onnxruntime_u8s8", "ours_torch_int8_qnnpack",
             "ours_torch_int8_x86", "ours_torch_int8_x86_a7", "torch_ao_x86"]

@@ -16,17 +16,15 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from compressor.calibration.clipping import CLIP_NAMES  # noqa: E402
-from compressor.quantization.collect import collect_stats  # noqa: E402
-from compressor.data import load_data  # noqa: E402
-from compressor.data.loaders import load_calibration_data  # noqa: E402
-from compressor.models import create_model  # noqa: E402
-from compressor.quantization.graph.fold_bn import fold_batchnorm  # noqa: E402
-from compressor.quantization.linear.ptq import PostTrainLinearQuantizer  # noqa: E402
+from compressor.calibration.clipping import CLIP_NAMES
+from compressor.quantization.collect import collect_stats
+from compressor.data import load_data
+from compressor.data.loaders import load_calibration_data
+from compressor.models import create_model
+from compressor.quantization.graph.fold_bn import fold_batchnorm
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 from compressor.core.io import load_checkpoint
-from compressor.core.state_keys import load_weights, model_state  # noqa: E402
+from compressor.core.state_keys import load_weights, model_state
 
 warnings.filterwarnings("ignore")
 CONFIGS = [("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8), ("W4A4", 4, 4)]

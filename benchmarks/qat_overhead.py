@@ -23,11 +23,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from compressor.data import load_data  # noqa: E402
-from compressor.models import create_model  # noqa: E402
-from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer  # noqa: E402
+from compressor.data import load_data
+from compressor.models import create_model
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
 def ours(model, opt):
