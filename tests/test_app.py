@@ -1,4 +1,3 @@
-import glob
 import json
 import os
 import subprocess
@@ -38,19 +37,8 @@ FP32_RECIPE = QAT_RECIPE.split("lr_schedulers:")[0].split("quantizers:")[0] + "l
     QAT_RECIPE.split("  - lr_scheduler")[1]
 
 
-def run_dir(out, name):
-    (path,) = glob.glob(os.path.join(out, f"{name}___*"))
-    return path
-
-
-def app(tmp_path, name, *extra, arch="simplenet_digits"):
-    argv = ["-a", arch, "--dataset", "digits", "-b", "64", "--lr", "0.05", "-p", "0",
-            "-o", str(tmp_path), "-n", name, *extra]
-    assert main(argv) == 0
-    return run_dir(str(tmp_path), name)
-
-
-def test_digits_run_writes_every_output(tmp_path):
+@pytest.mark.slow
+def test_digits_run_writes_every_output(tmp_path, app):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
     path = app(tmp_path, "full", "--epochs", "2", "--compress", str(recipe), "--confusion", "--param-hist")
@@ -85,7 +73,8 @@ def test_digits_run_writes_every_output(tmp_path):
     assert "_hparams_/session_start_info" in hparams and b"simplenet_digits" in hparams["_hparams_/session_start_info"]
 
 
-def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path):
+@pytest.mark.slow
+def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path, app):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
     trained = app(tmp_path, "train", "--epochs", "2", "--compress", str(recipe), "--deterministic")
@@ -101,31 +90,9 @@ def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path):
     assert os.path.isfile(os.path.join(ev, "eval.onnx"))
 
 
-def assert_same_state(a, b):
-    """Floating-point tensors within 1e-6; integer buffers (zero points, step counters, masks) and flags equal."""
-    assert a.keys() == b.keys()
-    for key, value in a.items():
-        if torch.is_tensor(value) and value.is_floating_point():
-            assert (value - b[key]).abs().max().item() <= 1e-6, key
-        else:
-            assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
-
-
-def whole_and_resumed(tmp_path, common, arch):
-    """4 epochs in one go, and 2 epochs then --resume-from to 4: (run dirs, final checkpoints), states compared."""
-    whole = app(tmp_path, "whole", "--epochs", "4", *common, arch=arch)
-    half = app(tmp_path, "half", "--epochs", "2", *common, arch=arch)
-    rest = app(tmp_path, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
-               *common, arch=arch)
-    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
-    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
-    assert a["epoch"] == b["epoch"] == 3
-    assert_same_state(a["state_dict"], b["state_dict"])
-    return whole, rest, a, b
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe_text", [FP32_RECIPE, QAT_RECIPE], ids=["fp32", "qat"])
-def test_resume_equals_uninterrupted_run(tmp_path, recipe_text):
+def test_resume_equals_uninterrupted_run(tmp_path, recipe_text, whole_and_resumed):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text)
     common = ["--compress", str(recipe), "--deterministic", "--etrs", "0.3"]
@@ -138,7 +105,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, recipe_text):
     assert sb["epochs_run"] == 2
 
 
-def test_distiller_recipe_runs_unchanged(tmp_path, root):
+@pytest.mark.slow
+def test_distiller_recipe_runs_unchanged(tmp_path, root, app):
     recipe = os.path.join(root, "schedules", "distiller", "quant_aware_train_linear_quant.yaml")
     path = app(tmp_path, "distiller", "--epochs", "1", "--compress", recipe)
     assert json.load(open(os.path.join(path, "summary.json")))["bits_weights"] == 8
@@ -148,7 +116,8 @@ def test_distiller_recipe_runs_unchanged(tmp_path, root):
     assert act.item() == 21 and state["activation_quantizers.relu1._extra_state"]["enabled"]  # 21 steps observed
 
 
-def test_resume_with_other_recipe_is_a_clear_error(tmp_path, root):
+@pytest.mark.slow
+def test_resume_with_other_recipe_is_a_clear_error(tmp_path, root, app):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
     trained = app(tmp_path, "train8", "--epochs", "2", "--compress", str(recipe))
@@ -165,6 +134,7 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(QAT_RECIPE.replace("bits_weights: 8", "bits_weights: 64").replace("gamma: 0.7", "gama: 0.7"))
@@ -176,6 +146,7 @@ def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
     assert os.listdir(tmp_path) == ["bad.yaml"]  # validated before anything is written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "cifar10", "/nonexistent"], "cifar10 not found: looked for /nonexistent/cifar-10-batches-py"),
     (["--dataset", "mnist", "-a", "simplenet_mnist"], "--dataset mnist needs DATASET_DIR"),
@@ -194,8 +165,9 @@ def test_bad_input_errors(tmp_path, root, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_fine_tune_fp32_checkpoint_with_qat(tmp_path):
-    fp32 = app(tmp_path, "fp32", "--epochs", "4", "--deterministic")
+@pytest.mark.slow
+def test_fine_tune_fp32_checkpoint_with_qat(tmp_path, app, fp32_digits_run):
+    fp32 = fp32_digits_run  # 4 epochs, --deterministic
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE.replace("starting_epoch: 1", "starting_epoch: 0"))
     ckpt = os.path.join(fp32, "best.pth.tar")
@@ -216,7 +188,8 @@ def test_summary_compute(tmp_path, capsys):
     assert "layer3.2.conv2" in out and "Total" in out
 
 
-def test_fp32_export_onnx_matches_the_model(tmp_path):
+@pytest.mark.slow
+def test_fp32_export_onnx_matches_the_model(tmp_path, app):
     path = app(tmp_path, "fp32", "--epochs", "1", "--etrs", "0.3", "--export-onnx", str(tmp_path / "m.onnx"))
     summary = json.load(open(os.path.join(path, "summary.json")))
     onnx = summary["export"]["onnx"]
@@ -225,6 +198,7 @@ def test_fp32_export_onnx_matches_the_model(tmp_path):
     assert onnx["simulated_top1"] == pytest.approx(summary["test"]["top1"])
 
 
+@pytest.mark.slow
 def test_export_of_a_low_bit_training_quantizer_is_a_clear_error(tmp_path, root):
     recipe = tmp_path / "pact.yaml"
     recipe.write_text("quantizers:\n  q: {class: PACTQuantizer, bits_activations: 4, bits_weights: 4}\n"

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from test_app import app, whole_and_resumed
+pytestmark = pytest.mark.slow  # every test trains and resumes
 
 LOW_BIT = {
     "pact_ttq": """\
@@ -60,14 +60,14 @@ def _recipe(tmp_path, key):
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(tmp_path_factory, app):
     out = tmp_path_factory.mktemp("teacher")
     path = app(out, "teacher", "--epochs", "1", "--etrs", "0.3", "--deterministic", arch="simplenet_digits")
     return os.path.join(path, "checkpoint.pth.tar")
 
 
 @pytest.mark.parametrize("key", list(LOW_BIT) + ["kd"])
-def test_resume_equals_uninterrupted_run_and_evaluates(tmp_path, key, teacher):
+def test_resume_equals_uninterrupted_run_and_evaluates(tmp_path, key, teacher, app, whole_and_resumed):
     if key == "kd":
         recipe = _recipe(tmp_path, "pact_ttq")
         extra = ["--kd-teacher", "simplenet_digits", "--kd-resume", teacher, "--kd-temp", "2", "--kd-start-epoch", "1"]

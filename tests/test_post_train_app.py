@@ -14,12 +14,7 @@ from compressor.calibration.stats_file import load_stats
 from compressor.core.io import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def fp32_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp32")
-    assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--epochs", "4", "-b", "64", "--lr", "0.05",
-                       "-p", "0", "--deterministic", "-o", str(out), "-n", "fp32"]) == 0
-    return glob.glob(os.path.join(out, "fp32___*", "checkpoint.pth.tar"))[0]
+pytestmark = pytest.mark.slow  # every test quantizes the shared trained model (fp32_checkpoint, conftest.py)
 
 
 def ptq(tmp_path, name, *extra):
