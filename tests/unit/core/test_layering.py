@@ -47,3 +47,12 @@ def test_tools_layers_prints_the_table(root):
     out = subprocess.run([sys.executable, "tools/layers.py"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stdout
     assert "0  compressor.core" in out.stdout and "7  compressor.app" in out.stdout
+
+
+def test_unit_tests_are_laid_out_like_the_package(root):
+    """tests/unit/<package>/ mirrors compressor/<package>/; app-level runs live in tests/e2e/."""
+    import os
+
+    unit = os.path.join(root, "tests", "unit")
+    packages = {pkg.split(".")[1] for layer in LAYERS for pkg in layer}
+    assert set(os.listdir(unit)) - {"__pycache__"} <= packages
