@@ -6,7 +6,8 @@ model, side by side on this machine, whose integer capability (AVX2 / AVX-512 VN
 Each (model, batch, variant) runs in its own process, so peak RSS (ru_maxrss) is that variant's
 alone. ``--rounds R`` runs every variant of a configuration R times, interleaved (round 1 of all
 variants, then round 2, ...), so ours and torch.ao's see the same background load; the table gives
-the median over rounds of each process's median latency. Threads: as the environment says
+the median over rounds of each process's median latency, measured as the process's CPU time per
+batch (one thread: the compute cost, whatever else shares the core) next to wall-clock time. Threads: as the environment says
 (``OMP_NUM_THREADS``); onnxruntime gets the same count (intra_op_num_threads). Weights are random
 (no downloads here): latency does not depend on their values. Quantization: 8-bit per-channel
 symmetric weights, 8-bit asymmetric activations calibrated on two random batches (ours:
@@ -110,16 +111,19 @@ def build(arch, batch, size, variant):
 
 
 def measure(arch, batch, size, variant, iters, warmup):
+    """Wall-clock and CPU time per batch. On a shared machine the process's CPU time (one thread) is the
+    compute cost whatever else runs on the core; wall time adds the time the scheduler gave to others."""
     fn = build(arch, batch, size, variant)
-    times = []
+    wall, cpu = [], []
     with torch.no_grad():
         for i in range(warmup + iters):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+    return {"median_ms": 1000 * statistics.median(cpu), "wall_median_ms": 1000 * statistics.median(wall),
+            "min_ms": 1000 * min(cpu), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main():
@@ -129,6 +133,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="e.g. resnet20_cifar")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
+    ap.add_argument("--configs", default=None, help="ARCH:BATCH:SIZE,... in this order (default: all)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated; also: {', '.join(EXTRA_VARIANTS)}")
     ap.add_argument("--one", nargs=4, metavar=("ARCH", "BATCH", "SIZE", "VARIANT"), help=argparse.SUPPRESS)
@@ -142,7 +147,9 @@ def main():
                           + " ".join(sys.argv), "machine": machine(), "runs": {}}
     print(json.dumps(results["machine"]), flush=True)
     variants = args.variants.split(",")
-    for arch, batch, size in CONFIGS:
+    configs = CONFIGS if not args.configs else [(a, int(b), int(c)) for a, b, c in
+                                                 (item.split(":") for item in args.configs.split(","))]
+    for arch, batch, size in configs:
         if args.only and args.only != arch:
             continue
         key = f"{arch} batch {batch}"
@@ -158,7 +165,8 @@ def main():
                     continue
                 one = json.loads(proc.stdout.strip().splitlines()[-1])
                 rounds[variant].append(one)
-                print(f"{key:24s} round {r + 1} {variant:24s} {one['median_ms']:9.2f} ms  peak "
+                print(f"{key:24s} round {r + 1} {variant:24s} {one['median_ms']:9.2f} ms CPU "
+                      f"{one['wall_median_ms']:9.2f} ms wall  peak "
                       f"{one['peak_rss_mib']:7.0f} MiB", flush=True)
         results["runs"][key] = {}
         for variant, ones in rounds.items():
@@ -168,11 +176,16 @@ def main():
                 continue
             results["runs"][key][variant] = {"median_ms": statistics.median(o["median_ms"] for o in ok),
                                              "rounds_ms": [o["median_ms"] for o in ok],
+                                             "wall_median_ms": statistics.median(o["wall_median_ms"] for o in ok),
                                              "peak_rss_mib": max(o["peak_rss_mib"] for o in ok)}
         fp32 = results["runs"][key].get("fp32", {}).get("median_ms")
         for variant, r in results["runs"][key].items():
             if "median_ms" in r and fp32:
                 r["speedup_vs_fp32"] = fp32 / r["median_ms"]
+        if args.out:  # after each configuration, so a long run keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,5 +1,9 @@
 """Simulated quantized model -> PyTorch int8 model (torch.ao.nn.quantized modules, quantized ops).
 
+Deprecated upstream: PyTorch deprecates torch.ao.quantization and quantized tensors (each
+conversion warns). This is the only module that uses them; the ONNX export does not (it is
+written from ``reference.reference_graph``), so ``--export-onnx`` outlives this path.
+
 The prepared model's fx graph is walked once. A conv/linear whose input is quantized and whose
 output chain (batch-norm, ReLU) ends in an activation fake-quantizer becomes one quantized
 module (ConvReLU2d etc.) with that quantizer's scale and zero point; a batch-norm left in the
