@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from compressor.data.digits import digits_datasets  # noqa: E402
-from compressor.deploy.export import export_quantized  # noqa: E402
-from compressor.models import create_model  # noqa: E402
-from compressor.quantization.linear.ptq import PostTrainLinearQuantizer  # noqa: E402
+from compressor.data.digits import digits_datasets
+from compressor.deploy.export import export_quantized
+from compressor.models import create_model
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
 
 def linear_probe(model, loader, steps=300):

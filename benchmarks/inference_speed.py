@@ -47,8 +47,10 @@ def machine():
     from compressor.deploy.target import cpu_flags, detect_capability
 
     flags, arch = cpu_flags()
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor() or arch) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    model = platform.processor() or arch
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     import onnxruntime
 
     return {"cpu": model, "cores": os.cpu_count(), "int8_capability": detect_capability(flags, arch),

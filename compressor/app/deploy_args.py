@@ -4,10 +4,10 @@
 import logging
 import os
 
+from compressor.core.errors import UsageError
 from compressor.deploy.export import export_quantized
 from compressor.deploy.onnx_export import export_onnx
 from compressor.deploy.target import TARGETS
-from compressor.core.errors import UsageError
 from compressor.deploy.verify import agreement, onnx_runner
 
 log = logging.getLogger("compressor")

@@ -185,7 +185,7 @@ def _weight(b, node, layer):
     if not fq:
         return chain.original.detach().float().clone()
     wq = fq[-1]
-    simulated = getattr(layer, "weight").detach().float()  # torch's own fake-quant kernel made these values
+    simulated = layer.weight.detach().float()  # torch's own fake-quant kernel made these values
     out = simulated.shape[0]
     shape = (-1,) + (1,) * (simulated.dim() - 1)
     scale = wq.scale.detach().float().expand(out).clone()
@@ -275,8 +275,8 @@ def _pair(v, n=2):
 
 
 def _pool_attrs(kernel, stride, padding, ceil_mode):
-    return dict(kernel=_pair(kernel), stride=_pair(stride if stride not in (None, ()) else kernel),
-                padding=_pair(padding), ceil_mode=bool(ceil_mode))
+    return {"kernel": _pair(kernel), "stride": _pair(stride if stride not in (None, ()) else kernel),
+            "padding": _pair(padding), "ceil_mode": bool(ceil_mode)}
 
 
 @_for_modules(nn.MaxPool2d)
@@ -392,7 +392,7 @@ def reference_graph(model):
     if not isinstance(model, fx.GraphModule):
         try:
             model = fx.symbolic_trace(model)
-        except Exception as exc:  # torch.fx raises many types; its first line names the construct
+        except Exception as exc:  # noqa: BLE001 (torch.fx raises many types; its first line names the construct)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConversionError(f"torch.fx cannot trace the model for export: {first}") from None
     others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, Switchable)})
