@@ -215,3 +215,29 @@ def test_onnx_export_uses_no_deprecated_pytorch_api(tmp_path, digits):
     x = next(iter(digits[2]))[0]
     with torch.no_grad():
         assert (onnx_runner(str(tmp_path / "fp32.onnx"))(x) - fp32(x)).abs().max().item() < 1e-4
+
+
+def test_fp32_export_covers_relu6_and_hardtanh_and_refuses_unknown_ops_by_name(tmp_path):
+    from torch import nn
+
+    from compressor.core.errors import ConversionError
+
+    class Clipped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu6, self.tanh = nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Hardtanh(-0.5, 0.5)
+
+        def forward(self, x):
+            return torch.nn.functional.hardtanh(self.tanh(self.relu6(self.conv(x))), -0.2, 0.3).flatten(1)
+
+    model, x = Clipped().eval(), torch.randn(2, 3, 8, 8) * 5
+    export_onnx(model, x[:1], str(tmp_path / "c.onnx"))
+    with torch.no_grad():
+        assert (onnx_runner(str(tmp_path / "c.onnx"))(x) - model(x)).abs().max().item() < 1e-5
+
+    class Gelu(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.gelu(x)
+
+    with pytest.raises(ConversionError, match="no export handler for gelu"):
+        export_onnx(Gelu(), x[:1], str(tmp_path / "g.onnx"))

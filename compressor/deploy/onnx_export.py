@@ -143,6 +143,9 @@ class _Writer:
         simple = {"relu": "Relu", "add": "Add", "global_avgpool": "GlobalAveragePool"}
         if op.kind in simple:
             return self.node(simple[op.kind], x, op.output)
+        if op.kind == "clip":
+            bounds = [self.const(f"{op.output}_{k}", np.array(a[k], dtype=np.float32)) for k in ("min", "max")]
+            return self.node("Clip", [x[0], *bounds], op.output)
         if op.kind == "concat":
             return self.node("Concat", x, op.output, axis=a["axis"])
         if op.kind == "flatten":

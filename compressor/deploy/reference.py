@@ -45,7 +45,7 @@ class IntWeight:
 
 @dataclass
 class RefOp:
-    kind: str  # quantize, conv, linear, add, relu, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm
+    kind: str  # quantize, conv, linear, add, relu, clip, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm
     inputs: list
     output: str
     attrs: dict = field(default_factory=dict)
@@ -154,7 +154,7 @@ def _handler(builder, node):
     elif node.op == "call_method" and node.target in _METHOD_HANDLERS:
         return _METHOD_HANDLERS[node.target]
     raise ConversionError(f"no export handler for {_describe(builder, node)}; exportable ops: conv, linear, "
-                          "batch-norm, ReLU, add, cat, max/avg pooling, global average pooling, flatten, dropout")
+                          "batch-norm, ReLU, ReLU6/hardtanh, add, cat, max/avg pooling, global average pooling, flatten, dropout")
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -253,6 +253,20 @@ def _relu_module(b, node):
 @_for_methods("relu", "relu_")
 def _relu(b, node):
     b.emit(node, "relu", [node.args[0]])
+
+
+@_for_modules(nn.ReLU6, nn.Hardtanh)
+def _clip_module(b, node):
+    m = b.modules[node.target]
+    b.emit(node, "clip", [node.args[0]], min=float(m.min_val), max=float(m.max_val))
+
+
+@_for_functions(F.relu6, F.hardtanh)
+def _clip_function(b, node):
+    if node.target is F.relu6:
+        return b.emit(node, "clip", [node.args[0]], min=0.0, max=6.0)
+    x, lo, hi = _call_args(node, ["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0})
+    b.emit(node, "clip", [x], min=float(lo), max=float(hi))
 
 
 @_for_functions(operator.add, operator.iadd, torch.add)
