@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Inference latency and peak memory: FP32 eager, our simulated INT8, our exported INT8 (onnxruntime,
-PyTorch int8 on qnnpack and x86) and torch.ao's converted model, side by side on this machine.
+"""Inference latency and peak memory: FP32 eager and FP32 onnxruntime, our exported INT8 per format
+(ONNX QDQ u8s8 and u8u8 on onnxruntime, PyTorch int8 on the x86 engine) and torch.ao's converted
+model, side by side on this machine, whose integer capability (AVX2 / AVX-512 VNNI / AMX) is stated.
 
 Each (model, batch, variant) runs in its own process, so peak RSS (ru_maxrss) is that variant's
-alone; the variants of one configuration run back to back. Weights are random (no downloads here):
-latency does not depend on their values. Quantization: 8-bit per-channel symmetric weights,
-8-bit asymmetric activations calibrated on two random batches (ours: PostTrainLinearQuantizer;
-torch.ao: its default x86 qconfig, prepare_fx/convert_fx).
+alone. ``--rounds R`` runs every variant of a configuration R times, interleaved (round 1 of all
+variants, then round 2, ...), so ours and torch.ao's see the same background load; the table gives
+the median over rounds of each process's median latency, measured as the process's CPU time per
+batch (one thread: the compute cost, whatever else shares the core) next to wall-clock time. Threads: as the environment says
+(``OMP_NUM_THREADS``); onnxruntime gets the same count (intra_op_num_threads). Weights are random
+(no downloads here): latency does not depend on their values. Quantization: 8-bit per-channel
+symmetric weights, 8-bit asymmetric activations calibrated on two random batches (ours:
+PostTrainLinearQuantizer; torch.ao: its default x86 qconfig, prepare_fx/convert_fx).
 
-    python benchmarks/inference_speed.py --out docs/benchmarks/inference_speed.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/inference_speed.py --rounds 2 --out docs/benchmarks/inference_speed_vnni.json
 
-``ours_onnxruntime`` is the default export (uint8 weights: exact on any x86 CPU);
-``ours_onnxruntime_u8s8`` keeps int8 weights (onnxruntime's faster u8s8 kernels, which
-saturate on CPUs without VNNI: measured 98.1 % agreement on digits instead of 100 %).
+``ours_onnx_u8s8``: int8 weights (exact and fast where u8 x s8 accumulates in 32 bits: VNNI, AMX, ARM
+dot product; saturates on AVX2-only CPUs with 8-bit activations); ``ours_onnx_u8u8``: uint8 weights
+(exact on any x86 CPU). ``--int8-target auto`` picks between them per CPU.
 """
 
 import argparse
@@ -30,8 +35,25 @@ import warnings
 import torch
 
 CONFIGS = [("resnet18", 1, 224), ("resnet18", 8, 224), ("resnet20_cifar", 128, 32)]
-VARIANTS = ["fp32", "ours_simulated", "ours_onnxruntime", "ours_onnxruntime_u8s8", "ours_torch_int8_qnnpack",
-            "ours_torch_int8_x86", "ours_torch_int8_x86_a7", "torch_ao_x86"]
+VARIANTS = ["fp32", "fp32_onnxruntime", "ours_onnx_u8s8", "torch_ao_x86", "ours_onnx_u8u8", "ours_torch_int8_x86"]
+EXTRA_VARIANTS = ["ours_simulated", "ours_torch_int8_qnnpack", "ours_torch_int8_x86_a7", "ours_onnx_u8s8_a7"]
+
+
+def machine():
+    """CPU model, the integer capability our exporter detects, torch's capability, threads."""
+    from compressor.deploy.target import cpu_flags, detect_capability
+
+    flags, arch = cpu_flags()
+    model = platform.processor() or arch
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    import onnxruntime
+
+    return {"cpu": model, "cores": os.cpu_count(), "int8_capability": detect_capability(flags, arch),
+            "integer_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def build(arch, batch, size, variant):
@@ -46,6 +68,14 @@ def build(arch, batch, size, variant):
     x = torch.randn(batch, 3, size, size)
     if variant == "fp32":
         return lambda: model(x)
+    from compressor.deploy.onnx_export import export_onnx
+    from compressor.deploy.verify import onnx_runner
+
+    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    if variant == "fp32_onnxruntime":  # graph optimizations on (onnxruntime's default: all)
+        export_onnx(model, x[:1], path)
+        run = onnx_runner(path, threads=torch.get_num_threads())
+        return lambda: run(x)
     if variant == "torch_ao_x86":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -68,33 +98,31 @@ def build(arch, batch, size, variant):
     quantizer.calibrate([(c, None) for c in calib])
     if variant == "ours_simulated":
         return lambda: sim(x)
-    from compressor.deploy.convert import to_torch_int8
-
-    engine = "x86" if "x86" in variant else "qnnpack"
-    int8, _ = to_torch_int8(sim, engine)
     if variant.startswith("ours_torch_int8"):
-        return lambda: int8(x)
-    from compressor.deploy.onnx_export import export_onnx
-    from compressor.deploy.verify import onnx_runner
+        from compressor.deploy.convert import to_torch_int8
 
-    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
-    # u8s8: int8 weights as torch writes them (faster kernels, but they saturate on CPUs without VNNI)
-    export_onnx(int8, x[:1], path, unsigned_weights=not variant.endswith("u8s8"))
+        int8, _ = to_torch_int8(sim, "x86" if "x86" in variant else "qnnpack")
+        return lambda: int8(x)
+    # int8 weights (u8s8) or uint8 weights (u8u8), written from our quantizer's parameters
+    export_onnx(sim, x[:1], path, weights="uint8" if "u8u8" in variant else "int8")
     run = onnx_runner(path, threads=torch.get_num_threads())
     return lambda: run(x)
 
 
 def measure(arch, batch, size, variant, iters, warmup):
+    """Wall-clock and CPU time per batch. On a shared machine the process's CPU time (one thread) is the
+    compute cost whatever else runs on the core; wall time adds the time the scheduler gave to others."""
     fn = build(arch, batch, size, variant)
-    times = []
+    wall, cpu = [], []
     with torch.no_grad():
         for i in range(warmup + iters):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+    return {"median_ms": 1000 * statistics.median(cpu), "wall_median_ms": 1000 * statistics.median(wall),
+            "min_ms": 1000 * min(cpu), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main():
@@ -103,34 +131,60 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="e.g. resnet20_cifar")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
+    ap.add_argument("--configs", default=None, help="ARCH:BATCH:SIZE,... in this order (default: all)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated; also: {', '.join(EXTRA_VARIANTS)}")
     ap.add_argument("--one", nargs=4, metavar=("ARCH", "BATCH", "SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         arch, batch, size, variant = args.one
         print(json.dumps(measure(arch, int(batch), int(size), variant, args.iters, args.warmup)))
         return
-    results = {"command": "python " + " ".join(sys.argv),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"{torch.get_num_threads()} threads, torch {torch.__version__}", "runs": {}}
-    for arch, batch, size in CONFIGS:
+    results = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
+                          f"taskset -c {','.join(map(str, sorted(os.sched_getaffinity(0))))} python "
+                          + " ".join(sys.argv), "machine": machine(), "runs": {}}
+    print(json.dumps(results["machine"]), flush=True)
+    variants = args.variants.split(",")
+    configs = CONFIGS if not args.configs else [(a, int(b), int(c)) for a, b, c in
+                                                 (item.split(":") for item in args.configs.split(","))]
+    for arch, batch, size in configs:
         if args.only and args.only != arch:
             continue
         key = f"{arch} batch {batch}"
+        rounds = {v: [] for v in variants}
+        for r in range(args.rounds):
+            for variant in variants:
+                proc = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--warmup",
+                                       str(args.warmup), "--one", arch, str(batch), str(size), variant],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    rounds[variant].append({"error": proc.stderr[-500:]})
+                    print(key, variant, "ERROR", proc.stderr[-500:], flush=True)
+                    continue
+                one = json.loads(proc.stdout.strip().splitlines()[-1])
+                rounds[variant].append(one)
+                print(f"{key:24s} round {r + 1} {variant:24s} {one['median_ms']:9.2f} ms CPU "
+                      f"{one['wall_median_ms']:9.2f} ms wall  peak "
+                      f"{one['peak_rss_mib']:7.0f} MiB", flush=True)
         results["runs"][key] = {}
-        for variant in VARIANTS:
-            proc = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--warmup", str(args.warmup),
-                                   "--one", arch, str(batch), str(size), variant], capture_output=True, text=True)
-            if proc.returncode != 0:
-                results["runs"][key][variant] = {"error": proc.stderr[-500:]}
-                print(key, variant, "ERROR", proc.stderr[-500:], flush=True)
+        for variant, ones in rounds.items():
+            ok = [o for o in ones if "median_ms" in o]
+            if not ok:
+                results["runs"][key][variant] = ones[0]
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results["runs"][key][variant] = r
-            print(f"{key:24s} {variant:26s} {r['median_ms']:9.2f} ms  peak {r['peak_rss_mib']:7.0f} MiB", flush=True)
-        fp32 = results["runs"][key]["fp32"]["median_ms"]
+            results["runs"][key][variant] = {"median_ms": statistics.median(o["median_ms"] for o in ok),
+                                             "rounds_ms": [o["median_ms"] for o in ok],
+                                             "wall_median_ms": statistics.median(o["wall_median_ms"] for o in ok),
+                                             "peak_rss_mib": max(o["peak_rss_mib"] for o in ok)}
+        fp32 = results["runs"][key].get("fp32", {}).get("median_ms")
         for variant, r in results["runs"][key].items():
-            if "median_ms" in r:
+            if "median_ms" in r and fp32:
                 r["speedup_vs_fp32"] = fp32 / r["median_ms"]
+        if args.out:  # after each configuration, so a long run keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

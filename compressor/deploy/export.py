@@ -1,9 +1,15 @@
-"""One call for apps and users: convert a simulated model, export it, check it, report sizes.
+"""One call for apps and users: pick the integer format for the target CPU, export, check, report.
 
 ```python
 from compressor.deploy.export import export_quantized
 report = export_quantized(scheduler.model, test_loader, onnx_path="model.onnx", pytorch_path="int8.pth.tar")
 ```
+
+The target (``target.resolve_target``: this CPU's flags, or the one the user names) decides the
+format (``target.choose_format``); both go to the log, the report (summary.json's ``export``) and the
+ONNX model's metadata. Every export is then run on ``loader`` (the test split) against the
+simulation; one that agrees on fewer than ``REQUIRED_AGREEMENT`` % of the predictions raises
+``ExportError`` with the numbers, unless ``accept_disagreement``.
 """
 
 import logging
@@ -11,9 +17,11 @@ import os
 
 import torch
 
+from compressor.core.errors import ExportError
 from compressor.deploy.artifact import save_artifact
 from compressor.deploy.convert import to_torch_int8
 from compressor.deploy.onnx_export import export_onnx
+from compressor.deploy.target import choose_format, resolve_target
 from compressor.deploy.verify import REQUIRED_AGREEMENT, agreement, onnx_runner
 from compressor.quantization.fake_quant import ActivationFakeQuant
 
@@ -29,50 +37,80 @@ def fp32_bytes(model):
     return total
 
 
-def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="qnnpack", example=None,
-                     metadata=None):
+def activation_bits(model):
+    """The widest enabled activation quantizer of ``model`` (8 when there is none)."""
+    bits = [q.bits for q in model.modules() if isinstance(q, ActivationFakeQuant) and q.enabled]
+    return max(bits) if bits else 8
+
+
+def plan_export(model, target="auto", engine="auto", flags=None):
+    """(target, how it was chosen, Int8Format, PyTorch engine) for ``model``."""
+    target, how = resolve_target(target, flags)
+    fmt = choose_format(target, activation_bits(model))
+    return target, how, fmt, fmt.engine if engine in (None, "auto") else engine
+
+
+def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="auto", example=None,
+                     metadata=None, target="auto", accept_disagreement=False, flags=None):
     """Export ``model`` (a prepared, quantized GraphModule) and check each export on ``loader``.
 
-    Returns a report (written by the apps to summary.json under ``export``): per target the
-    path, file size, agreement with the simulation, both top-1s, the largest logit difference.
+    Returns a report (written by the apps to summary.json under ``export``): the target and format
+    with the reason, per export the path, file size, agreement with the simulation, both top-1s,
+    the largest logit difference. ``flags``: CPU flags for ``--int8-target auto`` (tests).
     """
+    target, how, fmt, engine = plan_export(model, target, engine, flags)
+    log.info("INT8 target: %s (%s); format %s: %s", target, how, fmt.name, fmt.reason)
     device = next(model.parameters()).device
-    try:
-        int8, converted = to_torch_int8(model.cpu(), engine)
-    finally:
-        model.to(device)
     if example is None:
         example = next(iter(loader))[0][:1]
-    report = {"engine": engine, "integer_layers": len(converted), "fp32_parameter_bytes": fp32_bytes(model)}
+    report = {"int8_target": target, "int8_target_source": how, "format": fmt.name, "weights": fmt.weights,
+              "format_reason": fmt.reason, "engine": engine, "fp32_parameter_bytes": fp32_bytes(model)}
+    int8 = None
     if pytorch_path:
-        save_artifact(pytorch_path, int8, model, {"engine": engine, **(metadata or {})})
+        try:
+            int8, converted = to_torch_int8(model.cpu(), engine)
+        finally:
+            model.to(device)
+        report["integer_layers"] = len(converted)
+        save_artifact(pytorch_path, int8, model, {"engine": engine, "int8_target": target, **(metadata or {})})
         check = agreement(model, lambda x: int8(x), loader, device)
         report["pytorch"] = {"path": pytorch_path, "bytes": os.path.getsize(pytorch_path), **check}
-        _log("PyTorch int8", report["pytorch"])
+        _log(f"PyTorch int8 ({engine} engine)", report["pytorch"])
     if onnx_path:
-        exportable = int8
-        if any(q.bits < 8 for q in _activation_quantizers(model)):  # saturation in ONNX-exportable ops
-            try:
-                exportable, _ = to_torch_int8(model.cpu(), engine, for_onnx=True)
-            finally:
-                model.to(device)
-        export_onnx(exportable, example.cpu(), onnx_path)
+        props = {"int8_target": target, "int8_format": fmt.name, "int8_format_reason": fmt.reason,
+                 **{k: v for k, v in (metadata or {}).items() if isinstance(v, (str, int, float))}}
+        try:
+            export_onnx(model.cpu(), example.cpu(), onnx_path, weights=fmt.weights, metadata=props)
+        finally:
+            model.to(device)
         check = agreement(model, onnx_runner(onnx_path), loader, device)
         report["onnx"] = {"path": onnx_path, "bytes": os.path.getsize(onnx_path), **check}
-        _log("ONNX (onnxruntime)", report["onnx"])
+        _log(f"ONNX QDQ {fmt.name} (onnxruntime)", report["onnx"])
     report["int8_model"] = int8
+    _enforce_agreement(report, accept_disagreement)
     return report
 
 
-def _activation_quantizers(model):
-
-    return [m for m in model.modules() if isinstance(m, ActivationFakeQuant) and m.enabled]
+def _enforce_agreement(report, accept):
+    failed = [(k, report[k]) for k in ("pytorch", "onnx") if k in report
+              and report[k]["agreement"] < REQUIRED_AGREEMENT]
+    report["agreement_accepted"] = bool(failed) and accept
+    if not failed:
+        return
+    lines = "; ".join(f"{k} ({r['path']}): {r['agreement']:.2f} % of {r['images']} test images, largest logit "
+                      f"difference {r['max_logit_diff']:.4f}, simulated top-1 {r['simulated_top1']:.3f} vs "
+                      f"exported {r['exported_top1']:.3f}" for k, r in failed)
+    message = f"the export does not compute what the simulation computes (needs >= {REQUIRED_AGREEMENT} % " \
+              f"agreement): {lines} [target {report['int8_target']}, format {report['format']}, engine " \
+              f"{report['engine']}]"
+    if accept:
+        log.warning("WARNING (accepted by --export-accept-disagreement): %s", message)
+        return
+    raise ExportError(message + "; the files were written for inspection; pass --export-accept-disagreement "
+                                "to accept them")
 
 
 def _log(what, r):
     log.info("%s: %s, %.1f KiB; agrees with the simulation on %.2f %% of %d test images (simulated top-1 %.3f, "
              "exported top-1 %.3f, largest logit difference %.4f)", what, r["path"], r["bytes"] / 1024,
              r["agreement"], r["images"], r["simulated_top1"], r["exported_top1"], r["max_logit_diff"])
-    if r["agreement"] < REQUIRED_AGREEMENT:
-        log.warning("WARNING: %s agrees on only %.2f %% (< %.1f %%) of predictions", what, r["agreement"],
-                    REQUIRED_AGREEMENT)

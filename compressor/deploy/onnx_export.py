@@ -1,119 +1,228 @@
-"""PyTorch int8 model -> ONNX with QuantizeLinear/DequantizeLinear (QDQ), for onnxruntime's integer kernels.
+"""Reference graph -> ONNX QDQ, written with the ``onnx`` helper API from our quantizer's own parameters.
 
-torch.onnx's TorchScript exporter writes quantized modules and ops as DQ -> op -> Q around
-integer initializers (int8 weights, int32-free float biases), which onnxruntime fuses into
-QLinearConv/QLinearMatMul/QLinearAdd. Opset 13 for per-channel weights.
+No torch.onnx and no torch.ao: every QuantizeLinear/DequantizeLinear carries the simulation's scale
+and zero point, weights are the simulation's integers with their own zero points (asymmetric grids
+export exactly), and onnxruntime fuses DQ -> Conv/Gemm/Add/Concat -> Q into its integer kernels
+(QLinearConv, QGemm, QLinearAdd, QLinearConcat; tested). Opset 13 (per-channel DequantizeLinear).
+
+Activations are stored as uint8 (zero point shifted by -qmin, so 7-bit activations stay in [0, 127]);
+weights as int8 (u8s8: the fast kernels, exact where products accumulate in 32 bits) or uint8 (u8u8:
+exact with 8-bit activations on AVX2-only CPUs), as ``target.choose_format`` decides. Sub-8-bit
+activations saturate in DequantizeLinear -> Clip -> QuantizeLinear after the quantizer.
+
+The same writer exports FP32 models (no quantizers in the graph: plain Conv/Gemm).
 """
 
 import logging
 import os
-import warnings
 
+import numpy as np
 import torch
 
-from compressor.core.io import atomic_write
 from compressor.core.errors import ExportError
+from compressor.core.io import atomic_write
+from compressor.deploy.reference import IntWeight, reference_graph
 
 log = logging.getLogger(__name__)
 OPSET = 13
+_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
-
-def export_onnx(int8_model, example_input, path, opset=OPSET, unsigned_weights=True):
-    """Write ``int8_model`` (from ``convert.to_torch_int8``) to ``path``; returns the path.
-
-    ``unsigned_weights`` stores the int8 weights as uint8 with zero point 128 (the same values):
-    onnxruntime's x86 u8s8 kernels without VNNI sum pairs of products in 16 bits and saturate
-    with 8-bit activations (measured: 98.1 % agreement, logits off by up to 8); its u8u8
-    kernels do not (99.7 %).
-    """
+def _onnx():
     try:
         import onnx
     except ImportError as exc:
         raise ExportError("ONNX export needs the 'onnx' package: pip install -e '.[deploy]'") from exc
-
-    def write(tmp):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation notes of the TorchScript exporter
-            try:
-                torch.onnx.export(int8_model, (example_input,), tmp, dynamo=False, opset_version=opset,
-                                  input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-            except Exception as exc:  # torch.onnx raises many types; the first line says which op
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ExportError(f"torch.onnx cannot export this int8 model to {path}: {first}") from None
-        model = onnx.load(tmp)
-        _drop_identity_casts(model)
-        if unsigned_weights:
-            _weights_to_uint8(model)
-        onnx.checker.check_model(model)
-        onnx.save(model, tmp)
-
-    atomic_write(path, write)
-    log.info("ONNX (QDQ, opset %d) written to %s (%.1f KiB)", opset, path, os.path.getsize(path) / 1024)
-    return path
+    return onnx
 
 
-def _drop_identity_casts(model):
-    """Remove Cast nodes that cast a QuantizeLinear output to its own type: they stop onnxruntime's QDQ fusion."""
-    from onnx import TensorProto
+def storage_integers(weight, dtype):
+    """(integers, zero points) of ``weight`` shifted into ``dtype``'s range, with the same q - zero_point.
 
-    producers = {out: node for node in model.graph.node for out in node.output}
-    types = {}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
-            zp = next((i for i in model.graph.initializer if i.name == node.input[2]), None)
-            zp_node = producers.get(node.input[2])
-            if zp is not None:
-                types[node.output[0]] = zp.data_type
-            elif zp_node is not None and zp_node.op_type == "Constant":
-                types[node.output[0]] = zp_node.attribute[0].t.data_type
-    rename = {}
-    keep = []
-    for node in model.graph.node:
-        to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
-        if to is not None and types.get(node.input[0]) == to and to in (TensorProto.UINT8, TensorProto.INT8):
-            rename[node.output[0]] = node.input[0]
-            continue
-        keep.append(node)
-    if not rename:
-        return
-    for node in keep:
-        for i, name in enumerate(node.input):
-            while name in rename:
-                name = rename[name]
-            node.input[i] = name
-    for out in model.graph.output:
-        if out.name in rename:
-            raise ExportError("an identity Cast feeds the graph output; not removed")
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
+    One shift for all channels when one fits (a constant zero point is what onnxruntime's integer
+    convolution takes), else one per channel. Symmetric weights (zero point 0) keep zero point 0 and
+    clamp instead: only -128 negated by a negative batch-norm scale moves, one step, on that value.
+    Returns (q, zp, clamped count).
+    """
+    lo, hi = _RANGES[dtype]
+    q, zp = weight.q.clone(), weight.zero_point.clone()
+    if not zp.any():
+        shift = 0 if dtype == "int8" else 128  # symmetric as uint8: zero point 128, the same values
+        q, zp = q + shift, zp + shift
+        clamped = int(((q < lo) | (q > hi)).sum())
+        return q.clamp(lo, hi), zp, clamped
+    flat = q.reshape(q.shape[0], -1)
+    mn = torch.minimum(flat.amin(1), zp)
+    mx = torch.maximum(flat.amax(1), zp)
+    shift = max(lo - int(mn.min()), min(0, hi - int(mx.max())))
+    if lo <= int(mn.min()) + shift and int(mx.max()) + shift <= hi:
+        return q + shift, zp + shift, 0
+    shift = torch.maximum(lo - mn, torch.clamp(hi - mx, max=0))
+    shape = (-1,) + (1,) * (q.dim() - 1)
+    q, zp = q + shift.view(shape), zp + shift
+    clamped = int(((q < lo) | (q > hi)).sum())
+    return q.clamp(lo, hi), zp.clamp(lo, hi), clamped
 
 
-def _weights_to_uint8(model):
-    """int8 weight constants (and their zero points) of DequantizeLinear -> uint8, shifted by 128."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
+class _Writer:
+    def __init__(self, onnx, weights):
+        self.onnx = onnx
+        self.helper = onnx.helper
+        self.weights = weights
+        self.nodes, self.initializers = [], []
+        self.count = 0
+        self.clamped = 0
+        self.varying_zero_points = []  # layers whose weight zero points differ per channel
 
-    producers = {out: node for node in model.graph.node for out in node.output}
+    def name(self, base):
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, base, array):
+        from onnx import numpy_helper
+
+        name = self.name(base)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))  # 0-d stays 0-d
+        return name
+
+    def node(self, op, inputs, output=None, **attrs):
+        output = output or self.name(op.lower())
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=self.name(op), **attrs))
+        return output
+
+    def quantize(self, op):
+        a = op.attrs
+        zp = a["zero_point"] - a["qmin"]
+        hi = a["qmax"] - a["qmin"]
+        scale = self.const(f"{op.output}_scale", np.array(a["scale"], dtype=np.float32))
+        zero = self.const(f"{op.output}_zero_point", np.array(zp, dtype=np.uint8))
+        q = self.node("QuantizeLinear", [op.inputs[0], scale, zero])
+        if hi >= 255:
+            return self.node("DequantizeLinear", [q, scale, zero], op.output)
+        lo_v = self.const(f"{op.output}_min", np.array((0 - zp) * a["scale"], dtype=np.float32))
+        hi_v = self.const(f"{op.output}_max", np.array((hi - zp) * a["scale"], dtype=np.float32))
+        clipped = self.node("Clip", [self.node("DequantizeLinear", [q, scale, zero]), lo_v, hi_v])
+        q2 = self.node("QuantizeLinear", [clipped, scale, zero])
+        return self.node("DequantizeLinear", [q2, scale, zero], op.output)
+
+    def weight(self, op):
+        w = op.attrs["weight"]
+        if not isinstance(w, IntWeight):
+            return self.const(f"{op.output}_weight", w.numpy().astype(np.float32))
+        q, zp, clamped = storage_integers(w, self.weights)
+        self.clamped += clamped
+        dtype = np.int8 if self.weights == "int8" else np.uint8
+        scale = w.scale.numpy().astype(np.float32)
+        per_tensor = bool((zp == zp[0]).all()) and bool(np.all(scale == scale[0]))
+        if not bool((zp == zp[0]).all()):
+            self.varying_zero_points.append(op.output)
+        qname = self.const(f"{op.output}_weight_q", q.numpy().astype(dtype))
+        if per_tensor:
+            sname = self.const(f"{op.output}_weight_scale", np.array(scale[0], dtype=np.float32))
+            zname = self.const(f"{op.output}_weight_zero_point", np.array(zp[0].item(), dtype=dtype))
+            return self.node("DequantizeLinear", [qname, sname, zname])
+        sname = self.const(f"{op.output}_weight_scale", scale)
+        zname = self.const(f"{op.output}_weight_zero_point", zp.numpy().astype(dtype))
+        return self.node("DequantizeLinear", [qname, sname, zname], axis=0)
+
+    def lower(self, op):
+        a, x = op.attrs, op.inputs
+        if op.kind == "quantize":
+            return self.quantize(op)
+        if op.kind == "conv":
+            pads = list(a["padding"]) * 2
+            bias = self.const(f"{op.output}_bias", a["bias"].numpy().astype(np.float32))
+            return self.node("Conv", [x[0], self.weight(op), bias], op.output, strides=a["stride"], pads=pads,
+                             dilations=a["dilation"], group=a["groups"])
+        if op.kind == "linear":
+            bias = self.const(f"{op.output}_bias", a["bias"].numpy().astype(np.float32))
+            return self.node("Gemm", [x[0], self.weight(op), bias], op.output, transB=1)
+        if op.kind == "batchnorm":
+            params = [self.const(f"{op.output}_{k}", a[k].numpy()) for k in ("weight", "bias", "mean", "var")]
+            return self.node("BatchNormalization", [x[0], *params], op.output, epsilon=a["eps"])
+        simple = {"relu": "Relu", "add": "Add", "global_avgpool": "GlobalAveragePool"}
+        if op.kind in simple:
+            return self.node(simple[op.kind], x, op.output)
+        if op.kind == "clip":
+            bounds = [self.const(f"{op.output}_{k}", np.array(a[k], dtype=np.float32)) for k in ("min", "max")]
+            return self.node("Clip", [x[0], *bounds], op.output)
+        if op.kind == "concat":
+            return self.node("Concat", x, op.output, axis=a["axis"])
+        if op.kind == "flatten":
+            return self.node("Flatten", x, op.output, axis=a["axis"])
+        if op.kind in ("maxpool", "avgpool"):
+            extra = {"count_include_pad": int(a["count_include_pad"])} if op.kind == "avgpool" else {}
+            return self.node("MaxPool" if op.kind == "maxpool" else "AveragePool", x, op.output,
+                             kernel_shape=a["kernel"], strides=a["stride"], pads=list(a["padding"]) * 2,
+                             ceil_mode=int(a["ceil_mode"]), **extra)
+        raise ExportError(f"no ONNX lowering for reference op {op.kind!r}")
+
+
+def _without_redundant_relus(ops):
+    """Drop a ReLU whose only consumer quantizes with the zero point at the bottom of its range.
+
+    quantize(relu(x)) == quantize(x) there (both clamp at 0). onnxruntime removes such a ReLU itself
+    before a convolution, but not before an Add, whose QLinearAdd fusion it then misses.
+    """
     users = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-
-    def constant(name):
-        node = producers.get(name)
-        if node is None or node.op_type != "Constant" or users.get(name, 0) != 1:
-            return None
-        attr = next((a for a in node.attribute if a.name == "value"), None)
-        return (node, attr) if attr is not None and attr.t.data_type == TensorProto.INT8 else None
-
-    for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+    for op in ops:
+        for name in op.inputs:
+            users.setdefault(name, []).append(op)
+    rename, kept = {}, []
+    for op in ops:
+        op.inputs = [rename.get(i, i) for i in op.inputs]
+        after = users.get(op.output, [])
+        if op.kind == "relu" and len(after) == 1 and after[0].kind == "quantize" and \
+                after[0].attrs["zero_point"] == after[0].attrs["qmin"]:
+            rename[op.output] = op.inputs[0]
             continue
-        x, zp = constant(node.input[0]), constant(node.input[2])
-        if x is None or zp is None:
-            continue
-        for _, attr in (x, zp):
-            value = numpy_helper.to_array(attr.t).astype(np.int16) + 128
-            attr.t.CopyFrom(numpy_helper.from_array(value.astype(np.uint8), attr.t.name))
+        kept.append(op)
+    return kept
+
+
+def build_onnx(model, example_input, weights="int8", metadata=None, opset=OPSET):
+    """The ONNX ModelProto of ``model`` (a simulated GraphModule, or an FP32 module) and the writer's notes."""
+    onnx = _onnx()
+    if weights not in _RANGES:
+        raise ExportError(f"weights must be int8 or uint8, not {weights!r}")
+    graph = reference_graph(model)
+    writer = _Writer(onnx, weights)
+    for op in _without_redundant_relus(graph.ops):
+        writer.lower(op)
+    with torch.no_grad():
+        out_shape = list(model(example_input[:1]).shape[1:])
+    helper, tp = onnx.helper, onnx.TensorProto
+    inputs = [helper.make_tensor_value_info(graph.input, tp.FLOAT, ["batch", *example_input.shape[1:]])]
+    output = graph.output
+    if output == graph.input:
+        raise ExportError("the model's output is its input")
+    outputs = [helper.make_tensor_value_info("logits", tp.FLOAT, ["batch", *out_shape])]
+    writer.nodes.append(helper.make_node("Identity", [output], ["logits"], name="output"))
+    proto = helper.make_model(helper.make_graph(writer.nodes, "compressor", inputs, outputs, writer.initializers),
+                              opset_imports=[helper.make_opsetid("", opset)], producer_name="compressor")
+    proto.ir_version = min(proto.ir_version, 8)  # readable by onnxruntime releases of the last years
+    helper.set_model_props(proto, {k: str(v) for k, v in (metadata or {}).items()})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, writer
+
+
+def export_onnx(model, example_input, path, weights="int8", metadata=None, opset=OPSET):
+    """Write ``model`` (simulated GraphModule from the quantizer, or an FP32 module) to ``path`` as ONNX.
+
+    ``weights``: 'int8' (u8s8) or 'uint8' (u8u8) storage of integer weights; ``metadata`` goes to
+    the model's metadata_props (the int8 target and format among them). Returns the path.
+    """
+    onnx = _onnx()
+    example_input = example_input.detach().cpu()
+    proto, writer = build_onnx(model, example_input, weights, metadata, opset)
+    if writer.clamped:
+        log.info("%d weight integers of channels with a negative batch-norm scale were clamped by one step to fit "
+                 "%s", writer.clamped, weights)
+    if writer.varying_zero_points:
+        log.info("%d layers keep per-channel weight zero points (asymmetric per-channel weights, exported as they "
+                 "are; onnxruntime 1.32 fuses them into QLinearConv, tested): %s",
+                 len(writer.varying_zero_points), ", ".join(writer.varying_zero_points[:5]))
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    log.info("ONNX (QDQ, opset %d, %s weights) written to %s (%.1f KiB)", opset, weights, path,
+             os.path.getsize(path) / 1024)
+    return path

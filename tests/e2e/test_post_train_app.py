@@ -117,7 +117,7 @@ def test_classifier_qe_flags_use_the_same_flow(tmp_path, fp32_checkpoint):
 def test_export_flags_write_checked_integer_models(tmp_path, root, fp32_checkpoint):
     proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint, "-n", "exp",
                  "-o", str(tmp_path), "--qe-per-channel", "--qe-mode-wts", "sym", "--qe-mode-acts", "asym_u",
-                 "--qe-convert-pytorch", "--export-onnx"], root)
+                 "--qe-convert-pytorch", "--export-onnx", "--int8-target", "avx2"], root)
     assert proc.returncode == 0, proc.stderr
     (path,) = glob.glob(os.path.join(tmp_path, "exp___*"))
     summary = json.load(open(os.path.join(path, "summary.json")))
@@ -132,6 +132,13 @@ def test_export_flags_write_checked_integer_models(tmp_path, root, fp32_checkpoi
     assert export["integer_layers"] == 4
     ckpt = torch.load(export["pytorch"]["path"], weights_only=True)
     assert ckpt["arch"] == "simplenet_digits" and ckpt["engine"] == "qnnpack"
+    # the target (named here; auto = this CPU) and the format chosen for it: in summary.json, the log, the ONNX file
+    assert (export["int8_target"], export["format"], export["engine"]) == ("avx2", "u8u8", "qnnpack")
+    assert "INT8 target: avx2 (named by --int8-target); format u8u8" in open(os.path.join(path, "exp.log")).read()
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(export["onnx"]["path"]).metadata_props}
+    assert props["int8_target"] == "avx2" and props["int8_format"] == "u8u8"
 
 
 def test_dynamic_ptq_export_is_a_clear_error(tmp_path, root, fp32_checkpoint):

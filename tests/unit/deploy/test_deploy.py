@@ -89,36 +89,40 @@ def test_pytorch_int8_matches_the_simulation(cls):
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.99
 
 
-def test_onnx_qdq_runs_on_integer_kernels_and_agrees(tmp_path):
+@pytest.mark.parametrize("weights", ["int8", "uint8"])
+def test_onnx_qdq_runs_on_integer_kernels_and_agrees(tmp_path, weights):
     import onnx
     import onnxruntime as ort
 
     sim = simulated()
-    int8, _ = to_torch_int8(sim)
     path = str(tmp_path / "m.onnx")
-    export_onnx(int8, torch.randn(1, 3, 16, 16), path)
+    export_onnx(sim, torch.randn(1, 3, 16, 16), path, weights=weights)
     model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops and model.opset_import[0].version >= 13
+    stored = {i.data_type for i in model.graph.initializer if "_weight_q_" in i.name}
+    assert stored == {onnx.TensorProto.INT8 if weights == "int8" else onnx.TensorProto.UINT8}
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    fused = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
-    assert "QLinearConv" in fused and "Conv" not in fused  # onnxruntime runs the convolutions in integers
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    # onnxruntime runs the convolutions, the residual add and the concat on integer kernels; the fc stays float
+    # because its input (an average of quantized values) is not quantized in the simulation either
+    assert fused.count("QLinearConv") == 3 and "Conv" not in fused
+    assert "QLinearAdd" in fused and "QLinearConcat" in fused and "Add" not in fused
     x = _batches(1, seed=2)[0][0]
     with torch.no_grad():
         a = sim(x)
     b = onnx_runner(path)(x)
     step = sim.get_submodule("activation_quantizers.fc").scale.item()
-    assert (a - b).abs().max().item() <= 3 * step
-    per_channel = [i for i in model.graph.initializer if i.dims and i.dims[0] == 8 and i.data_type == 1]
-    assert per_channel or any(n.op_type == "Constant" for n in model.graph.node)
+    assert (a - b).abs().max().item() <= 1.001 * step  # requantization rounding: one output step at most
 
 
 def test_export_report_agreement_and_sizes(tmp_path):
     sim = simulated()
     report = export_quantized(sim, _batches(4, seed=3), onnx_path=str(tmp_path / "m.onnx"),
-                              pytorch_path=str(tmp_path / "int8.pth.tar"))
+                              pytorch_path=str(tmp_path / "int8.pth.tar"), accept_disagreement=True)
     step = sim.get_submodule("activation_quantizers.fc").scale.item()
     for key in ("pytorch", "onnx"):
         r = report[key]
