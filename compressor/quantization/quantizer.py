@@ -88,11 +88,23 @@ class Quantizer:
                 return self.config.for_layer(self.overrides.lookup(name))
         return self.config
 
+    @staticmethod
+    def site_names(site):
+        """Names an override may govern an activation site by: its own, its module's, its chain's head."""
+        if site.name == "input":
+            return ("input",)
+        return (site.name, site.name.split("@")[0], site.head_name)
+
     def site_settings(self, site):
         """Settings of an activation site: its own name, its module's name, then its chain's head."""
-        if site.name == "input":
-            return self.layer_settings("input")
-        return self.layer_settings(site.name, site.name.split("@")[0], site.head_name)
+        return self.layer_settings(*self.site_names(site))
+
+    def site_override(self, site):
+        """The override entry governing an activation site (empty when none does)."""
+        for name in self.site_names(site):
+            if self.overrides.match(name) is not None:
+                return self.overrides.lookup(name)
+        return {}
 
     # -- preparation --------------------------------------------------------------
     def prepare_model(self):

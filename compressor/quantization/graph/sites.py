@@ -178,6 +178,29 @@ def find_activation_sites(gm, quantize_inputs=True):
     return sites
 
 
+_PASS_THROUGH_METHODS = {"view", "reshape", "flatten", "squeeze", "contiguous"}
+_PASS_THROUGH_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze}
+
+
+def is_model_boundary(site):
+    """True for the model input and for a site whose value is the model's output (the logits),
+    directly or through reshapes only."""
+    if site.node.op == "placeholder":
+        return True
+    pending, seen = [site.node], set()
+    while pending:
+        node = pending.pop()
+        for user in node.users:
+            if user.op == "output":
+                return True
+            reshapes = (user.op == "call_method" and user.target in _PASS_THROUGH_METHODS) or \
+                (user.op == "call_function" and user.target in _PASS_THROUGH_FUNCTIONS)
+            if reshapes and user not in seen:
+                seen.add(user)
+                pending.append(user)
+    return False
+
+
 def is_relu(gm, node):
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)) is nn.ReLU

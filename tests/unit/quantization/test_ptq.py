@@ -142,3 +142,43 @@ def test_quantized_state_reloads_into_a_fresh_quantizer():
     assert torch.equal(gm(x), gm2(x))
     with pytest.raises(ValueError, match="clip_acts"):
         PostTrainLinearQuantizer(net(), clip_acts="KL").load_state_dict(q.state_dict())
+
+
+def _avg_ranges(**kwargs):
+    stats = {name: record(-2.0, 10.0) for name in ["input", "relu", "conv2", "add", "cat", "fc"]}
+    q = PostTrainLinearQuantizer(net(), model_activation_stats=stats, clip_acts="AVG", **kwargs)
+    q.prepare_model()
+    return q.ranges
+
+
+def test_input_and_logits_are_not_clipped_by_default():
+    ranges = _avg_ranges()
+    assert ranges["add"] == (-1.0, 5.0) and ranges["relu"] == (-1.0, 5.0)  # AVG: the averaged extremes
+    assert ranges["input"] == (-2.0, 10.0) and ranges["fc"] == (-2.0, 10.0)  # observed min/max
+    # an override that does not name clip_acts leaves the default alone
+    assert _avg_ranges(overrides={"fc": {"bits_weights": 8}})["fc"] == (-2.0, 10.0)
+
+
+def test_a_recipe_override_still_clips_input_and_logits():
+    ranges = _avg_ranges(overrides={"input": {"clip_acts": "AVG"}, "fc": {"clip_acts": "AVG"}})
+    assert ranges["input"] == (-1.0, 5.0) and ranges["fc"] == (-1.0, 5.0)
+    ranges = _avg_ranges(overrides={"f.*": {"clip_acts": "N_STD", "clip_n_stds": 2.0}})  # regexes too
+    assert ranges["fc"] == (-2.0, 2.0)
+
+
+class Reshaped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))).view(-1, 2, 3)
+
+
+def test_logits_reached_through_a_reshape_are_the_boundary():
+    torch.manual_seed(0)
+    q = PostTrainLinearQuantizer(Reshaped().eval(), clip_acts="AVG")
+    q.prepare_model()
+    clips = {name: cfg["clip_acts"] for name, cfg in q.site_config.items()}
+    assert clips == {"input": "NONE", "relu": "AVG", "fc2": "NONE"}
