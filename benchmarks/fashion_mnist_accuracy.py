@@ -42,17 +42,23 @@ FINE_TUNE = {  # step -> (recipe, epochs, lr, seed)
     "ttq_ternary_a8": ("resnet20_cifar_ttq_ternary_a8.yaml", 3, 0.01, 1),
 }
 CLIPPING = ["AVG", "N_STD", "GAUSS", "LAPLACE", "PERCENTILE", "KL", "MSE"]  # NONE clips nothing either way
-# in the order they run: the PTQ grid first, then the fine-tunings, then the pre-fix comparisons
-ORDER = ["fp32", "ptq_w8a8", "ptq_w6a6", "ptq_w4a8", "ptq_w4a4", "ptq_w8a8_clip_boundaries",
-         *FINE_TUNE, "ptq_w4a4_clip_boundaries"]
+# PTQ variants: the defaults (input and logits unclipped, ranges keep [avg_min, avg_max]); "before_fix"
+# (both as before issue 9: --clip-boundaries --no-keep-avg); "own_range" (input and logits unclipped, each
+# method's own range: --no-keep-avg), which separates the two parts of the fix.
+VARIANT_FLAGS = {"before_fix": ["--clip-boundaries", "--no-keep-avg"], "own_range": ["--no-keep-avg"]}
+# in the order they run: what the issue's done-when needs first, the rest as time allows
+ORDER = ["fp32", "ptq_w8a8", "ptq_w4a8", "qat_8bit_seed1", "qat_8bit_seed2", "pact_w4a4", "ptq_w6a6", "ptq_w4a4",
+         "ptq_w8a8_before_fix", "dorefa_w4a4", "twn_ternary_a8", "ttq_ternary_a8", "ptq_w4a4_own_range",
+         "ptq_w4a4_before_fix", "ptq_w8a8_own_range", "ptq_w6a6_own_range", "ptq_w4a8_own_range"]
 
 
 def ptq_command(step, checkpoint, out):
     config = step.split("_")[1].upper()
     cmd = ["benchmarks/ptq_accuracy.py", "--dataset", DATASET, "--checkpoint", checkpoint, "--configs", config,
            "--skip-calibration-cost", "--no-integer-arithmetic", "--out", out]
-    if step.endswith("clip_boundaries"):
-        cmd += ["--methods", *CLIPPING, "--clip-boundaries", "--skip-torch-ao"]
+    variant = step.split("_", 2)[2] if step.count("_") >= 2 else None
+    if variant:
+        cmd += ["--methods", *CLIPPING, *VARIANT_FLAGS[variant], "--skip-torch-ao"]
     return cmd
 
 

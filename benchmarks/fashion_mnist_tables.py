@@ -54,16 +54,20 @@ def ptq_table(folder):
     return fp32_line + "\n\n" + head + "\n" + "\n".join(rows)
 
 
+VARIANTS = [("before_fix", "before the fix: input and logits clipped, each method's own range"),
+            ("own_range", "input and logits unclipped, each method's own range"),
+            (None, "the fix (defaults now): also ranges keep [avg_min, avg_max]")]
+
+
 def boundaries_table(folder):
-    lines = ["| config | clip input and logits | " + " | ".join(METHODS[1:]) + " |",
+    lines = ["| config | defaults | " + " | ".join(METHODS[1:]) + " |",
              "|---|---|" + "---|" * (len(METHODS) - 1)]
     for config in CONFIGS:
-        before = load(folder, f"ptq_{config.lower()}_clip_boundaries")
-        after = load(folder, f"ptq_{config.lower()}")
-        if before is None or after is None:
-            continue
-        fp32_mask = unpack_mask(after["fp32"]["mask"])
-        for label, data in (("yes (before the fix)", before), ("no (default now)", after)):
+        for variant, label in VARIANTS:
+            data = load(folder, f"ptq_{config.lower()}" + (f"_{variant}" if variant else ""))
+            if data is None:
+                continue
+            fp32_mask = unpack_mask(data["fp32"]["mask"])
             details = data["ours_detail"][config]
             lines.append(f"| {config} | {label} | " +
                          " | ".join(cell(details[m], fp32_mask) if m in details else "" for m in METHODS[1:]) + " |")

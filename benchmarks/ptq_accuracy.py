@@ -10,7 +10,8 @@ Every top-1 comes with its count of correct test images, its 95 % Wilson interva
 per-image correctness (packed), so any two rows can be compared with McNemar's paired test
 (benchmarks/accuracy_stats.py); each quantized model also records its activation ranges and the
 per-site SQNR on one calibration batch (the evidence behind the clip-method explanations).
-The model input and the logits are left unclipped unless --clip-boundaries (the pre-fix default).
+The model input and the logits are left unclipped unless --clip-boundaries, and clipped ranges keep
+[avg_min, avg_max] unless --no-keep-avg: both flags together give the defaults before issue 9's fix.
 """
 
 import argparse
@@ -58,13 +59,15 @@ def entry(mask):
             "mask": pack_mask(mask)}
 
 
-def ours_quantizer(model, calib, bits_w, bits_a, clip, no_clip=(), clip_boundaries=False, integer=True):
+def ours_quantizer(model, calib, bits_w, bits_a, clip, no_clip=(), clip_boundaries=False, integer=True,
+                   keep_avg=True):
     overrides = {name: {"clip_acts": "NONE"} for name in no_clip}
     if clip_boundaries:  # a recipe override asks for the method on the input and the logits too
         overrides.update({"input": {"clip_acts": clip}, "fc": {"clip_acts": clip}})
     q = PostTrainLinearQuantizer(model, bits_activations=bits_a, bits_parameters=bits_w, clip_acts=clip,
                                  clip_n_stds=3.0, per_channel_wts=True, mode="ASYMMETRIC_UNSIGNED",
-                                 clip_half_range=True, overrides=overrides or None, integer_arithmetic=integer)
+                                 clip_half_range=True, overrides=overrides or None, integer_arithmetic=integer,
+                                 clip_keep_avg=keep_avg)
     gm = q.prepare_model()
     q.calibrate(calib)
     return q, gm
@@ -115,6 +118,8 @@ def main():
     ap.add_argument("--clip-boundaries", action="store_true",
                     help="clip the model input and the logits (fc) with the method too, through overrides "
                          "(the default before the clip-defaults fix)")
+    ap.add_argument("--no-keep-avg", action="store_true",
+                    help="each method's own range (clip_keep_avg: false; the default before the fix)")
     ap.add_argument("--no-integer-arithmetic", action="store_true",
                     help="fake-quantize in float32 only (same grids; the exact float64 integer simulation of each "
                          "conv costs ~8x an FP32 forward on CPU)")
@@ -135,7 +140,7 @@ def main():
               "arch": args.arch, "checkpoint": args.checkpoint,
               "calibration_images": len(calib.dataset), "test_images": len(test.dataset),
               "clip_boundaries": args.clip_boundaries, "no_clip_layers": args.no_clip_layers,
-              "integer_arithmetic": not args.no_integer_arithmetic,
+              "integer_arithmetic": not args.no_integer_arithmetic, "clip_keep_avg": not args.no_keep_avg,
               "fp32_top1": fp32["top1"], "fp32": fp32, "ours": {}, "ours_detail": {}, "torch_ao": {},
               "torch_ao_detail": {}}
     print(f"FP32 top-1 {fp32['top1']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -146,7 +151,7 @@ def main():
         for clip in args.methods:
             start = time.perf_counter()
             q, gm = ours_quantizer(model, calib, bits_w, bits_a, clip, args.no_clip_layers, args.clip_boundaries,
-                                   not args.no_integer_arithmetic)
+                                   not args.no_integer_arithmetic, not args.no_keep_avg)
             detail = entry(evaluate(gm, test))
             detail["sites"] = {name: {"range": list(q.ranges[name]), "clip": str(q.site_config[name]["clip_acts"]).upper(),
                                       "sqnr_db": sqnr} for name, _, _, _, sqnr in sqnr_table(q, gm, sqnr_batch, "cpu")}
