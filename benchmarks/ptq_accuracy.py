@@ -67,7 +67,7 @@ def ours_quantizer(model, calib, bits_w, bits_a, clip, no_clip=(), clip_boundari
     q = PostTrainLinearQuantizer(model, bits_activations=bits_a, bits_parameters=bits_w, clip_acts=clip,
                                  clip_n_stds=3.0, per_channel_wts=True, mode="ASYMMETRIC_UNSIGNED",
                                  clip_half_range=True, overrides=overrides or None, integer_arithmetic=integer,
-                                 clip_keep_avg=keep_avg)
+                                 clip_keep_avg_from_bits=8 if keep_avg else None)
     gm = q.prepare_model()
     q.calibrate(calib)
     return q, gm
@@ -119,7 +119,7 @@ def main():
                     help="clip the model input and the logits (fc) with the method too, through overrides "
                          "(the default before the clip-defaults fix)")
     ap.add_argument("--no-keep-avg", action="store_true",
-                    help="each method's own range (clip_keep_avg: false; the default before the fix)")
+                    help="each method's own range (clip_keep_avg_from_bits: null; the default before the fix)")
     ap.add_argument("--no-integer-arithmetic", action="store_true",
                     help="fake-quantize in float32 only (same grids; the exact float64 integer simulation of each "
                          "conv costs ~8x an FP32 forward on CPU)")

@@ -162,7 +162,8 @@ def test_input_and_logits_are_not_clipped_by_default():
 def test_a_recipe_override_still_clips_input_and_logits():
     ranges = _avg_ranges(overrides={"input": {"clip_acts": "AVG"}, "fc": {"clip_acts": "AVG"}})
     assert ranges["input"] == (-1.0, 5.0) and ranges["fc"] == (-1.0, 5.0)
-    ranges = _avg_ranges(overrides={"f.*": {"clip_acts": "N_STD", "clip_n_stds": 2.0, "clip_keep_avg": False}})
+    own = {"clip_keep_avg_from_bits": None}
+    ranges = _avg_ranges(overrides={"f.*": {"clip_acts": "N_STD", "clip_n_stds": 2.0, **own}})
     assert ranges["fc"] == (-2.0, 2.0)  # regexes too
 
 
@@ -170,10 +171,14 @@ def test_clipped_ranges_keep_the_averaged_extremes_unless_asked():
     # N_STD with 1 std gives [-1, 1]; the averaged per-sample extremes are [-1, 5]
     ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0}})
     assert ranges["add"] == (-1.0, 5.0)
-    ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0, "clip_keep_avg": False}})
+    ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0, 
+                                        "clip_keep_avg_from_bits": None}})
     assert ranges["add"] == (-1.0, 1.0)
-    ranges = _avg_ranges(clip_keep_avg=False)
+    ranges = _avg_ranges(clip_keep_avg_from_bits=None)
     assert ranges["relu"] == (-1.0, 5.0) and ranges["fc"] == (-2.0, 10.0)  # AVG itself, NONE at the logits
+    # below clip_keep_avg_from_bits (default 8) each method keeps its own range
+    ranges = _avg_ranges(bits_activations=6, overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0}})
+    assert ranges["add"] == (-1.0, 1.0)
 
 
 class Reshaped(nn.Module):
