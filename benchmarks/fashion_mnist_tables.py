@@ -48,10 +48,20 @@ def ptq_table(folder):
         ao = data.get("torch_ao_detail", {}).get(config)
         cells.append(cell(ao, fp32_mask) if ao else "")
         rows.append(f"| {config} | " + " | ".join(cells) + " |")
+    notes = []
+    for config in CONFIGS:  # our best method against torch.ao, paired on the same images
+        data = load(folder, f"ptq_{config.lower()}")
+        ao = data and data.get("torch_ao_detail", {}).get(config)
+        if ao:
+            details = data["ours_detail"][config]
+            best = max(METHODS, key=lambda m: details[m]["correct"] if m in details else -1)
+            only_ours, only_ao, p = compare(unpack_mask(details[best]["mask"]), unpack_mask(ao["mask"]))
+            notes.append(f"- {config}: our best ({best}, {details[best]['top1']:.2f}) vs torch.ao ({ao['top1']:.2f}): "
+                         f"{only_ours} images only ours gets right, {only_ao} only torch.ao's, McNemar p = {p:.2g}")
     head = "| config | " + " | ".join(METHODS) + " | torch.ao |\n|---|" + "---|" * (len(METHODS) + 1)
     fp32_line = f"FP32: {fp32['top1']:.2f} % ({fp32['ci95'][0]:.2f}-{fp32['ci95'][1]:.2f}), {fp32['n']} test images" \
         if fp32 else "FP32: not run yet"
-    return fp32_line + "\n\n" + head + "\n" + "\n".join(rows)
+    return fp32_line + "\n\n" + head + "\n" + "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
 VARIANTS = [("before_fix", "before the fix: input and logits clipped, each method's own range"),
