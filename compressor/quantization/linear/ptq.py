@@ -12,13 +12,15 @@ from typing import ClassVar
 
 from torch import nn
 
-from compressor.calibration.clipping import ClipConfig
+from compressor.calibration.clipping import ClipConfig, ClipMethod, parse_clip
 from compressor.calibration.stats_file import load_stats, match_stats
+from compressor.core.errors import RangeError
 from compressor.core.spec import Bits, Bool, OptionalInt, StatsSource, setting
 from compressor.quantization import graph
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.graph.fold_bn import fold_batchnorm
+from compressor.quantization.linear.dynamic_clip import DynamicClipFakeQuant
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
@@ -67,13 +69,14 @@ class PostTrainLinearQuantizer(Quantizer):
         super().__init__(model, optimizer, **kwargs)
         self.site_config = {}  # site name -> settings used for its range
         self.ranges = {}
+        self.folded_bn = {}  # layer -> its folded batch-norm, whose stats record the layer takes
 
     def quantize_inputs(self):
         return self.config.quantize_inputs
 
     def prepare_model(self):
         if self.prepared is None and self.config.fold_bn:
-            self.model = fold_batchnorm(self.model)
+            self.model = fold_batchnorm(self.model, self.folded_bn)
         first = self.prepared is None
         gm = super().prepare_model()
         if not first:
@@ -85,7 +88,9 @@ class PostTrainLinearQuantizer(Quantizer):
             records = load_stats(stats)
             sites = list(self.activation_quantizers)
             modules = {name for name, _ in self.model.named_modules()}
-            self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats"))
+            chains = {name: tuple(self.act_chains[name].split("->")) for name in sites}
+            self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats", chains=chains,
+                                         folded=self.folded_bn))
         self.accumulator_report()
         return gm
 
@@ -120,7 +125,11 @@ class PostTrainLinearQuantizer(Quantizer):
         if not is_quantized(settings.bits_activations):
             return None
         self.site_config[site.name] = settings
-        return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
+        if parse_clip(settings.clip_acts) is ClipMethod.NONE:
+            return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
+        # without statistics the clip method applies to each batch's range (Distiller's dynamic mode)
+        return DynamicClipFakeQuant(settings.bits_activations, settings.acts_mode, settings.clip_acts,
+                                    settings.clip_n_stds, settings.clip_half_range)
 
     def make_weight_quantizer(self, module, pname, param, settings):
         if pname != "weight" or not is_quantized(settings.bits_weights):
@@ -142,8 +151,11 @@ class PostTrainLinearQuantizer(Quantizer):
     def apply_stats(self, records, histograms=None):
         for name, fq in self.activation_quantizers.items():
             cfg = self.site_config[name]
-            lo, hi = cfg.range_for(records[name], fq.bits, cfg.acts_mode.symmetric,
-                                   histograms.get(name) if histograms else None)
+            try:
+                lo, hi = cfg.range_for(records[name], fq.bits, cfg.acts_mode.symmetric,
+                                       histograms.get(name) if histograms else None)
+            except RangeError as exc:
+                raise RangeError(f"statistics of {name}: {exc}") from None
             fq.dynamic = False
             fq.set_range(lo, hi)
             self.ranges[name] = (float(lo), float(hi))
