@@ -65,7 +65,8 @@ def test_resnet50_stats_do_not_fit_resnet18(root, tmp_path):
         PostTrainLinearQuantizer(torchvision.models.resnet18().eval(), model_activation_stats=stats).prepare_model()
 
 
-@pytest.mark.parametrize("name", ["resnet18_imagenet_post_train.yaml"])
+@pytest.mark.parametrize("name", ["resnet18_imagenet_post_train.yaml",
+                                  "resnet18_imagenet_post_train_input_overrides.yaml"])
 def test_examples_validate(root, tmp_path, name):
     read_recipe(with_local_paths(root, tmp_path, name))
 
@@ -91,3 +92,15 @@ def test_compress_classifier_evaluates_with_distillers_config_file(root, tmp_pat
                        "-o", str(tmp_path), "-n", "cc"]) == 0
     (run,) = glob.glob(os.path.join(tmp_path, "cc___*"))
     assert json.load(open(os.path.join(run, "summary.json")))["calibration_images"] == 0
+
+
+@pytest.mark.slow
+def test_post_train_quant_runs_distillers_input_overrides_example(root, tmp_path, resnet18_checkpoint):
+    """conv1's input from its output settings, fc's input quantized with AVG after the average pooling."""
+    recipe = with_local_paths(root, tmp_path, "resnet18_imagenet_post_train_input_overrides.yaml")
+    assert post_train(["-a", "resnet18", "--dataset", "digits", "--resume-from", resnet18_checkpoint,
+                       "--compress", recipe, "--etes", "0.02", "-b", "8", "-o", str(tmp_path), "-n", "io"]) == 0
+    (run,) = glob.glob(os.path.join(tmp_path, "io___*"))
+    params = yaml.safe_load(open(os.path.join(run, "layer_quant_params.yaml")))
+    assert params["fc#input"]["clip_acts"] == "AVG" and params["fc"]["clip_acts"] == "NONE"
+    assert params["input"]["clip_acts"] == "AVG"  # conv1's output settings (from_output)

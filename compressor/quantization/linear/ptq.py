@@ -21,6 +21,8 @@ from compressor.quantization.collect import collect_stats
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.graph.fold_bn import fold_batchnorm
 from compressor.quantization.linear.dynamic_clip import DynamicClipFakeQuant
+from compressor.quantization.linear.input_quant import (InputOverrides, add_input_quantizers, model_input_settings,
+                                                      observe_layer_inputs)
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
@@ -51,8 +53,13 @@ class PTQConfig(LinearConfig, ClipConfig):
     power_of_two_scales: bool = setting(Bool(False), "round requantization scales to powers of two (shifts only)")
     integer_arithmetic: bool = setting(Bool(True), "compute conv/linear in integer arithmetic (saturating "
                                        "accumulator) rather than fake-quantized float")
-    inputs_quant_auto_fallback: bool = setting(Bool(True), "accepted for Distiller compatibility; no effect (every "
-                                               "layer input here is a quantized site)")
+    inputs_quant_auto_fallback: bool = setting(Bool(True), "the model input, when no input_overrides say how: "
+                                               "quantized with its reader's output settings (true) or an error (false)")
+    quantize_inputs: bool = setting(Bool(True), "quantize the model input; per layer: whether input_overrides and "
+                                    "the fallback may quantize that layer's inputs", layer=True)
+    input_overrides: dict | None = setting(InputOverrides(None), "per layer: how its inputs that no previous layer "
+                                           "quantized are quantized ({0: {from_output: true}} or settings)",
+                                           layer=True)
     fold_bn: bool = setting(Bool(True), "fold batch-norm into the preceding conv/linear first")
 
     def resolve(self):
@@ -81,6 +88,7 @@ class PostTrainLinearQuantizer(Quantizer):
         gm = super().prepare_model()
         if not first:
             return gm
+        self._add_input_quantizers(gm)
         self.set_state(True, False)  # post-training: quantized, nothing learns
         self.integer_layers = self._install_integer_arithmetic(gm) if self.config.integer_arithmetic else []
         stats = self.config.model_activation_stats
@@ -121,10 +129,28 @@ class PostTrainLinearQuantizer(Quantizer):
             installed.append(layer_name)
         return installed
 
+    def site_settings(self, site):
+        if site.name == "input":  # Distiller's input_overrides / inputs_quant_auto_fallback of the layer reading it
+            return model_input_settings(self, site)
+        return super().site_settings(site)
+
+    def _add_input_quantizers(self, gm):
+        """Quantizers on layer inputs that input_overrides name and no previous layer quantizes."""
+        added = add_input_quantizers(self, gm, lambda settings: self._fake_quant(settings))
+        for name, (module, settings) in added.items():
+            self.activation_quantizers[name] = module
+            self.site_config[name] = settings
+            self.act_chains[name] = name
+
     def make_activation_quantizer(self, site, settings):
         if not is_quantized(settings.bits_activations):
             return None
         self.site_config[site.name] = settings
+        return self._fake_quant(settings)
+
+    def _fake_quant(self, settings):
+        if not is_quantized(settings.bits_activations):
+            return None
         if parse_clip(settings.clip_acts) is ClipMethod.NONE:
             return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
         # without statistics the clip method applies to each batch's range (Distiller's dynamic mode)
@@ -143,8 +169,13 @@ class PostTrainLinearQuantizer(Quantizer):
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
 
-        records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
-                                       quantize_inputs=self.config.quantize_inputs)
+        hist = self.needs_histograms()
+        with observe_layer_inputs(self.model, self.activation_quantizers, hist) as inputs:  # input_overrides
+            records, hists = collect_stats(self.model, loader, device, max_batches, histograms=hist,
+                                           quantize_inputs=self.config.quantize_inputs)
+        records.update({name: obs.stats.record() for name, obs in inputs.items()})
+        if hist:
+            hists.update({name: obs.histogram for name, obs in inputs.items()})
         self.apply_stats(records, hists)
         return records
 
