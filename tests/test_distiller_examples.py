@@ -65,7 +65,7 @@ def test_resnet50_stats_do_not_fit_resnet18(root, tmp_path):
         PostTrainLinearQuantizer(torchvision.models.resnet18().eval(), model_activation_stats=stats).prepare_model()
 
 
-@pytest.mark.parametrize("name", ["resnet18_imagenet_post_train.yaml",
+@pytest.mark.parametrize("name", ["resnet18_imagenet_post_train.yaml", "resnet18_imagenet_post_train_lapq.yaml",
                                   "resnet18_imagenet_post_train_input_overrides.yaml"])
 def test_examples_validate(root, tmp_path, name):
     read_recipe(with_local_paths(root, tmp_path, name))
@@ -104,3 +104,17 @@ def test_post_train_quant_runs_distillers_input_overrides_example(root, tmp_path
     params = yaml.safe_load(open(os.path.join(run, "layer_quant_params.yaml")))
     assert params["fc#input"]["clip_acts"] == "AVG" and params["fc"]["clip_acts"] == "NONE"
     assert params["input"]["clip_acts"] == "AVG"  # conv1's output settings (from_output)
+
+
+def test_lapq_example_overrides_follow_distillers_names(root, tmp_path):
+    """The LAPQ example's settings (without the search): 4-bit ReLUs inside blocks, except layer4.1.relu2,
+    which names our layer4.1.relu@1; convs keep FP32 outputs, 4-bit weights; first conv and fc untouched."""
+    spec = dict(read_recipe(with_local_paths(root, tmp_path, "resnet18_imagenet_post_train_lapq.yaml"))
+                .data["quantizers"]["post_train_quantizer"])
+    spec.pop("class")
+    q = PostTrainLinearQuantizer(torchvision.models.resnet18().eval(), **spec)
+    q.prepare_model()
+    assert q.activation_quantizers["layer1.0.relu"].bits == 4 and q.activation_quantizers["layer4.1.relu"].bits == 4
+    assert "layer4.1.relu@1" not in q.activation_quantizers and "layer1.0.conv2" not in q.activation_quantizers
+    assert q.weight_quantizers["layer1.0.conv1.weight"].bits == 4 and "layer4.1.conv2.weight" not in q.weight_quantizers
+    assert "conv1.weight" not in q.weight_quantizers and "fc" not in q.activation_quantizers

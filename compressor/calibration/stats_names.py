@@ -55,7 +55,8 @@ def resolve(records, sites, module_names, chains=None, folded=None, where="stats
     """{site: record} for every site; ``StatsError`` naming what is missing or foreign.
 
     ``records``: {name: record} (``name#input`` for a module's first input, from ``load_stats``);
-    ``sites``: site names; ``chains``: {site: names of the fused ops ending at it};
+    ``sites``: the site names needing a record; ``chains``: {site: names of the fused ops ending at it}, for
+    every site of the model (quantized or not);
     ``folded``: {conv/linear name: name of the batch-norm folded into it}.
     """
     chains, folded, module_names = chains or {}, folded or {}, set(module_names)
@@ -71,7 +72,7 @@ def resolve(records, sites, module_names, chains=None, folded=None, where="stats
         else:
             result[site] = rec
     known = set(module_names) | set(sites)
-    for site in sites:
+    for site in list(sites) + list(chains):  # chains may name sites left in FP32: their records are not foreign
         for name in (site, *chains.get(site, ())):
             known.add(name)
             known.update(aliases(name, module_names))

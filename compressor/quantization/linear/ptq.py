@@ -14,6 +14,7 @@ from torch import nn
 
 from compressor.calibration.clipping import ClipConfig, ClipMethod, parse_clip
 from compressor.calibration.stats_file import load_stats, match_stats
+from compressor.calibration.stats_names import aliases
 from compressor.core.errors import RangeError
 from compressor.core.spec import Bits, Bool, OptionalInt, StatsSource, setting
 from compressor.quantization import graph
@@ -96,7 +97,7 @@ class PostTrainLinearQuantizer(Quantizer):
             records = load_stats(stats)
             sites = list(self.activation_quantizers)
             modules = {name for name, _ in self.model.named_modules()}
-            chains = {name: tuple(self.act_chains[name].split("->")) for name in sites}
+            chains = {name: tuple(chain.split("->")) for name, chain in self.act_chains.items()}
             self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats", chains=chains,
                                          folded=self.folded_bn))
         self.accumulator_report()
@@ -132,6 +133,9 @@ class PostTrainLinearQuantizer(Quantizer):
     def site_settings(self, site):
         if site.name == "input":  # Distiller's input_overrides / inputs_quant_auto_fallback of the layer reading it
             return model_input_settings(self, site)
+        for alias in aliases(site.name):  # an override keyed by Distiller's name (layer4.1.relu2 for relu@1)
+            if self.overrides.match(alias) == alias and self.overrides.match(site.name) != site.name:
+                return self.layer_settings(alias)
         return super().site_settings(site)
 
     def _add_input_quantizers(self, gm):
