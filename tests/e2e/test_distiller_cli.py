@@ -66,7 +66,7 @@ def test_short_forms_mean_the_long_ones(short, long, _):
 def test_pytorch_backend_maps_onto_our_int8_engines():
     assert parse("--qept --qe-pytorch-backend fbgemm").int8_engine == "x86"
     assert parse("--qept --qe-pytorch-backend qnnpack").int8_engine == "qnnpack"
-    assert parse("--qept").int8_engine == "qnnpack"  # our default
+    assert parse("--qept").int8_engine == "auto"  # our default
     with pytest.raises(SystemExit):
         parse("--qe-pytorch-backend onednn")
 

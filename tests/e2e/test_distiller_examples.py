@@ -20,6 +20,11 @@ from compressor.recipe.build import read_recipe
 DISTILLER_STATS = "../quantization/post_train_quant/stats/resnet18_quant_stats.yaml"
 
 
+def stats_path(root):
+    """Distiller's resnet18 statistics, unchanged (kept out of schedules/: it is no recipe)."""
+    return os.path.join(root, "stats", "distiller", "resnet18_quant_stats.yaml")
+
+
 def example(root, name):
     return os.path.join(root, "schedules", "distiller", "post_train_quant", name)
 
@@ -29,7 +34,7 @@ def with_local_paths(root, tmp_path, name):
     text = open(example(root, name)).read()
     assert DISTILLER_STATS in text
     path = tmp_path / name
-    path.write_text(text.replace(DISTILLER_STATS, example(root, "stats/resnet18_quant_stats.yaml")))
+    path.write_text(text.replace(DISTILLER_STATS, stats_path(root)))
     return str(path)
 
 
@@ -44,7 +49,7 @@ def resnet18_checkpoint(tmp_path_factory):
 
 def test_distillers_resnet18_stats_fit_torchvisions_resnet18(root):
     """Every site of torchvision's resnet18 finds its record in Distiller's file (relu1/relu2/add names)."""
-    path = example(root, "stats/resnet18_quant_stats.yaml")
+    path = stats_path(root)
     q = PostTrainLinearQuantizer(torchvision.models.resnet18().eval(), bits_activations=6,
                                  mode="ASYMMETRIC_UNSIGNED", model_activation_stats=path)
     q.prepare_model()
@@ -59,7 +64,7 @@ def test_distillers_resnet18_stats_fit_torchvisions_resnet18(root):
 def test_resnet50_stats_do_not_fit_resnet18(root, tmp_path):
     from compressor.core.errors import StatsError
 
-    stats = yaml.safe_load(open(example(root, "stats/resnet18_quant_stats.yaml")))
+    stats = yaml.safe_load(open(stats_path(root)))
     stats["layer1.0.conv3"] = stats["layer1.0.conv2"]  # a Bottleneck layer
     with pytest.raises(StatsError, match="statistics for layer1.0.conv3, which the model does not have"):
         PostTrainLinearQuantizer(torchvision.models.resnet18().eval(), model_activation_stats=stats).prepare_model()
