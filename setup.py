@@ -17,6 +17,7 @@ setup(
         "tqdm>=4.60",
         "scikit-learn>=1.3",  # ships the embedded digits dataset (load_digits)
         "numpy",
+        "scipy>=1.10",  # LAPQ's joint clipping search (scipy.optimize.minimize, Powell), as Distiller's --qe-lapq
         "onnx>=1.15",  # QDQ export (deployment)
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
     ],

@@ -9,13 +9,14 @@ from tabulate import tabulate
 
 from compressor.calibration.stats_file import save_stats
 from compressor.models import create_model
+from compressor.quantization.linear.lapq import lapq
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.core.errors import CheckpointError
 from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.training.loop import evaluate
 from compressor.training.state import TrainState, load_model_weights
-from compressor.app.common import add_weight_sources, common_parser, number, one_weight_source
+from compressor.app.common import add_weight_sources, common_parser, fraction, number, one_weight_source
 from compressor.app.context import RunContext
 from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
@@ -34,6 +35,10 @@ def post_train_parser():
     p.add_argument("--calibration-size", default=512,
                    type=number("--calibration-size", expected="a count, or a fraction in (0, 1]", lo=0, lo_open=True),
                    help="training images used for calibration: a count, or a fraction when <= 1 (default: 512)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="quantize torchvision's pretrained weights (from TORCH_HOME, never downloaded)")
+    p.add_argument("--etes", "--effective-test-size", type=fraction("--etes"), default=1.0,
+                   dest="effective_test_size", help="fraction of the test set evaluated (default: 1)")
     add_qe_arguments(p, with_switch=False)
     add_deploy_arguments(p)
     return p
@@ -81,11 +86,20 @@ class PostTrainRun:
         self.args = args
         self.ctx = RunContext.from_args(args)
         self.dataset, self.device = self.ctx.dataset, self.ctx.device
-        self.source = one_weight_source(args, "post-training quantization (--qe)")
+        if args.pretrained and (args.resume_from or args.exp_load_weights_from):
+            raise UsageError("give one of --pretrained, --resume-from and --exp-load-weights-from")
+        # --qe --pretrained: torchvision's weights from TORCH_HOME (create_model's clear error when absent)
+        self.source = f"torchvision's pretrained {args.arch}" if args.pretrained else \
+            one_weight_source(args, "post-training quantization (--qe)")
+        if args.qe_lapq and (args.qe_dynamic or args.lapq_basinhopping):
+            raise UsageError("--qe-lapq searches calibrated ranges: not with --qe-dynamic" if args.qe_dynamic else
+                             "--lapq-basinhopping is not supported; use --lapq-method (scipy.optimize.minimize)")
         self.config, self.recipe = ptq_recipe(args)
         self.model = self.load_fp32_model()
 
     def load_fp32_model(self):
+        if self.args.pretrained:
+            return create_model(self.args.arch, self.dataset, pretrained=True).to(self.device)
         checkpoint, state = load_model_weights(self.source, "--resume-from" if self.args.resume_from
                                                else "--exp-load-weights-from")
         if isinstance(checkpoint, dict) and checkpoint.get("quantizer"):
@@ -102,7 +116,7 @@ class PostTrainRun:
         """Run folder and loaders (the test split, and training images for calibration)."""
         args = self.args
         self.run = self.ctx.open_run(f"post_train_{args.arch}", args.compress)
-        _, _, self.test_loader = self.ctx.loaders()
+        _, _, self.test_loader = self.ctx.loaders(test_size=args.effective_test_size)
         self.calib_loader = self.ctx.calibration_loader(args.calibration_size)
         self.criterion = torch.nn.CrossEntropyLoss()
 
@@ -123,6 +137,10 @@ class PostTrainRun:
                      " (statistics and histograms, one pass)" if self.quantizer.needs_histograms() else "")
             self.records = self.quantizer.calibrate(self.calib_loader, self.device)
             save_stats(self.run.file("acts_quantization_stats.yaml"), self.records)
+        if self.args.qe_lapq:
+            batches = max(1, math.ceil(len(self.calib_loader) * self.args.lapq_eval_size))
+            lapq(self.quantizer, self.gm, self.calib_loader, self.criterion, self.args.lapq_init_mode,
+                 self.args.lapq_method, self.args.lapq_maxiter, self.args.lapq_maxfev, eval_batches=batches)
         self.run.write_yaml("layer_quant_params.yaml", self.quantizer.layer_params())
 
     def report(self):

@@ -16,6 +16,7 @@ from enum import Enum
 
 import torch
 
+from compressor.core.errors import RangeError
 from compressor.core.spec import Bool, Choice, Config, Float, OptionalFloat, setting
 
 
@@ -135,10 +136,28 @@ def mse_threshold(hist, bits, record, symmetric, candidates=200):
     return float(thresholds[int(torch.argmin(clip_err + round_err))])
 
 
+def check_record(record, method=ClipMethod.NONE):
+    """Distiller raises on an inverted range; so do we (a ``RangeError``, which is a ``ValueError``)."""
+    pairs = [("min", "max")] + ([("avg_min", "avg_max")] if method is ClipMethod.AVG else [])
+    for lo, hi in pairs:
+        if lo in record and hi in record and not record[lo] <= record[hi]:
+            raise RangeError(f"{lo} {record[lo]} is above {hi} {record[hi]}: not a range")
+
+
+def check_n_stds(n_stds):
+    if n_stds is None:
+        raise RangeError("clip method N_STD needs clip_n_stds")
+    if not n_stds > 0:
+        raise RangeError(f"clip_n_stds must be > 0, got {n_stds}")
+
+
 def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range=False, percentile=99.99,
                   histogram=None):
     """(lo, hi) to quantize to, for the tensor described by ``record`` (Distiller's stats record)."""
     method = parse_clip(method)
+    check_record(record, method)
+    if method is ClipMethod.N_STD:
+        check_n_stds(n_stds)
     if method.needs_histogram and histogram is None:
         raise ValueError(f"clip method {method.value} needs a histogram (collect stats with histograms=True)")
     if method is ClipMethod.NONE:
@@ -146,8 +165,6 @@ def compute_range(method, record, bits, symmetric=False, n_stds=None, half_range
     if method is ClipMethod.AVG:
         return record["avg_min"], record["avg_max"]
     if method is ClipMethod.N_STD:
-        if n_stds is None:
-            raise ValueError("clip method N_STD needs clip_n_stds")
         return _bounded(record, record["mean"] - n_stds * record["std"], record["mean"] + n_stds * record["std"])
     if method in (ClipMethod.GAUSS, ClipMethod.LAPLACE):
         laplace = method is ClipMethod.LAPLACE

@@ -9,6 +9,7 @@ import yaml
 
 from compressor.core.io import atomic_write_text
 from compressor.core.errors import StatsError
+from compressor.calibration.stats_names import resolve
 
 RECORD_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std", "b")
 
@@ -58,26 +59,7 @@ def _check(record, where):
     return record
 
 
-def match_stats(records, site_names, module_names, where="stats"):
-    """Map each site to its record; a site without stats, or stats naming no module, is an error."""
-    unknown = [n for n in records if n.split("#")[0] not in site_names and n.split("#")[0] not in module_names]
-    missing = [s for s in site_names if s not in records and not (s == "input" and _first_input(records))]
-    problems = []
-    if missing:
-        problems.append(f"no statistics for {', '.join(missing)}")
-    if unknown:
-        problems.append(f"statistics for {', '.join(unknown)}, which the model does not have (renamed or another model?)")
-    if problems:
-        raise StatsError(f"{where} do not fit the model: " + "; ".join(problems) +
-                         ". Re-collect them for this model (e.g. --qe-calibration).")
-    result = {s: records[s] for s in site_names if s in records}
-    if "input" in site_names and "input" not in result:
-        result["input"] = _first_input(records)
-    return result
-
-
-def _first_input(records):
-    for name, rec in records.items():
-        if name.endswith("#input"):
-            return rec
-    return None
+def match_stats(records, site_names, module_names, where="stats", chains=None, folded=None):
+    """Map each site to its record (our names, or Distiller's per-module names: see ``stats_names``);
+    a site without stats, or stats naming nothing in the model, is an error."""
+    return resolve(records, site_names, module_names, chains=chains, folded=folded, where=where)

@@ -29,6 +29,10 @@ class StatsError(CompressorError):
     """A statistics file that does not fit the model, or holds bad values."""
 
 
+class RangeError(CompressorError):
+    """A quantization range that cannot be computed: min above max, a non-positive n_stds, ..."""
+
+
 class TraceError(CompressorError):
     """torch.fx could not trace the model."""
 

@@ -6,6 +6,7 @@ import tempfile
 
 import torch
 from compressor.core.errors import CheckpointError
+from compressor.core import distiller_checkpoint
 
 
 def atomic_write(path, write):
@@ -41,6 +42,10 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with distiller_checkpoint.safe_globals():  # + the optimizer classes Distiller pickles, nothing else
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot load checkpoint {path} as tensors and plain data: {exc}") from None
+    if distiller_checkpoint.is_distiller(checkpoint):
+        return distiller_checkpoint.from_distiller(checkpoint, path)
+    return checkpoint

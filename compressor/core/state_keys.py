@@ -46,7 +46,9 @@ def adapt_state_dict(state, model):
                 out[prepared] = value
                 continue
         out[key] = value  # left for load_state_dict to report
-    missing = [k for k in target if k not in out and not is_quant_state(k)]
+    # BatchNorm's num_batches_tracked (PyTorch >= 0.4.1) may be absent from older checkpoints (Distiller's
+    # SSL examples); PyTorch's own loader accepts that, and so do we (the counter only matters with momentum=None)
+    missing = [k for k in target if k not in out and not is_quant_state(k) and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in out if k not in target and not is_quant_state(k)]
     if missing or unexpected:
         raise CheckpointError(

@@ -12,8 +12,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from compressor.quantization.graph import sites as graph
 
 
-def fold_batchnorm(model):
-    """A copy of ``model`` (in eval mode) with every conv->bn / linear->bn pair folded."""
+def fold_batchnorm(model, folded=None):
+    """A copy of ``model`` (in eval mode) with every conv->bn / linear->bn pair folded.
+
+    ``folded``, when given, is filled with {layer name: batch-norm name}: the folded layer now
+    outputs what the batch-norm did, so it takes the batch-norm's statistics record.
+    """
     model = copy.deepcopy(model).eval()
     gm = graph.trace(model)
     for node in gm.graph.nodes:
@@ -33,4 +37,6 @@ def fold_batchnorm(model):
             continue
         model.set_submodule(node.target, fused)
         model.set_submodule(user.target, nn.Identity())
+        if folded is not None:
+            folded[node.target] = user.target
     return model

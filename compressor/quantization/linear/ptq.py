@@ -12,13 +12,19 @@ from typing import ClassVar
 
 from torch import nn
 
-from compressor.calibration.clipping import ClipConfig
+from compressor.calibration.clipping import ClipConfig, ClipMethod, parse_clip
 from compressor.calibration.stats_file import load_stats, match_stats
+from compressor.calibration.stats_names import aliases
+from compressor.core.errors import RangeError
 from compressor.core.spec import Bits, Bool, OptionalInt, StatsSource, setting
 from compressor.quantization import graph
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.graph.fold_bn import fold_batchnorm
+from compressor.quantization.linear.dynamic_clip import DynamicClipFakeQuant
+from compressor.quantization.linear.input_quant import (InputOverrides, add_input_quantizers, input_explicitly_set,
+                                                         model_input_settings,
+                                                      observe_layer_inputs)
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
@@ -56,8 +62,13 @@ class PTQConfig(LinearConfig, ClipConfig):
     power_of_two_scales: bool = setting(Bool(False), "round requantization scales to powers of two (shifts only)")
     integer_arithmetic: bool = setting(Bool(True), "compute conv/linear in integer arithmetic (saturating "
                                        "accumulator) rather than fake-quantized float")
-    inputs_quant_auto_fallback: bool = setting(Bool(True), "accepted for Distiller compatibility; no effect (every "
-                                               "layer input here is a quantized site)")
+    inputs_quant_auto_fallback: bool = setting(Bool(True), "the model input, when no input_overrides say how: "
+                                               "quantized with its reader's output settings (true) or an error (false)")
+    quantize_inputs: bool = setting(Bool(True), "quantize the model input; per layer: whether input_overrides and "
+                                    "the fallback may quantize that layer's inputs", layer=True)
+    input_overrides: dict | None = setting(InputOverrides(None), "per layer: how its inputs that no previous layer "
+                                           "quantized are quantized ({0: {from_output: true}} or settings)",
+                                           layer=True)
     fold_bn: bool = setting(Bool(True), "fold batch-norm into the preceding conv/linear first")
     clip_keep_avg_from_bits: int | None = setting(
         OptionalInt(8, lo=2, hi=32), "from this many activation bits, a clipped range still covers [avg_min, "
@@ -88,17 +99,19 @@ class PostTrainLinearQuantizer(Quantizer):
         super().__init__(model, optimizer, **kwargs)
         self.site_config = {}  # site name -> settings used for its range
         self.ranges = {}
+        self.folded_bn = {}  # layer -> its folded batch-norm, whose stats record the layer takes
 
     def quantize_inputs(self):
         return self.config.quantize_inputs
 
     def prepare_model(self):
         if self.prepared is None and self.config.fold_bn:
-            self.model = fold_batchnorm(self.model)
+            self.model = fold_batchnorm(self.model, self.folded_bn)
         first = self.prepared is None
         gm = super().prepare_model()
         if not first:
             return gm
+        self._add_input_quantizers(gm)
         self.set_state(True, False)  # post-training: quantized, nothing learns
         self.integer_layers = self._install_integer_arithmetic(gm) if self.config.integer_arithmetic else []
         stats = self.config.model_activation_stats
@@ -106,7 +119,9 @@ class PostTrainLinearQuantizer(Quantizer):
             records = load_stats(stats)
             sites = list(self.activation_quantizers)
             modules = {name for name, _ in self.model.named_modules()}
-            self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats"))
+            chains = {name: tuple(chain.split("->")) for name, chain in self.act_chains.items()}
+            self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats", chains=chains,
+                                         folded=self.folded_bn))
         self.accumulator_report()
         return gm
 
@@ -137,13 +152,45 @@ class PostTrainLinearQuantizer(Quantizer):
             installed.append(layer_name)
         return installed
 
+    def site_settings(self, site):
+        if site.name == "input":  # Distiller's input_overrides / inputs_quant_auto_fallback of the layer reading it
+            return model_input_settings(self, site)
+        for alias in aliases(site.name):  # an override keyed by Distiller's name (layer4.1.relu2 for relu@1)
+            if self.overrides.match(alias) == alias and self.overrides.match(site.name) != site.name:
+                return self.layer_settings(alias)
+        return super().site_settings(site)
+
+    def _add_input_quantizers(self, gm):
+        """Quantizers on layer inputs that input_overrides name and no previous layer quantizes."""
+        added = add_input_quantizers(self, gm, lambda settings: self._fake_quant(settings))
+        for name, (module, settings) in added.items():
+            self.activation_quantizers[name] = module
+            self.site_config[name] = settings
+            self.act_chains[name] = name
+
     def make_activation_quantizer(self, site, settings):
         if not is_quantized(settings.bits_activations):
             return None
-        if graph.is_model_boundary(site) and "clip_acts" not in self.site_override(site):
+        if graph.is_model_boundary(site) and not self._clip_named(site):
             settings = dataclasses.replace(settings, clip_acts="NONE")  # see UNCLIPPED_BY_DEFAULT
         self.site_config[site.name] = settings
-        return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
+        return self._fake_quant(settings)
+
+    def _clip_named(self, site):
+        """Whether the recipe itself sets this site's clipping: an override naming clip_acts for it, or, for the
+        model input, input_overrides on the layer reading it (Distiller's from_output or explicit settings)."""
+        if "clip_acts" in self.site_override(site):
+            return True
+        return site.name == "input" and input_explicitly_set(self, site)
+
+    def _fake_quant(self, settings):
+        if not is_quantized(settings.bits_activations):
+            return None
+        if parse_clip(settings.clip_acts) is ClipMethod.NONE:
+            return ActivationFakeQuant(settings.bits_activations, settings.acts_mode, dynamic=True)
+        # without statistics the clip method applies to each batch's range (Distiller's dynamic mode)
+        return DynamicClipFakeQuant(settings.bits_activations, settings.acts_mode, settings.clip_acts,
+                                    settings.clip_n_stds, settings.clip_half_range)
 
     def make_weight_quantizer(self, module, pname, param, settings):
         if pname != "weight" or not is_quantized(settings.bits_weights):
@@ -157,16 +204,24 @@ class PostTrainLinearQuantizer(Quantizer):
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
 
-        records, hists = collect_stats(self.model, loader, device, max_batches, histograms=self.needs_histograms(),
-                                       quantize_inputs=self.config.quantize_inputs)
+        hist = self.needs_histograms()
+        with observe_layer_inputs(self.model, self.activation_quantizers, hist) as inputs:  # input_overrides
+            records, hists = collect_stats(self.model, loader, device, max_batches, histograms=hist,
+                                           quantize_inputs=self.config.quantize_inputs)
+        records.update({name: obs.stats.record() for name, obs in inputs.items()})
+        if hist:
+            hists.update({name: obs.histogram for name, obs in inputs.items()})
         self.apply_stats(records, hists)
         return records
 
     def apply_stats(self, records, histograms=None):
         for name, fq in self.activation_quantizers.items():
             cfg = self.site_config[name]
-            lo, hi = cfg.range_for(records[name], fq.bits, cfg.acts_mode.symmetric,
-                                   histograms.get(name) if histograms else None)
+            try:
+                lo, hi = cfg.range_for(records[name], fq.bits, cfg.acts_mode.symmetric,
+                                       histograms.get(name) if histograms else None)
+            except RangeError as exc:
+                raise RangeError(f"statistics of {name}: {exc}") from None
             if cfg.clip_keep_avg_from_bits is not None and fq.bits >= cfg.clip_keep_avg_from_bits:
                 lo, hi = keep_avg_range(records[name], lo, hi)
             fq.dynamic = False
