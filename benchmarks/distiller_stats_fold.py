@@ -10,21 +10,17 @@ dropping the BN records from the file) and reports per-site SQNR and test top-1.
 import argparse
 import json
 import math
-import os
 import platform
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from compressor.calibration.module_stats import collect_module_stats  # noqa: E402
-from compressor.core.io import load_checkpoint  # noqa: E402
-from compressor.core.state_keys import load_weights, model_state  # noqa: E402
-from compressor.data import load_data  # noqa: E402
-from compressor.data.loaders import load_calibration_data  # noqa: E402
-from compressor.models import create_model  # noqa: E402
-from compressor.quantization.linear.ptq import PostTrainLinearQuantizer  # noqa: E402
+from compressor.calibration.module_stats import collect_module_stats
+from compressor.core.io import load_checkpoint
+from compressor.core.state_keys import load_weights, model_state
+from compressor.data import load_data
+from compressor.data.loaders import load_calibration_data
+from compressor.models import create_model
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
 
 @torch.no_grad()

@@ -21,8 +21,6 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, Subset
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 from compressor.data.digits import digits_datasets
 from compressor.deploy.export import export_quantized
 from compressor.models import create_model
