@@ -33,7 +33,7 @@ def mcnemar_p(only_a, only_b):
     if n == 0:
         return 1.0
     k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # exact big integers, then one division
     return min(1.0, 2 * tail)
 
 

@@ -26,11 +26,12 @@ import subprocess
 import sys
 import time
 
+from accuracy_stats import machine, wilson  # benchmarks/ (the script's folder is on sys.path)
+
+from compressor.core.io import atomic_write
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-from accuracy_stats import machine, wilson  # benchmarks/ (the script's folder is on sys.path)
-from compressor.core.io import atomic_write
 
 DATASET = "fashion_mnist"
 FINE_TUNE = {  # step -> (recipe, epochs, lr, seed)

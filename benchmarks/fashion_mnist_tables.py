@@ -73,9 +73,10 @@ def boundaries_table(folder):
     lines = ["| config | defaults | " + " | ".join(METHODS[1:]) + " |",
              "|---|---|" + "---|" * (len(METHODS) - 1)]
     for config in CONFIGS:
+        low_bits = int(config.split("A")[1]) < 8  # below 8 activation bits the fix is the input/logits part only
         for variant, label in VARIANTS:
             data = load(folder, f"ptq_{config.lower()}" + (f"_{variant}" if variant else ""))
-            if data is None:
+            if data is None or (variant is None and low_bits and load(folder, f"ptq_{config.lower()}_own_range")):
                 continue
             fp32_mask = unpack_mask(data["fp32"]["mask"])
             details = data["ours_detail"][config]

@@ -18,14 +18,13 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import time
 import warnings
 
 import torch
-
 from accuracy_stats import machine, pack_mask, wilson  # benchmarks/ (the script's folder is on sys.path)
+
 from compressor.app.post_train import sqnr_table
 from compressor.calibration.clipping import CLIP_NAMES
 from compressor.core.io import atomic_write, load_checkpoint

@@ -171,7 +171,7 @@ def test_clipped_ranges_keep_the_averaged_extremes_unless_asked():
     # N_STD with 1 std gives [-1, 1]; the averaged per-sample extremes are [-1, 5]
     ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0}})
     assert ranges["add"] == (-1.0, 5.0)
-    ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0, 
+    ranges = _avg_ranges(overrides={"add": {"clip_acts": "N_STD", "clip_n_stds": 1.0,
                                         "clip_keep_avg_from_bits": None}})
     assert ranges["add"] == (-1.0, 1.0)
     ranges = _avg_ranges(clip_keep_avg_from_bits=None)
