@@ -20,6 +20,7 @@ from compressor.app.deploy_args import run_exports, wants_export
 from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
 from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
+from compressor.app.run_record import publish, training_record
 from compressor.app.summary import print_summary
 
 log = logging.getLogger("compressor")
@@ -230,13 +231,8 @@ class ClassifierRun:
                                 "recipe": self.scheduler.recipe if self.scheduler else None})
         if exported:
             data["export"] = exported
-        self.run.write_json("summary.json", data)
-        hparams = {"arch": self.args.arch, "dataset": self.dataset,
-                   "recipe": os.path.basename(self.args.compress or "none"),
-                   "lr": self.args.lr, "epochs": self.args.epochs, "batch_size": self.args.batch_size,
-                   "bits_weights": bits_w, "bits_activations": bits_a}
-        self.run.hparams(hparams, {"Performance/Test/Top1": test["top1"], "Performance/Test/Loss": test["loss"],
-                                   "Performance/Validation/Top1": best["top1"] if best else 0.0})
+        publish(self.run, data, training_record(self.args, self.dataset, self.recipe and self.recipe.data,
+                                                 (bits_w, bits_a), data), step=max(self.args.epochs - 1, 0))
         return data
 
 

@@ -1,0 +1,183 @@
+"""Look at the TensorBoard a user gets, in a real browser: HParams table and time series, as PNGs.
+
+    python tools/tensorboard_screenshots.py --logdir /tmp/tb16 --out /tmp/tb16_shots [--make-runs]
+
+``--make-runs`` first fills the logdir with short digits runs of every kind the HParams schema
+covers (FP32, 8-bit QAT, DoReFa low-bit, KD, and INT8 post-training from the FP32 run); then
+TensorBoard starts on 127.0.0.1 at a free port and headless Chromium (Debian's ``chromium`` and
+``chromium-driver`` packages, driven over the W3C WebDriver protocol with the standard library: no
+selenium) saves ``hparams.png`` and ``timeseries.png``. The HParams table shows only its first five
+columns until the user ticks more; the script ticks every hyper-parameter box first, as a user
+comparing runs would.
+"""
+
+import argparse
+import base64
+import json
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+COMMON = ["--dataset", "digits", "-b", "64", "-p", "0", "--deterministic"]
+
+
+def _app(script, *argv):
+    cmd = [sys.executable, os.path.join(ROOT, "apps", script), *argv]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+
+
+def make_runs(logdir, epochs):
+    """FP32, QAT, low-bit, KD (student = teacher arch, from the FP32 run) and PTQ runs on digits."""
+    arch = ["-a", "simplenet_digits", *COMMON, "--epochs", str(epochs), "--lr", "0.05", "-o", logdir]
+    _app("compress_classifier.py", *arch, "-n", "fp32")
+    fp32 = glob.glob(os.path.join(logdir, "fp32___*", "best.pth.tar"))[0]
+    _app("compress_classifier.py", *arch, "-n", "qat_int8",
+         "--compress", os.path.join(ROOT, "schedules", "quant_aware_train_8bit.yaml"))
+    _app("compress_classifier.py", *arch, "-n", "kd", "--kd-teacher", "simplenet_digits", "--kd-resume", fp32)
+    _app("post_train_quant.py", "-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32,
+         "--compress", os.path.join(ROOT, "schedules", "post_train_quant", "int8_per_channel_avg.yaml"),
+         "--calibration-size", "256", "-o", logdir, "-n", "ptq_int8")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_tensorboard(logdir, port):
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
+                             "--port", str(port), "--reload_interval", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}/data/runs", "TensorBoard")
+    except SystemExit:
+        proc.kill()
+        raise
+    return proc
+
+
+# every unticked checkbox of the HParams query pane (inside nested shadow roots), ticked
+TICK_ALL = """
+const found = [];
+const walk = (root) => { root.querySelectorAll('*').forEach((el) => {
+  if (el.tagName === 'PAPER-CHECKBOX' && !el.checked) found.push(el);
+  if (el.shadowRoot) walk(el.shadowRoot); }); };
+walk(document);
+found.forEach((el) => el.click());
+return found.length;
+"""
+
+# the time-series view filtered to the tags runs are compared on
+FILTER_TAGS = """
+const box = document.querySelector('input[placeholder*="Filter tags"]');
+if (!box) return false;
+box.value = arguments[0];
+box.dispatchEvent(new Event('input', {bubbles: true}));
+return true;
+"""
+
+
+class Browser:
+    """Headless Chromium through chromedriver's W3C WebDriver HTTP interface."""
+
+    def __init__(self, chromium, chromedriver, size):
+        self.port = free_port()
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.driver = subprocess.Popen([chromedriver, f"--port={self.port}"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        _wait(f"http://127.0.0.1:{self.port}/status", "chromedriver")
+        caps = {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                                         f"--window-size={size}"]}}
+        self.session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+
+    def _call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.load(r)["value"]
+
+    def open(self, url):
+        self._call("POST", f"/session/{self.session}/url", {"url": url})
+
+    def script(self, code, *args):
+        return self._call("POST", f"/session/{self.session}/execute/sync", {"script": code, "args": list(args)})
+
+    def screenshot(self, path):
+        png = base64.b64decode(self._call("GET", f"/session/{self.session}/screenshot"))
+        with open(path, "wb") as f:
+            f.write(png)
+
+    def close(self):
+        try:
+            self._call("DELETE", f"/session/{self.session}")
+        finally:
+            self.driver.terminate()
+            self.driver.wait(timeout=30)
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def _wait(url, what, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"{what} did not answer within {seconds} s")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--logdir", required=True)
+    p.add_argument("--out", required=True, help="folder for hparams.png and timeseries.png")
+    p.add_argument("--make-runs", action="store_true", help="first fill --logdir with short digits runs")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--tags", default="Performance/(Test|Validation)/Top1",
+                   help="tag filter (regex) of the time-series shot")
+    p.add_argument("--size", default="5400,560", help="browser window WIDTH,HEIGHT")
+    p.add_argument("--wait", type=float, default=8.0, help="seconds the page gets to load its data")
+    p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    args = p.parse_args(argv)
+    if args.make_runs:
+        make_runs(args.logdir, args.epochs)
+    os.makedirs(args.out, exist_ok=True)
+    port = free_port()
+    tb = start_tensorboard(args.logdir, port)
+    browser = None
+    try:
+        browser = Browser(args.chromium, args.chromedriver, args.size)
+        browser.open(f"http://127.0.0.1:{port}/#hparams")
+        time.sleep(args.wait)
+        print("ticked", browser.script(TICK_ALL), "more HParams columns")
+        time.sleep(2)
+        browser.screenshot(os.path.join(args.out, "hparams.png"))
+        browser.open(f"http://127.0.0.1:{port}/#timeseries")
+        time.sleep(args.wait)
+        browser.script(FILTER_TAGS, args.tags)
+        time.sleep(2)
+        browser.screenshot(os.path.join(args.out, "timeseries.png"))
+        print(os.path.join(args.out, "hparams.png"), os.path.join(args.out, "timeseries.png"))
+    finally:
+        if browser is not None:
+            browser.close()
+        tb.terminate()
+        tb.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
