@@ -217,7 +217,7 @@ class ClassifierRun:
             "epochs_run": epochs_run,
             "epochs": self.args.epochs,
             "best": best,
-            "test": {k: test[k] for k in ("top1", "top5", "loss")},
+            "test": {k: test[k] for k in ("top1", "top5", "loss", "images")},
             "bits_weights": bits_w,
             "bits_activations": bits_a,
             "run_dir": self.run.path,
@@ -231,8 +231,9 @@ class ClassifierRun:
                                 "recipe": self.scheduler.recipe if self.scheduler else None})
         if exported:
             data["export"] = exported
-        publish(self.run, data, training_record(self.args, self.dataset, self.recipe and self.recipe.data,
-                                                 (bits_w, bits_a), data), step=max(self.args.epochs - 1, 0))
+        record = training_record(self.args, self.dataset, self.recipe and self.recipe.data, (bits_w, bits_a), data,
+                                 self.model)
+        publish(self.run, data, record, step=max(self.args.epochs - 1, 0))
         return data
 
 

@@ -106,8 +106,12 @@ def _export_metric(export):
     return {"Export/Agreement": min(found)} if found else {}
 
 
-def training_record(args, dataset, recipe_data, bits, summary):
-    """(hparams, metrics) of a compress_classifier run, from its arguments, recipe data and summary dict."""
+def training_record(args, dataset, recipe_data, bits, summary, model=None):
+    """(hparams, metrics) of a compress_classifier run, from its arguments, recipe data and summary dict
+    (``model``: an unquantized run's size, all parameters at 32 bits, goes into the summary)."""
+    if model is not None and "model_size_bits" not in summary:
+        fp32 = 32 * sum(p.numel() for p in model.parameters())
+        summary["model_size_bits"] = {"quantized": fp32, "fp32": fp32}
     spec = _quantizer_spec(recipe_data)
     distillers = list(((recipe_data or {}).get("distillers") or {}).values())
     teacher = None
