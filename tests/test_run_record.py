@@ -122,4 +122,8 @@ def test_real_fp32_qat_and_ptq_runs_share_the_schema(tmp_path, root):
         assert summary["hparams"] == read[kind][2] | {k: int(v) for k, v in read[kind][2].items()
                                                       if isinstance(HPARAMS[k], int)}
         assert summary["wall_time_s"] > 0 and test["images"] == 360
+        compute = summary["compute"]["totals"]
+        bits = 32 if kind == "fp32" else 8
+        assert compute["macs"] > 0 and compute["vs_fp32"]["weight_bytes"] <= 1.0
+        assert {r["w_bits"] for r in summary["compute"]["layers"]} == {bits}
     assert read["qat"][2]["recipe"] == "quant_aware_train_8bit.yaml" and read["qat"][2]["lr"] == pytest.approx(0.1)

@@ -232,7 +232,7 @@ class ClassifierRun:
         if exported:
             data["export"] = exported
         record = training_record(self.args, self.dataset, self.recipe and self.recipe.data, (bits_w, bits_a), data,
-                                 self.model)
+                                 self.model, next(iter(self.test_loader))[0][:1])
         publish(self.run, data, record, step=max(self.args.epochs - 1, 0))
         return data
 

@@ -17,6 +17,8 @@ made-up number). The same record goes into summary.json (``hparams``, ``metrics`
 import os
 import time
 
+from compressor.app.summary import compute_summary
+
 # hyper-parameter -> its value when it does not apply to a run (which also fixes its type)
 HPARAMS = {
     "kind": "n/a",  # fp32 | qat | low-bit | kd | ptq (kd with a quantizer: "qat+kd", "low-bit+kd")
@@ -106,12 +108,20 @@ def _export_metric(export):
     return {"Export/Agreement": min(found)} if found else {}
 
 
-def training_record(args, dataset, recipe_data, bits, summary, model=None):
-    """(hparams, metrics) of a compress_classifier run, from its arguments, recipe data and summary dict
-    (``model``: an unquantized run's size, all parameters at 32 bits, goes into the summary)."""
+def _add_compute(summary, model, sample):
+    if model is not None and sample is not None:
+        summary["compute"] = compute_summary(model, sample, only_enabled=True)
+
+
+def training_record(args, dataset, recipe_data, bits, summary, model=None, sample=None):
+    """(hparams, metrics) of a compress_classifier run, from its arguments, recipe data and summary dict.
+
+    With ``model``, an unquantized run's size (all parameters at 32 bits) goes into the summary, and
+    with ``sample`` (one input) its per-layer compute (MACs, bits, BOPs, memory: ``compute``)."""
     if model is not None and "model_size_bits" not in summary:
         fp32 = 32 * sum(p.numel() for p in model.parameters())
         summary["model_size_bits"] = {"quantized": fp32, "fp32": fp32}
+    _add_compute(summary, model, sample)
     spec = _quantizer_spec(recipe_data)
     distillers = list(((recipe_data or {}).get("distillers") or {}).values())
     teacher = None
@@ -139,11 +149,12 @@ def training_record(args, dataset, recipe_data, bits, summary, model=None):
     return complete(hparams), metrics
 
 
-def ptq_record(args, dataset, config, summary, quantizer=None):
+def ptq_record(args, dataset, config, summary, quantizer=None, sample=None):
     """(hparams, metrics) of a post-training run, from its arguments, quantizer config and summary dict
-    (``quantizer``, prepared: its model size goes into the summary)."""
+    (``quantizer``, prepared: its model size, and with ``sample`` its per-layer compute, go into the summary)."""
     if quantizer is not None and quantizer.prepared is not None:
         summary["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
+        _add_compute(summary, quantizer.prepared, sample)
     spec = {"class": "PostTrainLinearQuantizer", **config}
     hparams = {
         "kind": "ptq", "arch": args.arch, "dataset": dataset,
