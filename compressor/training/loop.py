@@ -3,9 +3,9 @@
 import logging
 
 import torch
-from tqdm import tqdm
 
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
+from compressor.core.progress import progress
 
 log = logging.getLogger("compressor")
 OBJECTIVE = "Objective Loss"
@@ -18,7 +18,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
     meters = {OVERALL: AverageMeter(), OBJECTIVE: AverageMeter()}
     correct1 = correct5 = seen = 0
     steps = len(loader)
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, file=None)
+    bar = progress(loader, f"train {epoch}")
     for i, (inputs, target) in enumerate(bar):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
@@ -62,7 +62,7 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
     loss_meter = AverageMeter()
     correct1 = correct5 = seen = 0
     confusion = None
-    for inputs, target in tqdm(loader, desc=desc, leave=False, disable=None):
+    for inputs, target in progress(loader, desc):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inputs)
         loss_meter.update(criterion(output, target).item(), inputs.size(0))
