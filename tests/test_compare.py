@@ -21,6 +21,7 @@ def training_summary(top1, best, size=None, images=360, wall=10.0, kind="fp32", 
                      "epochs": 3}}
     if size:
         s["model_size_bits"] = {"quantized": size, "fp32": 1_228_096}
+        s["compute"] = {"layers": [], "totals": {"vs_fp32": {"bops": bits[0] * bits[1] / 1024}}}
     return s
 
 
@@ -66,6 +67,7 @@ def test_runs_found_recursively_with_their_values(logdir):
     assert by_run["qat"]["bits"] == "8/8" and by_run["qat"]["recipe"] == "qat.yaml"
     assert by_run["qat"]["size_vs_fp32"] == pytest.approx(309_000 / 1_228_096)
     assert by_run["fp32"]["top1_ci95"] == pytest.approx(wilson_interval(97.5, 360))
+    assert by_run["qat"]["bops_vs_fp32"] == pytest.approx(1 / 16) and by_run["fp32"]["bops_vs_fp32"] == 1.0
     ptq = by_run["ptq"]  # legacy summary: read from its own keys
     assert (ptq["kind"], ptq["bits"], ptq["top1"], ptq["epochs"]) == ("ptq", "8/8", 96.9, 0)
     assert ptq["export_agreement"] == 99.7 and ptq["top1_ci95"] is None and ptq["best_val"] is None

@@ -3,7 +3,7 @@
     python tools/tensorboard_screenshots.py --logdir /tmp/tb16 --out /tmp/tb16_shots [--make-runs]
 
 ``--make-runs`` first fills the logdir with short digits runs of every kind the HParams schema
-covers (FP32, 8-bit QAT, DoReFa low-bit, KD, and INT8 post-training from the FP32 run); then
+covers (FP32, 8-bit QAT, KD, DoReFa W4A4 low-bit, and INT8 post-training from the FP32 run); then
 TensorBoard starts on 127.0.0.1 at a free port and headless Chromium (Debian's ``chromium`` and
 ``chromium-driver`` packages, driven over the W3C WebDriver protocol with the standard library: no
 selenium) saves ``hparams.png`` and ``timeseries.png``. The HParams table shows only its first five
@@ -37,13 +37,17 @@ def _app(script, *argv):
 
 
 def make_runs(logdir, epochs):
-    """FP32, QAT, low-bit, KD (student = teacher arch, from the FP32 run) and PTQ runs on digits."""
+    """FP32, QAT, KD (student = teacher arch, from the FP32 run), low-bit (DoReFa W4A4 resnet20) and PTQ
+    runs on digits."""
     arch = ["-a", "simplenet_digits", *COMMON, "--epochs", str(epochs), "--lr", "0.05", "-o", logdir]
     _app("compress_classifier.py", *arch, "-n", "fp32")
     fp32 = glob.glob(os.path.join(logdir, "fp32___*", "best.pth.tar"))[0]
     _app("compress_classifier.py", *arch, "-n", "qat_int8",
          "--compress", os.path.join(ROOT, "schedules", "quant_aware_train_8bit.yaml"))
     _app("compress_classifier.py", *arch, "-n", "kd", "--kd-teacher", "simplenet_digits", "--kd-resume", fp32)
+    _app("compress_classifier.py", "-a", "resnet20_cifar", *COMMON, "--epochs", str(epochs), "--lr", "0.1",
+         "-o", logdir, "-n", "dorefa_w4a4",
+         "--compress", os.path.join(ROOT, "schedules", "quant_aware_train", "resnet20_cifar_dorefa_w4a4.yaml"))
     _app("post_train_quant.py", "-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32,
          "--compress", os.path.join(ROOT, "schedules", "post_train_quant", "int8_per_channel_avg.yaml"),
          "--calibration-size", "256", "-o", logdir, "-n", "ptq_int8")
@@ -140,6 +144,21 @@ def _wait(url, what, seconds=60):
     raise SystemExit(f"{what} did not answer within {seconds} s")
 
 
+def fold_for_docs(src, dst, left_pane=480, rows_px=420, width=1800):
+    """The wide HParams table without its left pane and cut in two halves stacked, scaled to ``width``."""
+    from PIL import Image  # matplotlib's dependency
+
+    im = Image.open(src).convert("RGB")
+    table = im.crop((left_pane, 0, im.width, min(im.height, rows_px)))
+    half = table.width // 2
+    folded = Image.new("RGB", (half, table.height * 2), "white")
+    folded.paste(table.crop((0, 0, half, table.height)), (0, 0))
+    folded.paste(table.crop((half, 0, table.width, table.height)), (0, table.height))
+    folded = folded.resize((width, round(folded.height * width / half)), Image.LANCZOS)
+    folded.save(dst, optimize=True)
+    print(dst, f"{os.path.getsize(dst) / 1024:.0f} KiB")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--logdir", required=True)
@@ -148,7 +167,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--tags", default="Performance/(Test|Validation)/Top1",
                    help="tag filter (regex) of the time-series shot")
-    p.add_argument("--size", default="5400,560", help="browser window WIDTH,HEIGHT")
+    p.add_argument("--docs-png", metavar="FILE", default=None,
+                   help="also write the HParams table folded in two halves, scaled for the docs")
+    p.add_argument("--size", default="5400,800", help="browser window WIDTH,HEIGHT")
     p.add_argument("--wait", type=float, default=8.0, help="seconds the page gets to load its data")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     p.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -172,6 +193,8 @@ def main(argv=None):
         time.sleep(2)
         browser.screenshot(os.path.join(args.out, "timeseries.png"))
         print(os.path.join(args.out, "hparams.png"), os.path.join(args.out, "timeseries.png"))
+        if args.docs_png:
+            fold_for_docs(os.path.join(args.out, "hparams.png"), args.docs_png)
     finally:
         if browser is not None:
             browser.close()

@@ -29,10 +29,10 @@ COLUMNS = {
     "run": "run", "arch": "arch", "dataset": "dataset", "kind": "kind", "recipe": "recipe",
     "quantizer": "quantizer", "bits": "bits W/A", "method": "method", "epochs": "epochs",
     "top1": "test top-1", "top1_ci95": "95 % CI", "best_val": "best val top-1", "size_vs_fp32": "size vs FP32",
-    "size_mib": "size MiB", "export_agreement": "export agree %", "wall_time_s": "wall s",
+    "size_mib": "size MiB", "bops_vs_fp32": "BOPs vs FP32", "export_agreement": "export agree %", "wall_time_s": "wall s",
 }
-METRIC_COLUMNS = ("run", "top1", "top1_ci95", "best_val", "size_vs_fp32", "size_mib", "export_agreement",
-                  "wall_time_s")
+METRIC_COLUMNS = ("run", "top1", "top1_ci95", "best_val", "size_vs_fp32", "size_mib", "bops_vs_fp32",
+                  "export_agreement", "wall_time_s")
 SORT_KEYS = {  # --sort KEY: (column, descending)
     "top1": ("top1", True), "best_val": ("best_val", True), "size": ("size_mib", False),
     "wall": ("wall_time_s", False), "run": ("run", False),
@@ -116,6 +116,7 @@ def load_row(run_dir):
         "best_val": best.get("top1"),
         "size_vs_fp32": size["quantized"] / size["fp32"] if size.get("fp32") else None,
         "size_mib": size["quantized"] / 8 / 2 ** 20 if size.get("quantized") else None,
+        "bops_vs_fp32": ((s.get("compute") or {}).get("totals") or {}).get("vs_fp32", {}).get("bops"),
         "export_agreement": _export_agreement(s), "wall_time_s": s.get("wall_time_s"),
         "fp32_top1": (s.get("fp32") or {}).get("top1"),
     }
@@ -147,7 +148,7 @@ def _cell(column, value):
         return f"[{value[0]:.1f}, {value[1]:.1f}]"
     if column in ("top1", "best_val", "export_agreement"):
         return f"{value:.2f}"
-    if column == "size_vs_fp32":
+    if column in ("size_vs_fp32", "bops_vs_fp32"):
         return f"{value:.3f}x"
     if column == "size_mib":
         return f"{value:.4f}"
