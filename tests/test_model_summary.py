@@ -76,3 +76,14 @@ def test_summary_flag_prints_the_compute_table(tmp_path, capsys, root):
     out = capsys.readouterr().out
     assert "BOPs" in out and "vs FP32: BOPs x0.0170 (58.7x fewer)" in out
     assert "40,813,184" in out
+
+
+def test_low_bit_activations_count(root):
+    """DoReFa's activation modules replace the ReLUs; the layers reading them count at their 4 bits."""
+    model = create_model("resnet20_cifar", "cifar10")
+    recipe = read_recipe(f"{root}/schedules/quant_aware_train/resnet20_cifar_dorefa_w4a4.yaml")
+    scheduler = build_scheduler(recipe, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    rows = {r["name"]: r for r in compute_summary(scheduler.model, torch.randn(1, 3, 32, 32))["layers"]}
+    assert (rows["conv1"]["w_bits"], rows["conv1"]["a_bits"]) == (8, 32)  # the image itself is not quantized
+    assert (rows["layer1.0.conv1"]["w_bits"], rows["layer1.0.conv1"]["a_bits"]) == (4, 8)  # conv1's ReLU: 8
+    assert (rows["layer2.1.conv2"]["w_bits"], rows["layer2.1.conv2"]["a_bits"]) == (4, 4)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,17 +145,18 @@ def _wait(url, what, seconds=60):
     raise SystemExit(f"{what} did not answer within {seconds} s")
 
 
-def fold_for_docs(src, dst, left_pane=480, rows_px=420, width=1800):
-    """The wide HParams table without its left pane and cut in two halves stacked, scaled to ``width``."""
+def fold_for_docs(src, dst, left_pane=0.2, rows_px=420, width=1800):
+    """The wide HParams table without its left pane (``left_pane`` of the width) and cut in two halves
+    stacked, scaled to ``width``, in 64 colours (a small PNG)."""
     from PIL import Image  # matplotlib's dependency
 
     im = Image.open(src).convert("RGB")
-    table = im.crop((left_pane, 0, im.width, min(im.height, rows_px)))
+    table = im.crop((int(left_pane * im.width), 0, im.width, min(im.height, rows_px)))
     half = table.width // 2
     folded = Image.new("RGB", (half, table.height * 2), "white")
     folded.paste(table.crop((0, 0, half, table.height)), (0, 0))
     folded.paste(table.crop((half, 0, table.width, table.height)), (0, table.height))
-    folded = folded.resize((width, round(folded.height * width / half)), Image.LANCZOS)
+    folded = folded.resize((width, round(folded.height * width / half)), Image.LANCZOS).quantize(64)
     folded.save(dst, optimize=True)
     print(dst, f"{os.path.getsize(dst) / 1024:.0f} KiB")
 
@@ -189,7 +191,10 @@ def main(argv=None):
         browser.screenshot(os.path.join(args.out, "hparams.png"))
         browser.open(f"http://127.0.0.1:{port}/#timeseries")
         time.sleep(args.wait)
-        browser.script(FILTER_TAGS, args.tags)
+        try:
+            browser.script(FILTER_TAGS, args.tags)
+        except urllib.error.HTTPError as exc:  # the shot still shows every tag group
+            print(f"warning: the tag filter could not be set ({exc}); time series unfiltered")
         time.sleep(2)
         browser.screenshot(os.path.join(args.out, "timeseries.png"))
         print(os.path.join(args.out, "hparams.png"), os.path.join(args.out, "timeseries.png"))

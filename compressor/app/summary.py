@@ -6,7 +6,7 @@ whatever the model really runs (grouped convs, strides, the quantized model's pa
 resnet20_cifar on a 32x32 image: 40,813,184 MACs (81,626,368 FLOPs).
 
 Bits come from the model itself: a layer's weight bits from its weight quantizer, its activation bits
-from the fake-quant module whose output it reads (found by a forward hook, not by name matching), else
+from the quantizer module (``QuantModule``: linear fake-quant or low-bit activation) whose output it reads (found by a forward hook, not by name matching), else
 32. BOPs = MACs x w_bits x a_bits (bit operations, as in the mixed-precision literature, e.g. Baskin
 et al. 2018, Uhlich et al. 2020); weight memory counts weights at their bits and biases at 32,
 activation memory counts each layer's input at its bits (one image).
@@ -17,7 +17,7 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.quantization.fake_quant import ActivationFakeQuant
+from compressor.quantization.quant_module import QuantModule
 
 FP_BITS = 32
 
@@ -77,7 +77,9 @@ def compute_summary(model, sample, only_enabled=False):
 
         return hook
 
-    hooks = [m.register_forward_hook(mark) for m in model.modules() if isinstance(m, ActivationFakeQuant)]
+    # every quantizer module (linear fake-quant or low-bit activation): its output is a quantized tensor;
+    # weight quantizers run inside parametrizations, so their outputs never feed a layer's input
+    hooks = [m.register_forward_hook(mark) for m in model.modules() if isinstance(m, QuantModule)]
     hooks += [m.register_forward_hook(record(n)) for n, m in layers.items()]
     try:
         with FlopCounterMode(display=False) as counter:
