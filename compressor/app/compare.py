@@ -233,8 +233,8 @@ def plot(rows, path):
         ax.annotate(r["run"].split("___")[0], (r["size_mib"] * 1024, r["top1"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=8)
     front = pareto_front(pts)
-    ax.plot([r["size_mib"] * 1024 for r in front], [r["top1"] for r in front], "--", color="gray",
-            label="Pareto front")
+    ax.plot([r["size_mib"] * 1024 for r in front], [r["top1"] for r in front], "--o", color="gray",
+            markerfacecolor="none", markersize=13, label="Pareto front (ringed)")
     ax.set_xlabel("model size (KiB, weights at their bit widths)")
     ax.set_ylabel("test top-1 (%) with 95 % interval")
     ax.set_title("accuracy vs model size")
