@@ -75,7 +75,8 @@ def test_every_kind_writes_the_same_schema(tmp_path):
     assert all(sorted(w[2]) == sorted(HPARAMS) for w in written.values())
     values = {kind: w[2] for kind, w in written.items()}
     assert [values[k]["kind"] for k in values] == ["fp32", "qat", "low-bit", "kd", "ptq"]
-    assert values["qat"]["quantizer"] == "QuantAwareTrainRangeLinearQuantizer" and values["qat"]["per_channel_wts"] == "true"
+    assert values["qat"]["quantizer"] == "QuantAwareTrainRangeLinearQuantizer"
+    assert values["qat"]["per_channel_wts"] == "true"
     assert values["low-bit"]["method"] == "DOREFA" and values["low-bit"]["bits_weights"] == 4
     assert values["kd"]["teacher"] == "simplenet_digits:fp32"
     ptq = values["ptq"]
@@ -105,7 +106,8 @@ def test_real_fp32_qat_and_ptq_runs_share_the_schema(tmp_path, root):
     common = ["-a", "simplenet_digits", "--dataset", "digits", "--epochs", "1", "-b", "64", "-p", "0",
               "--deterministic", "--etrs", "0.3", "-o", str(tmp_path)]
     assert classifier(common + ["-n", "fp32"]) == 0
-    assert classifier(common + ["-n", "qat", "--compress", os.path.join(root, "schedules", "quant_aware_train_8bit.yaml")]) == 0
+    qat = os.path.join(root, "schedules", "quant_aware_train_8bit.yaml")
+    assert classifier(common + ["-n", "qat", "--compress", qat]) == 0
     fp32 = glob.glob(os.path.join(tmp_path, "fp32___*"))[0]
     assert post_train(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from",
                        os.path.join(fp32, "best.pth.tar"), "--calibration-size", "128", "-o", str(tmp_path),

@@ -13,8 +13,8 @@ comparing runs would.
 
 import argparse
 import base64
-import json
 import glob
+import json
 import os
 import shutil
 import socket

@@ -29,7 +29,8 @@ COLUMNS = {
     "run": "run", "arch": "arch", "dataset": "dataset", "kind": "kind", "recipe": "recipe",
     "quantizer": "quantizer", "bits": "bits W/A", "method": "method", "epochs": "epochs",
     "top1": "test top-1", "top1_ci95": "95 % CI", "best_val": "best val top-1", "size_vs_fp32": "size vs FP32",
-    "size_mib": "size MiB", "bops_vs_fp32": "BOPs vs FP32", "export_agreement": "export agree %", "wall_time_s": "wall s",
+    "size_mib": "size MiB", "bops_vs_fp32": "BOPs vs FP32", "export_agreement": "export agree %",
+    "wall_time_s": "wall s",
 }
 METRIC_COLUMNS = ("run", "top1", "top1_ci95", "best_val", "size_vs_fp32", "size_mib", "bops_vs_fp32",
                   "export_agreement", "wall_time_s")

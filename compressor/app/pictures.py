@@ -130,7 +130,9 @@ def post_train_pictures(run_dir, quantizer, gm, batch, sqnr_rows, device):
     for name, x in acts.items():
         fq = quantizer.activation_quantizers[name]
         limits = quantizer.ranges.get(name) if hasattr(quantizer, "ranges") else None
-        entries.append((name, x, limits or (_represented_range(fq) if getattr(fq, "observed", True) else None), fq.bits))
+        if limits is None and getattr(fq, "observed", True):
+            limits = _represented_range(fq)
+        entries.append((name, x, limits, fq.bits))
         if writer is not None:
             writer.add_histogram(f"Activations/{name}", x, 0)
     if entries:

@@ -6,10 +6,11 @@ whatever the model really runs (grouped convs, strides, the quantized model's pa
 resnet20_cifar on a 32x32 image: 40,813,184 MACs (81,626,368 FLOPs).
 
 Bits come from the model itself: a layer's weight bits from its weight quantizer, its activation bits
-from the quantizer module (``QuantModule``: linear fake-quant or low-bit activation) whose output it reads (found by a forward hook, not by name matching), else
-32. BOPs = MACs x w_bits x a_bits (bit operations, as in the mixed-precision literature, e.g. Baskin
-et al. 2018, Uhlich et al. 2020); weight memory counts weights at their bits and biases at 32,
-activation memory counts each layer's input at its bits (one image).
+from the quantizer module (``QuantModule``: linear fake-quant or low-bit activation) whose output it
+reads (found by a forward hook, not by name matching), else 32. BOPs = MACs x w_bits x a_bits (bit
+operations, as in the mixed-precision literature, e.g. Baskin et al. 2018, Uhlich et al. 2020); weight
+memory counts weights at their bits and biases at 32, activation memory each layer's input at its
+bits (one image).
 """
 
 import torch
