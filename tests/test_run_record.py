@@ -29,7 +29,7 @@ def read_hparams(run_dir):
 
 
 def args(**kw):
-    base = dict(arch="simplenet_digits", compress=None, lr=0.05, epochs=3, batch_size=64, seed=0)
+    base = dict(arch="simplenet_digits", compress=None, lr=0.05, epochs=3, batch_size=64, seed=0, deterministic=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -117,6 +117,7 @@ def test_real_fp32_qat_and_ptq_runs_share_the_schema(tmp_path, root):
     assert {k: r[0] for k, r in read.items()} == {k: list(HPARAMS) for k in runs}
     assert {k: r[1] for k, r in read.items()} == {k: list(METRICS) for k in runs}
     assert {k: r[2]["kind"] for k, r in read.items()} == {"fp32": "fp32", "qat": "qat", "ptq": "ptq"}
+    assert read["fp32"][2]["seed"] == "0"  # --deterministic without --seed runs with seed 0
     for kind, path in runs.items():
         summary = json.load(open(os.path.join(path, "summary.json")))
         test = summary["quantized"] if kind == "ptq" else summary["test"]

@@ -17,6 +17,7 @@ made-up number). The same record goes into summary.json (``hparams``, ``metrics`
 import os
 import time
 
+from compressor.app.common import resolved_seed
 from compressor.app.summary import compute_summary
 
 # hyper-parameter -> its value when it does not apply to a run (which also fixes its type)
@@ -136,7 +137,7 @@ def training_record(args, dataset, recipe_data, bits, summary, model=None, sampl
         "quantizer": spec["class"] if spec else None, "method": _method(spec),
         "bits_weights": bits[0], "bits_activations": bits[1],
         "clip_acts": spec.get("clip_acts") if spec else None, "per_channel_wts": _per_channel(spec),
-        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": resolved_seed(args),
         "teacher": teacher,
     }
     test = summary["test"]
@@ -163,7 +164,7 @@ def ptq_record(args, dataset, config, summary, quantizer=None, sample=None):
         "bits_weights": config.get("bits_weights") or config.get("bits_parameters") or 32,
         "bits_activations": config.get("bits_activations") or 32,
         "clip_acts": str(config.get("clip_acts") or "NONE").upper(), "per_channel_wts": _per_channel(spec),
-        "epochs": 0, "batch_size": args.batch_size, "seed": args.seed,
+        "epochs": 0, "batch_size": args.batch_size, "seed": resolved_seed(args),
         "calibration_images": summary.get("calibration_images", 0),
     }
     quant = summary["quantized"]
