@@ -20,7 +20,9 @@ setup(
         "scipy>=1.10",  # LAPQ's joint clipping search (scipy.optimize.minimize, Powell), as Distiller's --qe-lapq
         "onnx>=1.15",  # QDQ export (deployment)
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
+        "matplotlib>=3.7",  # compare --plot and the post-training pictures (PNG); pulls no torch
     ],
+    entry_points={"console_scripts": ["compressor=compressor.cli:main"]},
     extras_require={"test": ["pytest>=7"]},
     # The apps/ scripts stay for Distiller users; installed, the same mains are these commands.
     entry_points={"console_scripts": [

@@ -20,6 +20,7 @@ from compressor.app.deploy_args import run_exports, wants_export
 from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
 from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
+from compressor.app.run_record import publish, training_record
 from compressor.app.summary import print_summary
 
 log = logging.getLogger("compressor")
@@ -216,7 +217,7 @@ class ClassifierRun:
             "epochs_run": epochs_run,
             "epochs": self.args.epochs,
             "best": best,
-            "test": {k: test[k] for k in ("top1", "top5", "loss")},
+            "test": {k: test[k] for k in ("top1", "top5", "loss", "images")},
             "bits_weights": bits_w,
             "bits_activations": bits_a,
             "run_dir": self.run.path,
@@ -230,13 +231,9 @@ class ClassifierRun:
                                 "recipe": self.scheduler.recipe if self.scheduler else None})
         if exported:
             data["export"] = exported
-        self.run.write_json("summary.json", data)
-        hparams = {"arch": self.args.arch, "dataset": self.dataset,
-                   "recipe": os.path.basename(self.args.compress or "none"),
-                   "lr": self.args.lr, "epochs": self.args.epochs, "batch_size": self.args.batch_size,
-                   "bits_weights": bits_w, "bits_activations": bits_a}
-        self.run.hparams(hparams, {"Performance/Test/Top1": test["top1"], "Performance/Test/Loss": test["loss"],
-                                   "Performance/Validation/Top1": best["top1"] if best else 0.0})
+        record = training_record(self.args, self.dataset, self.recipe and self.recipe.data, (bits_w, bits_a), data,
+                                 self.model, next(iter(self.test_loader))[0][:1])
+        publish(self.run, data, record, step=max(self.args.epochs - 1, 0))
         return data
 
 

@@ -21,7 +21,9 @@ from compressor.app.context import RunContext
 from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
 from compressor.app.deploy_args import add_deploy_arguments, run_exports
+from compressor.app.pictures import post_train_pictures
 from compressor.app.qe_args import add_qe_arguments, config_as_recipe, ptq_config_in, qe_config
+from compressor.app.run_record import ptq_record, publish
 
 log = logging.getLogger("compressor")
 
@@ -145,6 +147,7 @@ class PostTrainRun:
 
     def report(self):
         rows = sqnr_table(self.quantizer, self.gm, next(iter(self.calib_loader))[0], self.device)
+        post_train_pictures(self.run, self.quantizer, self.gm, next(iter(self.calib_loader))[0], rows, self.device)
         log.info("Per-layer quantization (SQNR of each quantized activation vs FP32, one calibration batch):\n%s",
                  tabulate(rows, headers=["activation", "bits", "clip", "range", "SQNR dB"]))
         if self.quantizer.accumulator_rows:
@@ -165,7 +168,7 @@ class PostTrainRun:
 
     def summarize(self, fp32, quant):
         args, config = self.args, self.config
-        pick = lambda r: {k: r[k] for k in ("top1", "top5", "loss")}  # noqa: E731
+        pick = lambda r: {k: r[k] for k in ("top1", "top5", "loss", "images")}  # noqa: E731
         summary = {"arch": args.arch, "dataset": self.dataset, "checkpoint": self.source,
                    "calibration_images": len(self.calib_loader.dataset) if self.records is not None else 0,
                    "quantizer": self.saved_config(),
@@ -175,14 +178,10 @@ class PostTrainRun:
                                {"arch": args.arch, "dataset": self.dataset, "recipe": self.saved_recipe()})
         if exported:
             summary["export"] = exported
-        self.run.write_json("summary.json", summary)
         self.run.scalars({"PTQ/FP32/Top1": fp32["top1"], "PTQ/FP32/Loss": fp32["loss"],
                           "PTQ/Quantized/Top1": quant["top1"], "PTQ/Quantized/Loss": quant["loss"]}, 0)
-        self.run.hparams({"arch": args.arch, "bits_activations": config.get("bits_activations") or 32,
-                          "bits_weights": config.get("bits_parameters") or 32,
-                          "clip_acts": str(config.get("clip_acts", "NONE")),
-                          "per_channel_wts": bool(config.get("per_channel_wts"))},
-                         {"PTQ/Quantized/Top1": quant["top1"], "PTQ/FP32/Top1": fp32["top1"]})
+        sample = next(iter(self.calib_loader))[0][:1]
+        publish(self.run, summary, ptq_record(args, self.dataset, config, summary, self.quantizer, sample))
         log.info("FP32 top-1 %.3f -> quantized top-1 %.3f", fp32["top1"], quant["top1"])
         return summary
 

@@ -18,6 +18,7 @@ LAYERS = (
     ("compressor.training",),
     ("compressor.deploy",),
     ("compressor.app",),
+    ("compressor.compare", "compressor.cli"),  # command-line entry points (python -m compressor.compare)
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

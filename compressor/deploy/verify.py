@@ -4,6 +4,7 @@ import logging
 
 import torch
 
+from compressor.core.progress import progress
 from compressor.training.metrics import topk_correct
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ def agreement(simulated, exported, loader, device="cpu"):
     simulated.eval()
     same = correct_sim = correct_exp = seen = 0
     max_diff = 0.0
-    for inputs, target in loader:
+    for inputs, target in progress(loader, "verify export"):
         a = simulated(inputs.to(device)).float().cpu()
         b = exported(inputs.cpu()).float()
         same += (a.argmax(1) == b.argmax(1)).sum().item()

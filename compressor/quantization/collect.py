@@ -3,6 +3,7 @@ quantize, in ONE pass over the calibration data."""
 
 import torch
 
+from compressor.core.progress import progress
 from compressor.quantization.graph import sites as graph
 from compressor.calibration.stats import StatsObserver
 
@@ -17,7 +18,8 @@ def instrument(model, quantize_inputs=True, histograms=False, bins=2048):
 
 @torch.no_grad()
 def _run(gm, loader, device, max_batches):
-    for i, batch in enumerate(loader):
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, batch in enumerate(progress(loader, "calibrate", total)):
         if max_batches is not None and i >= max_batches:
             break
         gm(batch[0].to(device))

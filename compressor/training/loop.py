@@ -3,9 +3,9 @@
 import logging
 
 import torch
-from tqdm import tqdm
 
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
+from compressor.core.progress import progress
 
 log = logging.getLogger("compressor")
 OBJECTIVE = "Objective Loss"
@@ -18,7 +18,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
     meters = {OVERALL: AverageMeter(), OBJECTIVE: AverageMeter()}
     correct1 = correct5 = seen = 0
     steps = len(loader)
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, file=None)
+    bar = progress(loader, f"train {epoch}")
     for i, (inputs, target) in enumerate(bar):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
@@ -57,12 +57,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
 
 @torch.no_grad()
 def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
-    """Returns {'top1', 'top5', 'loss'} (and 'confusion' when ``num_classes`` is given)."""
+    """Returns {'top1', 'top5', 'loss', 'images'} (and 'confusion' when ``num_classes`` is given)."""
     model.eval()
     loss_meter = AverageMeter()
     correct1 = correct5 = seen = 0
     confusion = None
-    for inputs, target in tqdm(loader, desc=desc, leave=False, disable=None):
+    for inputs, target in progress(loader, desc):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inputs)
         loss_meter.update(criterion(output, target).item(), inputs.size(0))
@@ -71,7 +71,8 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
         if num_classes:
             cm = confusion_matrix(output, target, num_classes)
             confusion = cm if confusion is None else confusion + cm
-    result = {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "loss": loss_meter.avg}
+    result = {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "loss": loss_meter.avg,
+              "images": seen}
     log.info("==> Top1: %.3f    Top5: %.3f    Loss: %.3f", result["top1"], result["top5"], result["loss"])
     if confusion is not None:
         result["confusion"] = confusion.tolist()

@@ -29,6 +29,8 @@ class RunDirectory:
             self.path = os.path.join(out_dir, f"{self.name}___{stamp}-{suffix}")
             suffix += 1
         self._writer = None
+        self.started = time.time()  # wall time of the run, for summary.json
+        self.written_tags = set()  # scalar tags written so far
         if is_main:
             os.makedirs(self.path, exist_ok=True)
         self._setup_logging()
@@ -72,9 +74,13 @@ class RunDirectory:
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+                self.written_tags.add(tag)
 
     def hparams(self, hparams, metrics):
-        """Write the HParams-dashboard record in this run's own event file (metrics = existing scalar tags)."""
+        """Write the HParams-dashboard record in this run's own event file (metrics = existing scalar tags).
+
+        TensorBoard keeps ONE experiment description per logdir (the first it finds), so every run must
+        pass the same keys: see compressor.app.run_record."""
         if self.writer is None:
             return
         from torch.utils.tensorboard.summary import hparams as hp_summary

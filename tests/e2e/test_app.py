@@ -48,7 +48,7 @@ def test_digits_run_writes_every_output(tmp_path, app):
     assert summary["arch"] == "simplenet_digits" and summary["dataset"] == "digits"
     assert summary["epochs_run"] == 2
     assert summary["test"]["top1"] > 50.0  # learns within 2 epochs
-    assert set(summary["test"]) == {"top1", "top5", "loss"}
+    assert set(summary["test"]) == {"top1", "top5", "loss", "images"} and summary["test"]["images"] == 360
     log = open(os.path.join(path, "full.log")).read()
     assert "==> Top1: " in log and "Quantized layers" in log and "Confusion matrix" in log
     ckpt = load_checkpoint(os.path.join(path, "checkpoint.pth.tar"))  # weights_only=True

@@ -28,7 +28,8 @@ def test_int8_per_channel_run_writes_every_output(tmp_path, fp32_checkpoint):
     path, summary = ptq(tmp_path, "int8", "--resume-from", fp32_checkpoint, "--qe-per-channel", "--qe-mode", "asym_u",
                         "--qe-clip-acts", "avg", "--calibration-size", "256")
     assert {"acts_quantization_stats.yaml", "layer_quant_params.yaml", "quantized_checkpoint.pth.tar",
-            "summary.json", "int8.log"} <= set(os.listdir(path))
+            "summary.json", "int8.log", "sqnr_bits.png", "activation_histograms.png",
+            "weight_histograms.png"} <= set(os.listdir(path))
     assert summary["calibration_images"] == 256
     assert abs(summary["fp32"]["top1"] - summary["quantized"]["top1"]) <= 1.0
     stats = load_stats(os.path.join(path, "acts_quantization_stats.yaml"))
