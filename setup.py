@@ -22,11 +22,12 @@ setup(
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
         "matplotlib>=3.7",  # compare --plot and the post-training pictures (PNG); pulls no torch
     ],
-    entry_points={"console_scripts": ["compressor=compressor.cli:main"]},
     extras_require={"test": ["pytest>=7"]},
-    # The apps/ scripts stay for Distiller users; installed, the same mains are these commands.
+    # The apps/ scripts stay for Distiller users; installed, the same mains are these commands,
+    # and `compressor compare` compares run folders.
     entry_points={"console_scripts": [
         "compress-classifier = compressor.app.classifier:main",
         "post-train-quant = compressor.app.post_train:main",
+        "compressor = compressor.cli:main",
     ]},
 )
