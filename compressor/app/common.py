@@ -1,6 +1,14 @@
-"""What both apps share: argparse number types, the parent parser of their common flags, the device choice."""
+"""What both apps share: argparse number types, the parent parser of their common flags, the device choice,
+and the check of outputs against inputs.
+
+Every number enters through ``number``: finite (``nan``/``inf`` parse as floats, and were accepted
+before), in range, and an integer where a count is meant (``--calibration-size 1.5`` silently
+meant one image).
+"""
 
 import argparse
+import math
+import os
 
 import torch
 
@@ -14,8 +22,10 @@ def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=N
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected} (a finite number), got {text!r}")
         if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {value}")
         return value
@@ -27,12 +37,34 @@ def fraction(flag):
     return number(flag, expected="a number in [0, 1]", lo=0.0, hi=1.0)
 
 
-def positive_int(flag):
-    return number(flag, int, expected="a positive integer", lo=0, lo_open=True)
+MAX_COUNT = 2 ** 31 - 1  # epochs, batch sizes...: past this, TensorBoard steps and tensor sizes overflow
 
 
-def non_negative(flag, kind=float):
-    return number(flag, kind)
+def positive_int(flag, hi=MAX_COUNT):
+    return number(flag, int, expected=f"a positive integer up to {hi}", lo=0, lo_open=True, hi=hi)
+
+
+def seed(flag="--seed"):
+    """numpy seeds are 32-bit: -1 and 2**70 failed with a numpy traceback."""
+    return number(flag, int, expected="an integer in [0, 2**32 - 1]", lo=0, hi=2 ** 32 - 1)
+
+
+def count_or_fraction(flag):
+    """A fraction in (0, 1], or a whole count above 1 (1.5 is neither)."""
+    expected = "a count (a whole number) or a fraction in (0, 1]"
+    parse_number = number(flag, expected=expected, lo=0, lo_open=True, hi=MAX_COUNT)
+
+    def parse(text):
+        value = parse_number(text)
+        if value > 1 and value != int(value):
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}")
+        return int(value) if value > 1 else value
+
+    return parse
+
+
+def non_negative(flag, kind=float, hi=None):
+    return number(flag, kind, hi=hi if hi is not None else (MAX_COUNT if kind is int else None))
 
 
 def common_parser(batch_size=256):
@@ -55,7 +87,7 @@ def common_parser(batch_size=256):
     p.add_argument("--vs", "--validation-split", type=fraction("--vs"), default=0.1, dest="validation_split",
                    help="fraction of the training set held out for validation; 0 validates on the test set")
     p.add_argument("--deterministic", "--det", action="store_true", help="deterministic kernels and seeding")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0 with --deterministic)")
+    p.add_argument("--seed", type=seed(), default=None, help="random seed (default: 0 with --deterministic)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--gpus", metavar="IDS", default=None, help="comma-separated GPU ids, e.g. 0,1")
     p.add_argument("-n", "--name", default=None, help="experiment name (run folder prefix and log name)")
