@@ -15,6 +15,11 @@ import torch
 from compressor.core.errors import UsageError
 from compressor.data.loaders import DATASETS
 
+# flags that name files a run reads; no output may be one of them
+INPUT_FLAGS = {"compress": "--compress", "resume_from": "--resume-from",
+               "exp_load_weights_from": "--exp-load-weights-from", "qe_stats_file": "--qe-stats-file",
+               "qe_config_file": "--qe-config-file", "kd_resume": "--kd-resume"}
+
 
 def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=None):
     """An argparse type: ``kind`` within [lo, hi] (lo excluded with ``lo_open``), else a message naming the flag."""
@@ -132,3 +137,40 @@ def pick_device(args):
         if bad:
             raise UsageError(f"--gpus: no such device {bad}; this machine has {torch.cuda.device_count()}")
     return torch.device("cuda", ids[0]), ids
+
+
+def check_outputs(args):
+    """Before any work: an output path that is an input, a folder, or not writable is a UsageError.
+
+    (``--export-onnx`` equal to ``--resume-from`` replaced the checkpoint with the ONNX file, and an
+    unwritable path failed only after the whole training.)
+    """
+    out_dir = getattr(args, "out_dir", None)
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"-o/--out-dir {out_dir} is a file, not a folder")
+    if out_dir and os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"-o/--out-dir {out_dir}: no permission to write there")
+    export = getattr(args, "export_onnx", None)
+    if export:
+        _check_output_file("--export-onnx", export, args)
+
+
+def _check_output_file(flag, path, args):
+    for attr, in_flag in INPUT_FLAGS.items():
+        source = getattr(args, attr, None)
+        if isinstance(source, str) and source and _same_file(source, path):
+            raise UsageError(f"{flag} {path} is the {in_flag} input: an output never overwrites an input; "
+                             f"choose another file")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {folder}")
+
+
+def _same_file(a, b):
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)

@@ -14,6 +14,8 @@ import shutil
 import sys
 import time
 
+import yaml
+
 from compressor.core.errors import UsageError
 from compressor.core.io import save_checkpoint, atomic_write_text
 
@@ -87,11 +89,17 @@ class RunDirectory:
         if self.is_main and path:
             shutil.copy(path, self.file(os.path.basename(path)))
 
+    def write_text(self, name, text):
+        """``text`` into ``name`` in the run folder, atomically."""
+        if self.is_main:
+            atomic_write_text(self.file(name), text)
+
     def write_json(self, name, data):
         """Strict JSON: a non-finite number (a diverged metric) is written as null, never as NaN."""
-        if self.is_main:
-            text = json.dumps(finite_or_null(data), indent=2, allow_nan=False)
-            atomic_write_text(self.file(name), text + "\n")
+        self.write_text(name, json.dumps(finite_or_null(data), indent=2, allow_nan=False) + "\n")
+
+    def write_yaml(self, name, data):
+        self.write_text(name, yaml.safe_dump(data, sort_keys=False))
 
     def save_checkpoint(self, checkpoint, is_best):
         if not self.is_main:
