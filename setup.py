@@ -21,7 +21,7 @@ setup(
         "onnx>=1.15",  # QDQ export (deployment)
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},  # hypothesis: the YAML fuzz tests
     # The apps/ scripts stay for Distiller users; installed, the same mains are these commands.
     entry_points={"console_scripts": [
         "compress-classifier = compressor.app.classifier:main",

@@ -37,7 +37,8 @@ def load_stats(source):
         except RecipeError as exc:
             raise StatsError("invalid statistics file:\n  " + "\n  ".join(map(str, exc.issues))) from None
     if not isinstance(data, dict):
-        raise StatsError(f"{where}: expected a mapping of module name -> {{inputs:, output:}}")
+        at = f"{where}:1" if lines or not isinstance(source, dict) else where
+        raise StatsError(f"{at}: expected a mapping of module name -> {{inputs:, output:}}, got {type(data).__name__}")
     records, issues = {}, []
 
     def issue(path, message):

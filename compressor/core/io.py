@@ -193,6 +193,7 @@ def load_checkpoint(path):
             data = f.read()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    clean_stale_temp_files(os.path.dirname(os.path.abspath(path)))  # debris of a writer killed in that folder
     if not _verify_digest(data, path):
         log.info("Note: %s has no integrity digest (written by another tool or an older version)", path)
     try:
