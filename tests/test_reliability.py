@@ -314,6 +314,7 @@ GOOD = {"epoch": 1, "state_dict": {"w": torch.ones(2)}, "optimizer_state_dict": 
     (7, "holds a int, expected a mapping"),
     ({**GOOD, "best_scores": [["a", 1, 2]]}, "'best_scores' is [['a', 1, 2]], expected a list of [top1, top5, epoch]"),
     ({**GOOD, "best_scores": 3}, "'best_scores' is 3"),
+    ({**GOOD, "rng": {"python": 1, "numpy": [], "torch": 0}}, "'rng' is {'python': 1, 'numpy': [], 'torch': 0}, expected"),
     ({**GOOD, "state_dict": {"w": torch.tensor([1.0, float("nan")])}}, "state_dict['w'] holds NaN values"),
     ({"w": torch.tensor([float("inf")])}, "the state dict['w'] holds infinite values"),
 ])

@@ -114,7 +114,7 @@ class ClassifierRun:
         if self.checkpoint:
             try:
                 self._resume(self.checkpoint)
-            except (RuntimeError, ValueError, KeyError) as exc:
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"--resume-from {self.args.resume_from} does not fit this run: {exc}") from None
 
     def check_exportable(self):

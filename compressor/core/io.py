@@ -240,13 +240,23 @@ _TRAINING_KEYS = {
     "compression_sched": (lambda v: v is None or isinstance(v, dict), "a scheduler state (a mapping) or null"),
     "recipe": (lambda v: v is None or isinstance(v, (dict, str)), "a recipe (a mapping) or null"),
     "quantizer": (lambda v: v is None or isinstance(v, dict), "a quantizer state (a mapping) or null"),
-    "rng": (lambda v: v is None or (isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v)),
-            "RNG states {python, numpy, torch} or null"),
+    "rng": (lambda v: v is None or _is_rng_state(v), "RNG states {python, numpy, torch} as saved by this tool, or null"),
     "best_scores": (lambda v: isinstance(v, list) and all(
         isinstance(b, (list, tuple)) and len(b) == 3 and _is_number(b[0]) and _is_number(b[1]) and _is_int(b[2])
         for b in v), "a list of [top1, top5, epoch]"),
     "data_seed": (lambda v: v is None or (_is_int(v) and 0 <= v < 2 ** 32), "an integer in [0, 2**32)"),
 }
+
+
+def _is_rng_state(v):
+    """The shape ``compressor.training.determinism.rng_state`` writes."""
+    if not isinstance(v, dict) or not {"python", "numpy", "torch"} <= set(v):
+        return False
+    python, numpy = v["python"], v["numpy"]
+    return (isinstance(python, list) and len(python) == 3 and isinstance(python[1], list)
+            and all(_is_int(x) for x in python[1])
+            and isinstance(numpy, list) and len(numpy) == 5 and isinstance(numpy[0], str) and torch.is_tensor(numpy[1])
+            and torch.is_tensor(v["torch"]) and v["torch"].dtype == torch.uint8)
 
 
 def check_checkpoint(checkpoint, path):
