@@ -184,6 +184,7 @@ policies:
 
 # --- divergence ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe_text", [None, QAT], ids=["fp32", "qat"])
 def test_divergence_stops_with_a_clear_error(tmp_path, capsys, recipe_text):
     extra = []
@@ -405,6 +406,7 @@ def test_non_utf8_statistics_file(tmp_path):
 
 # --- faults --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     calls = []
     real = core_io._write_bytes
@@ -427,6 +429,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tmp_path, capsys, monk
     assert not [f for f in os.listdir(os.path.join(tmp_path, folder)) if f.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path, capsys, monkeypatch):
     real = loop.train_one_epoch
     from compressor.app import classifier
