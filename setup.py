@@ -22,7 +22,8 @@ setup(
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
         "matplotlib>=3.7",  # compare --plot and the post-training pictures (PNG); pulls no torch
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # hypothesis: the recipe/stats-file fuzz tests; ruff: the lint step of .ci/run
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"]},
     # The apps/ scripts stay for Distiller users; installed, the same mains are these commands,
     # and `compressor compare` compares run folders.
     entry_points={"console_scripts": [

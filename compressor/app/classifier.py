@@ -15,6 +15,7 @@ from compressor.training.loop import evaluate, train_one_epoch
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 from compressor.app.args import classifier_parser
 from compressor.app.context import RunContext
+from compressor.training.faults import resumable
 from compressor.app.post_train import main_from_classifier_args
 from compressor.app.deploy_args import run_exports, wants_export
 from compressor.core.errors import UsageError
@@ -114,7 +115,7 @@ class ClassifierRun:
         if self.checkpoint:
             try:
                 self._resume(self.checkpoint)
-            except (RuntimeError, ValueError, KeyError) as exc:
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"--resume-from {self.args.resume_from} does not fit this run: {exc}") from None
 
     def check_exportable(self):
@@ -243,7 +244,7 @@ def run_classifier(args):
         if args.summary:
             print_summary(run.model, args.summary, run.train_loader)
             return
-        epochs_run = 0 if args.evaluate else run.train()
+        epochs_run = 0 if args.evaluate else resumable(run.run, run.train)
         run.summary(epochs_run, run.test())
     finally:
         run.run.close()

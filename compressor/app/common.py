@@ -1,11 +1,24 @@
-"""What both apps share: argparse number types, the parent parser of their common flags, the device choice."""
+"""What both apps share: argparse number types, the parent parser of their common flags, the device choice,
+and the check of outputs against inputs.
+
+Every number enters through ``number``: finite (``nan``/``inf`` parse as floats, and were accepted
+before), in range, and an integer where a count is meant (``--calibration-size 1.5`` silently
+meant one image).
+"""
 
 import argparse
+import math
+import os
 
 import torch
 
 from compressor.core.errors import UsageError
 from compressor.data.loaders import DATASETS
+
+# flags that name files a run reads; no output may be one of them
+INPUT_FLAGS = {"compress": "--compress", "resume_from": "--resume-from",
+               "exp_load_weights_from": "--exp-load-weights-from", "qe_stats_file": "--qe-stats-file",
+               "qe_config_file": "--qe-config-file", "kd_resume": "--kd-resume"}
 
 
 def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=None):
@@ -14,8 +27,10 @@ def number(flag, kind=float, expected="a number >= 0", lo=0, lo_open=False, hi=N
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected} (a finite number), got {text!r}")
         if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {value}")
         return value
@@ -27,12 +42,34 @@ def fraction(flag):
     return number(flag, expected="a number in [0, 1]", lo=0.0, hi=1.0)
 
 
-def positive_int(flag):
-    return number(flag, int, expected="a positive integer", lo=0, lo_open=True)
+MAX_COUNT = 2 ** 31 - 1  # epochs, batch sizes...: past this, TensorBoard steps and tensor sizes overflow
 
 
-def non_negative(flag, kind=float):
-    return number(flag, kind)
+def positive_int(flag, hi=MAX_COUNT):
+    return number(flag, int, expected=f"a positive integer up to {hi}", lo=0, lo_open=True, hi=hi)
+
+
+def seed(flag="--seed"):
+    """numpy seeds are 32-bit: -1 and 2**70 failed with a numpy traceback."""
+    return number(flag, int, expected="an integer in [0, 2**32 - 1]", lo=0, hi=2 ** 32 - 1)
+
+
+def count_or_fraction(flag):
+    """A fraction in (0, 1], or a whole count above 1 (1.5 is neither)."""
+    expected = "a count (a whole number) or a fraction in (0, 1]"
+    parse_number = number(flag, expected=expected, lo=0, lo_open=True, hi=MAX_COUNT)
+
+    def parse(text):
+        value = parse_number(text)
+        if value > 1 and value != int(value):
+            raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}")
+        return int(value) if value > 1 else value
+
+    return parse
+
+
+def non_negative(flag, kind=float, hi=None):
+    return number(flag, kind, hi=hi if hi is not None else (MAX_COUNT if kind is int else None))
 
 
 def common_parser(batch_size=256):
@@ -55,7 +92,7 @@ def common_parser(batch_size=256):
     p.add_argument("--vs", "--validation-split", type=fraction("--vs"), default=0.1, dest="validation_split",
                    help="fraction of the training set held out for validation; 0 validates on the test set")
     p.add_argument("--deterministic", "--det", action="store_true", help="deterministic kernels and seeding")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0 with --deterministic)")
+    p.add_argument("--seed", type=seed(), default=None, help="random seed (default: 0 with --deterministic)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--gpus", metavar="IDS", default=None, help="comma-separated GPU ids, e.g. 0,1")
     p.add_argument("-n", "--name", default=None, help="experiment name (run folder prefix and log name)")
@@ -100,3 +137,40 @@ def pick_device(args):
         if bad:
             raise UsageError(f"--gpus: no such device {bad}; this machine has {torch.cuda.device_count()}")
     return torch.device("cuda", ids[0]), ids
+
+
+def check_outputs(args):
+    """Before any work: an output path that is an input, a folder, or not writable is a UsageError.
+
+    (``--export-onnx`` equal to ``--resume-from`` replaced the checkpoint with the ONNX file, and an
+    unwritable path failed only after the whole training.)
+    """
+    out_dir = getattr(args, "out_dir", None)
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"-o/--out-dir {out_dir} is a file, not a folder")
+    if out_dir and os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"-o/--out-dir {out_dir}: no permission to write there")
+    export = getattr(args, "export_onnx", None)
+    if export:
+        _check_output_file("--export-onnx", export, args)
+
+
+def _check_output_file(flag, path, args):
+    for attr, in_flag in INPUT_FLAGS.items():
+        source = getattr(args, attr, None)
+        if isinstance(source, str) and source and _same_file(source, path):
+            raise UsageError(f"{flag} {path} is the {in_flag} input: an output never overwrites an input; "
+                             f"choose another file")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {folder}")
+
+
+def _same_file(a, b):
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)

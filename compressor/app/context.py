@@ -16,7 +16,7 @@ from compressor.data.loaders import SHAPE_ADAPTIVE, load_calibration_data
 from compressor.models import arch_family
 from compressor.training.determinism import seed_everything
 from compressor.training.run_dir import RunDirectory
-from compressor.app.common import pick_device, resolved_seed
+from compressor.app.common import check_outputs, pick_device, resolved_seed
 
 log = logging.getLogger("compressor")
 ARGS_FILE = "args.yaml"
@@ -35,6 +35,7 @@ class RunContext:
     @classmethod
     def from_args(cls, args):
         """Device, seed (every RNG seeded now), dataset and shape; nothing is written yet."""
+        check_outputs(args)  # before any work: no output may be an input, every output writable
         device, gpu_ids = pick_device(args)
         seed = resolved_seed(args)
         if seed is not None:

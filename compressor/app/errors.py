@@ -21,9 +21,13 @@ def run_guarded(fn, *args):
         return 2
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. -o names a file, or a folder without write access
-        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # e.g. -o names a file, or a folder without write access; a full disk
+        print(f"error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"error: {exc.strerror or exc}",
+              file=sys.stderr)
         return 2
     finally:
         torch.use_deterministic_algorithms(deterministic_before)

@@ -16,7 +16,7 @@ from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.training.loop import evaluate
 from compressor.training.state import TrainState, load_model_weights
-from compressor.app.common import add_weight_sources, common_parser, fraction, number, one_weight_source
+from compressor.app.common import add_weight_sources, common_parser, count_or_fraction, fraction, one_weight_source
 from compressor.app.context import RunContext
 from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
@@ -35,7 +35,7 @@ def post_train_parser():
     p.add_argument("--compress", metavar="RECIPE", default=None,
                    help="PTQ recipe (one PostTrainLinearQuantizer); without it the --qe flags configure it")
     p.add_argument("--calibration-size", default=512,
-                   type=number("--calibration-size", expected="a count, or a fraction in (0, 1]", lo=0, lo_open=True),
+                   type=count_or_fraction("--calibration-size"),
                    help="training images used for calibration: a count, or a fraction when <= 1 (default: 512)")
     p.add_argument("--pretrained", action="store_true",
                    help="quantize torchvision's pretrained weights (from TORCH_HOME, never downloaded)")

@@ -4,6 +4,7 @@ import argparse
 
 import yaml
 
+from compressor.app.common import count_or_fraction, number
 from compressor.calibration.clipping import CLIP_NAMES, parse_clip
 from compressor.core.errors import QeError
 from compressor.quantization.linear.dynamic_clip import DYNAMIC_CLIPS
@@ -36,19 +37,19 @@ def add_qe_arguments(parser, with_switch=True):
                    help="mode of activations (default: --qe-mode)")
     g.add_argument("--qe-mode-wts", "--qemw", choices=list(MODES), default=None,
                    help="mode of weights (default: --qe-mode)")
-    g.add_argument("--qe-bits-acts", "--qeba", type=int, default=8, metavar="N",
+    g.add_argument("--qe-bits-acts", "--qeba", type=number("--qe-bits-acts", int, "0 (FP32) or 2..16", hi=16), default=8, metavar="N",
                    help="activation bits, 0 = FP32 (default: 8)")
-    g.add_argument("--qe-bits-wts", "--qebw", type=int, default=8, metavar="N", help="weight bits, 0 = FP32 (default: 8)")
-    g.add_argument("--qe-bits-accum", type=int, default=32, metavar="N", help="accumulator bits (default: 32)")
+    g.add_argument("--qe-bits-wts", "--qebw", type=number("--qe-bits-wts", int, "0 (FP32) or 2..16", hi=16), default=8, metavar="N", help="weight bits, 0 = FP32 (default: 8)")
+    g.add_argument("--qe-bits-accum", type=number("--qe-bits-accum", int, "an integer in [1, 64]", lo=1, hi=64), default=32, metavar="N", help="accumulator bits (default: 32)")
     g.add_argument("--qe-clip-acts", "--qeca", choices=[c.lower() for c in CLIP_NAMES], default="none",
                    help="activation clipping (default: none); with --qe-dynamic applied to each batch")
-    g.add_argument("--qe-clip-n-stds", type=float, default=None, help="with --qe-clip-acts n_std (> 0)")
-    g.add_argument("--qe-clip-percentile", type=float, default=99.99, help="with --qe-clip-acts percentile")
+    g.add_argument("--qe-clip-n-stds", type=number("--qe-clip-n-stds", expected="a number > 0", lo_open=True), default=None, help="with --qe-clip-acts n_std (> 0)")
+    g.add_argument("--qe-clip-percentile", type=number("--qe-clip-percentile", expected="a percentile in (0, 100]", lo_open=True, hi=100), default=99.99, help="with --qe-clip-acts percentile")
     g.add_argument("--qe-no-clip-layers", "--qencl", nargs="+", default=[], metavar="NAME", help="layers not clipped")
     g.add_argument("--qe-no-quant-layers", "--qenql", nargs="+", default=[], metavar="NAME",
                    help="layers kept in FP32")
     g.add_argument("--qe-per-channel", "--qepc", action="store_true", help="per-channel weight scales")
-    g.add_argument("--qe-scale-approx-bits", "--qesab", type=int, default=None, metavar="M",
+    g.add_argument("--qe-scale-approx-bits", "--qesab", type=number("--qe-scale-approx-bits", int, "an integer in [1, 32]", lo=1, hi=32), default=None, metavar="M",
                    help="approximate scales with M-bit integer multipliers")
     g.add_argument("--qe-save-fp-weights", action="store_true",
                    help="accepted for Distiller compatibility: quantized checkpoints always keep the FP32 weights")
@@ -62,7 +63,7 @@ def add_qe_arguments(parser, with_switch=True):
     stats = g.add_mutually_exclusive_group()
     stats.add_argument("--qe-stats-file", default=None, metavar="PATH", help="activation stats YAML")
     stats.add_argument("--qe-dynamic", action="store_true", help="online ranges from each batch (no stats)")
-    stats.add_argument("--qe-calibration", type=float, default=None, metavar="FRACTION",
+    stats.add_argument("--qe-calibration", type=count_or_fraction("--qe-calibration"), default=None, metavar="FRACTION",
                        help="collect stats on this fraction of the training split")
     stats.add_argument("--qe-config-file", default=None, metavar="PATH",
                        help="YAML with a PostTrainLinearQuantizer section (overrides the other --qe flags)")

@@ -33,6 +33,20 @@ class RangeError(CompressorError):
     """A quantization range that cannot be computed: min above max, a non-positive n_stds, ..."""
 
 
+class DiskFullError(CompressorError):
+    """The disk filled up while writing an output; the previous version of that file is intact."""
+
+
+class DivergenceError(CompressorError):
+    """Training produced non-finite losses, weights or quantizer ranges."""
+
+
+class Interrupted(CompressorError):
+    """The user stopped the run (Ctrl-C / SIGINT); exits 130 like a shell does for SIGINT."""
+
+    exit_code = 130
+
+
 class TraceError(CompressorError):
     """torch.fx could not trace the model."""
 

@@ -1,8 +1,7 @@
 """Safe YAML loading that remembers the line of every key, for error messages."""
 
-import yaml
-
 from compressor.core.errors import RecipeError, RecipeIssue
+from compressor.core.safe_yaml import load_yaml, read_text
 
 
 class Recipe:
@@ -18,43 +17,16 @@ class Recipe:
             if path in self.lines:
                 return self.lines[path]
             path = path[:-1]
-        return None
+        return 1 if self.lines else None
 
     def issue(self, path, message):
         return RecipeIssue(self.file, self.line(path), path, message)
 
 
-def _walk(node, path, lines, issues, file):
-    if isinstance(node, yaml.MappingNode):
-        seen = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                issues.append(RecipeIssue(file, line, path + (key,), f"duplicate key (first at line {seen[key]})"))
-            seen[key] = line
-            lines[path + (key,)] = line
-            _walk(value_node, path + (key,), lines, issues, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines, issues, file)
-
-
 def parse_recipe(text, file="<recipe>"):
-    """Parse YAML text with the safe loader; a RecipeError for syntax errors and duplicate keys."""
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise RecipeError([RecipeIssue(file, line, (), f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    lines, issues = {}, []
-    if root is not None:
-        _walk(root, (), lines, issues, file)
-    if issues:
-        raise RecipeError(issues)
+    """Parse YAML text with the bounded safe loader; a RecipeError for syntax errors, duplicate keys and
+    oversized documents (see ``compressor.core.safe_yaml``)."""
+    data, lines = load_yaml(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -63,11 +35,4 @@ def parse_recipe(text, file="<recipe>"):
 
 
 def load_recipe(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise RecipeError([RecipeIssue(path, None, (), f"cannot read recipe: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise RecipeError([RecipeIssue(path, None, (), "not a YAML text file (not UTF-8)")]) from None
-    return parse_recipe(text, path)
+    return parse_recipe(read_text(path, "recipe"), path)

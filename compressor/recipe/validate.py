@@ -2,6 +2,7 @@
 
 import inspect
 import logging
+import math
 import re
 
 import torch
@@ -15,6 +16,11 @@ NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
 POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators",
                 "distiller": "distillers"}
 TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
+MAX_EPOCH = 10 ** 6  # far beyond any schedule; bounds the epoch lists policies expand to
+# LR-scheduler arguments whose domain torch does not check (gamma: -10 or .nan trained on silently)
+POSITIVE_LR_ARGS = {"gamma", "gammas", "step_size", "T_max", "T_0", "T_mult", "total_iters", "max_lr", "factor"}
+NON_NEGATIVE_LR_ARGS = {"eta_min", "min_lr", "base_lr", "cooldown", "patience", "eps", "threshold"}
+EPOCH_LIST_LR_ARGS = {"milestones"}
 
 
 def _is_int(v):
@@ -126,6 +132,10 @@ def _validate_lr_scheduler_args(recipe, path, cls, args):
     for key in args:
         if key not in accepted:
             issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {accepted}"))
+        else:
+            message = _lr_value_issue(key, args[key])
+            if message:
+                issues.append(recipe.issue(path + (key,), message))
     for pname, p in sig.parameters.items():
         if pname in ("self", "optimizer") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
@@ -149,6 +159,34 @@ def _validate_lr_scheduler_args(recipe, path, cls, args):
         except Exception as exc:  # any failure here comes from the user's values
             issues.append(recipe.issue(path, f"invalid arguments for {cls.__name__}: {exc}"))
     return issues
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    return []
+
+
+def _lr_value_issue(key, value):
+    """A message when an LR-scheduler value is out of its domain (non-finite, gamma <= 0, milestones not epochs)."""
+    if any(not math.isfinite(n) for n in _numbers(value)):
+        return f"expected finite numbers, got {value!r}"
+    if key in EPOCH_LIST_LR_ARGS:
+        if not isinstance(value, list) or not all(_is_int(v) and 0 <= v <= MAX_EPOCH for v in value):
+            return f"expected a list of epoch numbers (integers >= 0), got {value!r}"
+    values = value if isinstance(value, list) else [value]
+    if key in POSITIVE_LR_ARGS and any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
+        return f"expected a number > 0, got {value!r}"
+    if key in NON_NEGATIVE_LR_ARGS and any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0
+                                           for v in values):
+        return f"expected a number >= 0, got {value!r}"
+    return None
 
 
 def _type_mismatch(default, value):
@@ -240,8 +278,9 @@ def _validate_timing(recipe, path, policy):
         if triple:
             return [recipe.issue(path + (triple[0],), "'epochs' and starting_epoch/ending_epoch/frequency are mutually exclusive")]
         epochs = policy["epochs"]
-        if not isinstance(epochs, list) or not epochs or not all(_is_int(e) and e >= 0 for e in epochs):
-            return [recipe.issue(path + ("epochs",), f"expected a non-empty list of epoch numbers >= 0, got {epochs!r}")]
+        if not isinstance(epochs, list) or not epochs or not all(_is_int(e) and 0 <= e <= MAX_EPOCH for e in epochs):
+            return [recipe.issue(path + ("epochs",), f"expected a non-empty list of epoch numbers in [0, {MAX_EPOCH}], "
+                                                     f"got {epochs!r}")]
         if len(set(epochs)) != len(epochs):
             return [recipe.issue(path + ("epochs",), "epochs are listed twice")]
         return []
@@ -249,8 +288,8 @@ def _validate_timing(recipe, path, policy):
     for k in ("starting_epoch", "ending_epoch"):
         if k not in policy:
             issues.append(recipe.issue(path, f"missing '{k}' (or give an 'epochs' list)"))
-        elif not _is_int(policy[k]) or policy[k] < 0:
-            issues.append(recipe.issue(path + (k,), f"expected an integer >= 0, got {policy[k]!r}"))
+        elif not _is_int(policy[k]) or not 0 <= policy[k] <= MAX_EPOCH:
+            issues.append(recipe.issue(path + (k,), f"expected an integer in [0, {MAX_EPOCH}], got {policy[k]!r}"))
     if "frequency" in policy and (not _is_int(policy["frequency"]) or policy["frequency"] <= 0):
         issues.append(recipe.issue(path + ("frequency",), f"expected an integer > 0, got {policy['frequency']!r}"))
     if issues:

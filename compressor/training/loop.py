@@ -1,9 +1,16 @@
-"""One training epoch and one evaluation pass, calling the compression scheduler at Distiller's points."""
+"""One training epoch and one evaluation pass, calling the compression scheduler at Distiller's points.
+
+Divergence is checked where it costs nothing: the loss of every step is already read as a Python
+float (for the meters), a forward pass that fails is examined for non-finite weights (a NaN weight
+makes QAT's zero point fail inside torch), and the state (weights and quantizer ranges) is scanned
+once per epoch.
+"""
 
 import logging
 
 import torch
 
+from compressor.training.faults import check_loss, check_model, first_non_finite
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
 from compressor.core.progress import progress
 
@@ -23,15 +30,17 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
-        output = model(inputs)
+        output = _forward(model, inputs, epoch, i)
         loss = criterion(output, target)
         meters[OBJECTIVE].update(loss.item(), inputs.size(0))
+        check_loss(meters[OBJECTIVE].avg, epoch, i, steps)
         if scheduler:
             agg = scheduler.before_backward_pass(epoch, i, steps, loss, optimizer, return_loss_components=True)
             loss = agg.overall_loss
             for comp in agg.loss_components:
                 meters.setdefault(comp.name, AverageMeter()).update(comp.value.item(), inputs.size(0))
         meters[OVERALL].update(loss.item(), inputs.size(0))
+        check_loss(meters[OVERALL].avg, epoch, i, steps, "overall loss")
         c1, c5 = topk_correct(output.detach(), target)
         correct1, correct5, seen = correct1 + c1, correct5 + c5, seen + inputs.size(0)
 
@@ -49,10 +58,21 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
                 epoch, i + 1, steps, meters[OVERALL].avg, meters[OBJECTIVE].avg, extra,
                 100.0 * correct1 / seen, 100.0 * correct5 / seen, optimizer.param_groups[0]["lr"],
             )
+    check_model(model, epoch)
     stats = {name: m.avg for name, m in meters.items()}
     stats.update(Top1=100.0 * correct1 / max(seen, 1), Top5=100.0 * correct5 / max(seen, 1),
                  LR=optimizer.param_groups[0]["lr"])
     return stats
+
+
+def _forward(model, inputs, epoch, step):
+    """The forward pass; a failure caused by non-finite weights or ranges is reported as divergence."""
+    try:
+        return model(inputs)
+    except RuntimeError:
+        if first_non_finite(model) is not None:
+            check_model(model, epoch, step)
+        raise
 
 
 @torch.no_grad()

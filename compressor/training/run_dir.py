@@ -1,11 +1,14 @@
 """The run directory: log file, recipe copy, TensorBoard events, checkpoints and summary.
 
 Everything a run writes goes through this one object, so that with several
-processes only the main one writes (``is_main``).
+processes only the main one writes (``is_main``). The folder is made with one ``mkdir`` that fails
+if the name is taken (never "exists? then create", which let concurrent runs share a folder), and
+the name (``-n``) is a plain folder name, so nothing is written outside ``-o``.
 """
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -13,26 +16,24 @@ import time
 
 import yaml
 
-from compressor.core.io import atomic_write_text, save_checkpoint
+from compressor.core.errors import UsageError
+from compressor.core.io import save_checkpoint, atomic_write_text
 
 log = logging.getLogger("compressor")
 
 
 class RunDirectory:
     def __init__(self, out_dir, name, is_main=True):
-        self.name = name or "run"
+        self.name = check_run_name(name or "run")
         self.is_main = is_main
-        stamp = time.strftime("%Y.%m.%d-%H%M%S")
-        self.path = os.path.join(out_dir, f"{self.name}___{stamp}")
-        suffix = 1
-        while is_main and os.path.exists(self.path):  # two runs started in the same second
-            self.path = os.path.join(out_dir, f"{self.name}___{stamp}-{suffix}")
-            suffix += 1
+        self.last_checkpoint = None  # the newest checkpoint this run wrote completely
         self._writer = None
         self.started = time.time()  # wall time of the run, for summary.json
         self.written_tags = set()  # scalar tags written so far
         if is_main:
-            os.makedirs(self.path, exist_ok=True)
+            self.path = make_run_folder(out_dir, self.name)
+        else:
+            self.path = os.path.join(out_dir, f"{self.name}___{time.strftime('%Y.%m.%d-%H%M%S')}")
         self._setup_logging()
 
     def file(self, name):
@@ -95,12 +96,13 @@ class RunDirectory:
             shutil.copy(path, self.file(os.path.basename(path)))
 
     def write_text(self, name, text):
-        """``text`` into ``name`` in the run folder, atomically (the file is closed before the rename)."""
+        """``text`` into ``name`` in the run folder, atomically."""
         if self.is_main:
             atomic_write_text(self.file(name), text)
 
     def write_json(self, name, data):
-        self.write_text(name, json.dumps(data, indent=2) + "\n")
+        """Strict JSON: a non-finite number (a diverged metric) is written as null, never as NaN."""
+        self.write_text(name, json.dumps(finite_or_null(data), indent=2, allow_nan=False) + "\n")
 
     def write_yaml(self, name, data):
         self.write_text(name, yaml.safe_dump(data, sort_keys=False))
@@ -109,5 +111,52 @@ class RunDirectory:
         if not self.is_main:
             return
         save_checkpoint(self.file("checkpoint.pth.tar"), checkpoint)
+        self.last_checkpoint = self.file("checkpoint.pth.tar")
         if is_best:
             save_checkpoint(self.file("best.pth.tar"), checkpoint)
+
+
+MAX_NAME = 128
+
+
+def check_run_name(name):
+    """``name`` when it is a plain folder name (no separators, not '.'/'..', not absolute), else a UsageError."""
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    problem = None
+    if not isinstance(name, str) or not name.strip():
+        problem = "is empty"
+    elif any(sep in name for sep in seps) or name in (".", ".."):
+        problem = "must be a plain name, without path separators or '..' (the run folder goes under -o)"
+    elif "\0" in name or any(ord(c) < 32 for c in name):
+        problem = "holds control characters"
+    elif len(name) > MAX_NAME:
+        problem = f"is longer than {MAX_NAME} characters"
+    if problem:
+        raise UsageError(f"-n/--name {name!r} {problem}")
+    return name
+
+
+def make_run_folder(out_dir, name, stamp=None, attempts=1000):
+    """Create and return ``out_dir/name___stamp`` (``-1``, ``-2``... when taken), atomically: one mkdir each try."""
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = stamp or time.strftime("%Y.%m.%d-%H%M%S")
+    base = os.path.join(out_dir, f"{name}___{stamp}")
+    for suffix in range(attempts):
+        path = base if suffix == 0 else f"{base}-{suffix}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"cannot create a run folder {base}-N in {out_dir}: {attempts} names taken")
+
+
+def finite_or_null(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value

@@ -84,10 +84,10 @@ def _cli(args, cwd):
 @pytest.mark.parametrize("extra, message", [
     (["--qe-clip-acts", "n_std"], "--qe-clip-acts n_std needs --qe-clip-n-stds"),
     (["--qe-bits-acts", "1"], "--qe-bits-acts expects 0 (FP32) or 2..16, got 1"),
-    (["--qe-stats-file", "/nonexistent.yaml"], "cannot read stats file /nonexistent.yaml"),
+    (["--qe-stats-file", "/nonexistent.yaml"], "/nonexistent.yaml: <top level>: cannot read stats file: No such file or directory"),
     (["--qe-calibration", "0.1", "--qe-dynamic"], "not allowed with argument"),
-    (["-b", "0"], "-b/--batch-size expects a positive integer, got 0"),
-    (["--calibration-size", "-3"], "--calibration-size expects a count, or a fraction in (0, 1], got -3.0"),
+    (["-b", "0"], "-b/--batch-size expects a positive integer up to 2147483647, got 0"),
+    (["--calibration-size", "-3"], "--calibration-size expects a count (a whole number) or a fraction in (0, 1], got -3.0"),
 ])
 def test_bad_flags_are_clear(tmp_path, root, fp32_checkpoint, extra, message):
     proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint,

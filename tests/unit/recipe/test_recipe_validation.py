@@ -56,7 +56,7 @@ def test_each_error_names_file_line_and_key_path():
     (("class: QuantAwareTrainRangeLinearQuantizer", "class: os.system"), "quantizers.q.class: unknown quantizer class 'os.system'"),
     (("class: MultiStepLR", "class: StepLR"), "missing required argument 'step_size'"),
     (("gamma: 0.1", "gama: 0.1"), "lr_schedulers.lr.gama: unknown argument of MultiStepLR"),
-    (("milestones: [2]", "milestones: 2"), "invalid arguments for MultiStepLR"),
+    (("milestones: [2]", "milestones: 2"), "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
     (("{instance_name: q}", "{instance_name: qq}"), "policies[0].quantizer.instance_name: undefined instance 'qq'"),
     (("ending_epoch: 5", "ending_epoch: 0"), "policies[0].ending_epoch: ending_epoch (0) must be greater"),
     (("frequency: 1", "frequency: 9"), "policies[0].frequency: frequency (9) exceeds"),
