@@ -13,6 +13,7 @@ import time
 
 import yaml
 
+from compressor.core import distributed
 from compressor.core.io import atomic_write_text, save_checkpoint
 
 log = logging.getLogger("compressor")
@@ -31,6 +32,7 @@ class RunDirectory:
         self._writer = None
         if is_main:
             os.makedirs(self.path, exist_ok=True)
+        self.path = distributed.broadcast_object(self.path)  # under DDP: rank 0's folder, one per run
         self._setup_logging()
 
     def file(self, name):
@@ -45,6 +47,8 @@ class RunDirectory:
             h.close()
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
+        if not self.is_main:
+            console.setLevel(logging.WARNING)  # N processes would print every line N times
         logger.addHandler(console)
         if self.is_main:
             fh = logging.FileHandler(self.file(f"{self.name}.log"))
