@@ -32,7 +32,7 @@ def _entry(rank, fn, world, port, args, collective_timeout):
         dist.destroy_process_group()
 
 
-def run_ranks(fn, world=2, args=(), timeout=120, collective_timeout=60):
+def run_ranks(fn, world=2, args=(), timeout=600, collective_timeout=600):
     ctx = mp.start_processes(_entry, args=(fn, world, free_port(), args, collective_timeout), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
