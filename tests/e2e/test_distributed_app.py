@@ -7,12 +7,44 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from compressor.core.io import load_checkpoint
 
-from test_app import QAT_RECIPE, assert_same_state
-
 pytestmark = pytest.mark.slow
+
+QAT_RECIPE = """\
+quantizers:
+  q:
+    class: QuantAwareTrainRangeLinearQuantizer
+    bits_activations: 8
+    bits_weights: 8
+    mode: ASYMMETRIC_UNSIGNED
+    per_channel_wts: true
+lr_schedulers:
+  lr:
+    class: StepLR
+    step_size: 1
+    gamma: 0.7
+policies:
+  - quantizer: {instance_name: q}
+    starting_epoch: 1
+    ending_epoch: 3
+    frequency: 1
+  - lr_scheduler: {instance_name: lr}
+    starting_epoch: 0
+    ending_epoch: 4
+    frequency: 1
+"""
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert (value - b[key]).abs().max().item() <= 1e-6, key
+        else:
+            assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
 
 
 def torchrun(root, tmp_path, name, *extra, nproc=2):
