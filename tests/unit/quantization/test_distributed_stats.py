@@ -164,5 +164,6 @@ def _one_rank_fails(rank, world):
 def test_a_failing_rank_ends_the_job_with_its_error():
     # rank 0's collective would wait an hour; the job must end on rank 1's error instead (a hang would
     # surface as the harness's TimeoutError at 600 s; the bound is loose for a loaded 2-core CI machine)
-    with pytest.raises(ProcessRaisedException, match="rank 1 could not read its shard"):
+    # whichever rank is reported first: rank 1's own error, or rank 0's collective failing as its peer left
+    with pytest.raises(ProcessRaisedException, match="rank 1 could not read its shard|Connection closed by peer"):
         run_ranks(_one_rank_fails, 2, timeout=600, collective_timeout=3600)
