@@ -10,7 +10,8 @@ from compressor.models import NUM_CLASSES, create_model
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.core.errors import CheckpointError
 from compressor.core.state_keys import load_weights
-from compressor.training.determinism import set_rng_state
+from compressor.training import distributed as ddp
+from compressor.training.determinism import seed_everything, set_rng_state
 from compressor.training.loop import evaluate, train_one_epoch
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 from compressor.app.args import classifier_parser
@@ -111,6 +112,9 @@ class ClassifierRun:
         log.info("Loaded weights from %s", path)
 
     def maybe_resume(self):
+        procs = self.ctx.procs
+        if procs.rank > 0:  # same model on every rank; own random streams (augmentation, dropout)
+            seed_everything(self.ctx.seed + procs.rank, self.args.deterministic)
         self.start_epoch, self.best = 0, []
         if self.checkpoint:
             try:
@@ -128,6 +132,12 @@ class ClassifierRun:
     def attach_policies(self):
         """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
+        self.eval_net = self.net
+        procs = self.ctx.procs
+        if procs.active:  # torchrun: DDP trains; each process evaluates its own slice of the sets
+            log.info("DistributedDataParallel: %d processes (%s), global batch %d = %d per process",
+                     procs.world, procs.backend, self.args.batch_size, self.args.batch_size // procs.world)
+            self.net, self.eval_net = ddp.wrap(self.model, procs, self.device), self.model
         if self.scheduler:
             self.scheduler.attach(self.net, self.args.arch, self.dataset, self.device)
         self.criterion = nn.CrossEntropyLoss().to(self.device)
@@ -141,8 +151,9 @@ class ClassifierRun:
             self.optimizer.load_state_dict(ckpt.optimizer_state_dict)
         if self.scheduler and ckpt.compression_sched:
             self.scheduler.load_state_dict(ckpt.compression_sched)
-        if ckpt.rng:
-            set_rng_state(ckpt.rng)
+        rng = ddp.my_rng_state(ckpt.rng, ckpt.rng_ranks, self.ctx.procs)
+        if rng:
+            set_rng_state(rng)
         self.best = [tuple(b) for b in ckpt.best_scores]
         self.start_epoch = ckpt.epoch + 1
         log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
@@ -154,8 +165,12 @@ class ClassifierRun:
                             type(policy).__name__, policy.epochs[0], self.args.epochs - 1)
 
     def train_state(self, epoch):
-        return TrainState.capture(epoch, self.args.arch, self.dataset, self.model, self.optimizer, self.scheduler,
-                                  best_scores=self.best, data_seed=self.data_seed)
+        """The checkpoint (collective under DDP: every rank calls it, rank 0 writes it)."""
+        state = TrainState.capture(epoch, self.args.arch, self.dataset, self.model, self.optimizer, self.scheduler,
+                                   best_scores=self.best, data_seed=self.data_seed)
+        if self.ctx.procs.active:
+            state.rng_ranks = ddp.rng_states(state.rng)
+        return state
 
     def train(self):
         args, run = self.args, self.run
@@ -166,7 +181,7 @@ class ClassifierRun:
             stats = train_one_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.scheduler,
                                     epoch, self.device, args.print_freq)
             log.info("--- validate (epoch=%d)-----------", epoch)
-            val = evaluate(self.net, self.val_loader, self.criterion, self.device,
+            val = evaluate(self.eval_net, self.val_loader, self.criterion, self.device,
                            self._confusion_classes(), desc=f"validate {epoch}")
             self._log_confusion(val)
             if self.scheduler:
@@ -195,7 +210,7 @@ class ClassifierRun:
 
     def test(self):
         log.info("--- test ---------------------")
-        result = evaluate(self.net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test")
+        result = evaluate(self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test")
         self._log_confusion(result)
         step = max(self.args.epochs - 1, 0)
         self.run.scalars({"Performance/Test/Loss": result["loss"], "Performance/Test/Top1": result["top1"],
@@ -226,8 +241,10 @@ class ClassifierRun:
         quantizer = self.scheduler.quantizer if self.scheduler else None
         if quantizer is not None and quantizer.prepared is not None:
             data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
-        exported = run_exports(self.args, self.run, os.path.basename(self.run.path).split("___")[0], self.model,
-                               self._quantized(), self.test_loader,
+        main, active = self.ctx.procs.is_main, self.ctx.procs.active
+        exported = main and run_exports(self.args, self.run, os.path.basename(self.run.path).split("___")[0],
+                               self.model, self._quantized(),
+                               self.ctx.full_test_loader(self.args.effective_test_size) if active else self.test_loader,
                                {"arch": self.args.arch, "dataset": self.dataset,
                                 "recipe": self.scheduler.recipe if self.scheduler else None})
         if exported:
@@ -242,12 +259,13 @@ def run_classifier(args):
     run = ClassifierRun(args)
     try:
         if args.summary:
-            print_summary(run.model, args.summary, run.train_loader)
+            if run.ctx.procs.is_main:
+                print_summary(run.model, args.summary, run.train_loader)
             return
         epochs_run = 0 if args.evaluate else resumable(run.run, run.train)
         run.summary(epochs_run, run.test())
     finally:
-        run.run.close()
+        run.ctx.close()  # the run folder, and the process group under torchrun
 
 
 def main(argv=None):

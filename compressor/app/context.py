@@ -7,13 +7,14 @@ resolved arguments in the run folder (``args.yaml``) next to the log of the comm
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from compressor.data import load_data
 from compressor.data.loaders import SHAPE_ADAPTIVE, load_calibration_data
 from compressor.models import arch_family
+from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything
 from compressor.training.run_dir import RunDirectory
 from compressor.app.common import check_outputs, pick_device, resolved_seed
@@ -31,22 +32,27 @@ class RunContext:
     dataset: str
     shape: tuple | None  # the arch's input shape for datasets served at any size, else None
     run: RunDirectory | None = None
+    procs: ddp.Processes = field(default_factory=ddp.Processes)  # torchrun's processes (one, without torchrun)
 
     @classmethod
     def from_args(cls, args):
         """Device, seed (every RNG seeded now), dataset and shape; nothing is written yet."""
         check_outputs(args)  # before any work: no output may be an input, every output writable
-        device, gpu_ids = pick_device(args)
+        procs, ddp_device = ddp.setup(args.cpu, args.gpus)  # torchrun: one process per device
+        device, gpu_ids = (ddp_device, []) if procs.active else pick_device(args)
+        ddp.check_batch(args.batch_size, procs)
         seed = resolved_seed(args)
+        if procs.active:
+            seed = ddp.shared_seed(seed)  # same model and data order in every process
         if seed is not None:
             seed_everything(seed, args.deterministic)
         dataset = args.dataset or arch_family(args.arch)[0]
         shape = arch_family(args.arch)[1] if dataset in SHAPE_ADAPTIVE else None
-        return cls(args, device, gpu_ids, seed, dataset, shape)
+        return cls(args, device, gpu_ids, seed, dataset, shape, procs=procs)
 
     def open_run(self, default_name, recipe_path=None):
         """Create the run folder: log it and the command line, copy the recipe in, save the resolved arguments."""
-        self.run = RunDirectory(self.args.out_dir, self.args.name or default_name)
+        self.run = RunDirectory(self.args.out_dir, self.args.name or default_name, is_main=self.procs.is_main)
         log.info("Run folder: %s", self.run.path)
         log.info("Command line: %s", " ".join(sys.argv))
         self.run.copy_in(recipe_path)
@@ -61,14 +67,21 @@ class RunContext:
         """(train, validation, test) loaders; ``seed`` drives the per-epoch shuffle."""
         args = self.args
         return load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers, args.validation_split,
-                         train_size, valid_size, test_size, seed=seed)
+                         train_size, valid_size, test_size, seed=seed, rank=self.procs.rank, world=self.procs.world)
+
+    def full_test_loader(self, test_size=1.0):
+        """The whole test set in this process (exports verify on rank 0 alone, after the distributed part)."""
+        args = self.args
+        return load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers, args.validation_split,
+                         effective_test_size=test_size)[2]
 
     def calibration_loader(self, size):
         """``size`` training-split images (a count, or a fraction when <= 1), test-time transforms."""
         args = self.args
         return load_calibration_data(self.dataset, args.data, self.shape, args.batch_size, size, args.workers,
-                                     args.validation_split)
+                                     args.validation_split, rank=self.procs.rank, world=self.procs.world)
 
     def close(self):
         if self.run is not None:
             self.run.close()
+        ddp.shutdown(self.procs)

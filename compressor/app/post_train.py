@@ -137,9 +137,13 @@ class PostTrainRun:
         if self.config.get("model_activation_stats") is None and not self.args.qe_dynamic:
             log.info("Calibrating on %d training images%s", len(self.calib_loader.dataset),
                      " (statistics and histograms, one pass)" if self.quantizer.needs_histograms() else "")
+            # under torchrun: merged over the processes, the same records on every rank
             self.records = self.quantizer.calibrate(self.calib_loader, self.device)
-            save_stats(self.run.file("acts_quantization_stats.yaml"), self.records)
+            if self.ctx.procs.is_main:
+                save_stats(self.run.file("acts_quantization_stats.yaml"), self.records)
         if self.args.qe_lapq:
+            if self.ctx.procs.active:  # each rank would optimize its own ranges on its own shard
+                raise UsageError("--qe-lapq is not supported under torchrun yet: run it in one process")
             batches = max(1, math.ceil(len(self.calib_loader) * self.args.lapq_eval_size))
             lapq(self.quantizer, self.gm, self.calib_loader, self.criterion, self.args.lapq_init_mode,
                  self.args.lapq_method, self.args.lapq_maxiter, self.args.lapq_maxfev, eval_batches=batches)
@@ -174,7 +178,8 @@ class PostTrainRun:
                    "quantizer": self.saved_config(),
                    "fp32": pick(fp32), "quantized": pick(quant),
                    "top1_drop": fp32["top1"] - quant["top1"], "run_dir": self.run.path}
-        exported = run_exports(args, self.run, args.name or f"post_train_{args.arch}", self.gm, True, self.test_loader,
+        loader = self.ctx.full_test_loader() if self.ctx.procs.active else self.test_loader  # exports: rank 0 only
+        exported = run_exports(args, self.run, args.name or f"post_train_{args.arch}", self.gm, True, loader,
                                {"arch": args.arch, "dataset": self.dataset, "recipe": self.saved_recipe()})
         if exported:
             summary["export"] = exported
@@ -196,6 +201,8 @@ def run(args):
         fp32 = ptq.evaluate(ptq.model.eval(), "FP32")
         ptq.calibrate()
         quant = ptq.evaluate(ptq.gm, "quantized")
+        if not ptq.ctx.procs.is_main:  # the distributed part is over; rank 0 reports and writes
+            return None
         ptq.report()
         ptq.save()
         return ptq.summarize(fp32, quant)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from compressor.data.digits import digits_datasets
 from compressor.data.idx import idx_datasets
+from compressor.data.sharding import GlobalBatchShard
 from compressor.core.errors import DataError
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet")
@@ -79,8 +80,11 @@ def _torchvision_datasets(dataset, data_dir):
 
 
 def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_split=0.1,
-              effective_train_size=1.0, effective_valid_size=1.0, effective_test_size=1.0, seed=0):
-    """(train_loader, val_loader, test_loader); with ``validation_split`` 0 the test set validates (as Distiller)."""
+              effective_train_size=1.0, effective_valid_size=1.0, effective_test_size=1.0, seed=0, rank=0, world=1):
+    """(train_loader, val_loader, test_loader); with ``validation_split`` 0 the test set validates (as Distiller).
+
+    ``batch_size`` is the global batch: with ``world`` > 1 processes each loader yields this ``rank``'s
+    slice of every global batch (``GlobalBatchShard``)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset '{dataset}', expected one of {', '.join(DATASETS)}")
     if dataset == "digits":
@@ -103,17 +107,26 @@ def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_
     val_set = _fraction_subset(val_set, effective_valid_size, SPLIT_SEED + 1)
     test_set = _fraction_subset(test_set, effective_test_size, SPLIT_SEED + 2)
 
-    common = dict(batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available())
+    common = dict(batch_size=batch_size // world, num_workers=workers, pin_memory=torch.cuda.is_available())
     sampler = EpochShuffleSampler(len(train_set), seed, effective_train_size)
+    if world > 1:
+        sampler = GlobalBatchShard(sampler, batch_size, rank, world, drop_tiny_last=True)
     train_loader = DataLoader(train_set, sampler=sampler, **common)
-    val_loader = DataLoader(val_set, shuffle=False, **common)
-    test_loader = DataLoader(test_set, shuffle=False, **common)
+    val_loader = DataLoader(val_set, sampler=_in_order(val_set, batch_size, rank, world), **common)
+    test_loader = DataLoader(test_set, sampler=_in_order(test_set, batch_size, rank, world), **common)
     return train_loader, val_loader, test_loader
 
 
-def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, workers=0, validation_split=0.1):
+def _in_order(dataset, batch_size, rank, world):
+    """Sequential order; with several processes, this rank's slice of each global batch (no sample twice)."""
+    order = range(len(dataset))
+    return GlobalBatchShard(order, batch_size, rank, world) if world > 1 else None
+
+
+def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, workers=0, validation_split=0.1,
+                          rank=0, world=1):
     """A loader over ``size`` training-split images (a count, or a fraction when <= 1), with test-time
-    transforms, never the test set and never the validation images."""
+    transforms, never the test set and never the validation images (this rank's share of each global batch)."""
     if dataset == "digits":
         train_set, _ = digits_datasets(input_shape)
     elif dataset in ("mnist", "fashion_mnist"):
@@ -126,4 +139,5 @@ def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, work
     if count < 1:
         raise DataError(f"--calibration-size {size} selects no image")
     subset = Subset(train_set, train_idx[: min(count, len(train_idx))])
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(subset, batch_size=batch_size // world, sampler=_in_order(subset, batch_size, rank, world),
+                      num_workers=workers)

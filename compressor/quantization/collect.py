@@ -1,11 +1,17 @@
 """Collect activation statistics (and, on request, histograms) at the sites the quantizers will
-quantize, in ONE pass over the calibration data."""
+quantize, in ONE pass over the calibration data.
+
+Under torchrun/DDP each process collects on its own shard of the calibration batches; the per-site
+statistics and histograms are then gathered and merged exactly (``TensorStats.merged``,
+``Histogram.merged``), so every process derives the same ranges, equal to one process over all data.
+"""
 
 import torch
 
+from compressor.core import distributed
 from compressor.core.progress import progress
 from compressor.quantization.graph import sites as graph
-from compressor.calibration.stats import StatsObserver
+from compressor.calibration.stats import Histogram, StatsObserver, TensorStats
 
 
 def instrument(model, quantize_inputs=True, histograms=False, bins=2048):
@@ -30,6 +36,18 @@ def collect_stats(model, loader, device="cpu", max_batches=None, histograms=Fals
     """({site: Distiller stats record}, {site: Histogram} or None)."""
     gm, observers = instrument(model, quantize_inputs, histograms, bins)
     _run(gm, loader, device, max_batches)
-    records = {name: obs.stats.record() for name, obs in observers.items()}
-    hists = {name: obs.histogram for name, obs in observers.items()} if histograms else None
-    return records, hists
+    stats, hists = merge_across_processes(observers)
+    records = {name: s.record() for name, s in stats.items()}
+    return records, (hists if histograms else None)
+
+
+def merge_across_processes(observers):
+    """({site: TensorStats}, {site: Histogram or None}) of all processes together (this process's own when
+    not distributed). One all_gather of the pickled per-site state."""
+    local = {name: (obs.stats, obs.histogram) for name, obs in observers.items()}
+    if not distributed.is_distributed():
+        return {n: s for n, (s, _) in local.items()}, {n: h for n, (_, h) in local.items()}
+    gathered = distributed.all_gather_object(local)
+    stats = {n: TensorStats.merged([g[n][0] for g in gathered]) for n in local}
+    hists = {n: Histogram.merged([g[n][1] for g in gathered]) if local[n][1] is not None else None for n in local}
+    return stats, hists

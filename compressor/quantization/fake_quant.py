@@ -12,6 +12,7 @@ a checkpoint evaluates and resumes exactly as it was saved.
 
 import torch
 
+from compressor.core import distributed
 from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
 from compressor.quantization.qparams import qparams_from_range, quant_range
 from compressor.quantization.quant_module import QuantModule
@@ -58,6 +59,13 @@ class ActivationFakeQuant(FakeQuantize):
     The range is updated only in training mode while observing; evaluation and a
     frozen quantizer use the stored scale and zero point. ``dynamic``: each batch's own
     range, in training and evaluation (online post-training quantization).
+
+    Under DDP (an initialized process group) a training-mode observation first all-reduces the
+    batch's min and max over the processes (one collective per site per step), so every rank moves
+    its average by the same global-batch range: ranges and step counters stay identical on all ranks
+    and are learned from all of their data, not copied from rank 0. Evaluation-mode observations
+    (dynamic ranges, a frozen quantizer's first look) stay per process: evaluation loops need not
+    run in lockstep.
     """
 
     def __init__(self, bits, mode, ema_decay=0.999, dynamic=False):
@@ -82,6 +90,8 @@ class ActivationFakeQuant(FakeQuantize):
     @torch.no_grad()
     def observe(self, x):
         mn, mx = self.batch_range(x)
+        if self.training:
+            mn, mx = distributed.all_reduce_min_max(mn, mx)
         if self.dynamic:
             self.set_range(mn, mx)
         else:

@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from compressor.core import distributed
 from compressor.training.faults import check_loss, check_model, first_non_finite
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
 from compressor.core.progress import progress
@@ -59,7 +60,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
                 100.0 * correct1 / seen, 100.0 * correct5 / seen, optimizer.param_groups[0]["lr"],
             )
     check_model(model, epoch)
-    stats = {name: m.avg for name, m in meters.items()}
+    # under DDP: the epoch's averages over every process's samples (the lines above are this process's)
+    names = sorted(meters)
+    totals = distributed.all_reduce_sum([x for n in names for x in (meters[n].sum, meters[n].count)]
+                                        + [correct1, correct5, seen])
+    stats = {n: totals[2 * i] / max(totals[2 * i + 1], 1) for i, n in enumerate(names)}
+    correct1, correct5, seen = totals[-3:]
     stats.update(Top1=100.0 * correct1 / max(seen, 1), Top5=100.0 * correct5 / max(seen, 1),
                  LR=optimizer.param_groups[0]["lr"])
     return stats
@@ -91,9 +97,22 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
         if num_classes:
             cm = confusion_matrix(output, target, num_classes)
             confusion = cm if confusion is None else confusion + cm
-    result = {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "loss": loss_meter.avg,
-              "images": seen}
+    # under DDP each process saw its own samples (none twice): sum counts and losses over processes
+    loss_sum, loss_count, correct1, correct5, seen = distributed.all_reduce_sum(
+        [loss_meter.sum, loss_meter.count, correct1, correct5, seen])
+    if confusion is not None or num_classes:
+        confusion = _all_reduce_confusion(confusion, num_classes)
+    result = {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1),
+              "loss": loss_sum / max(loss_count, 1), "images": int(seen)}
     log.info("==> Top1: %.3f    Top5: %.3f    Loss: %.3f", result["top1"], result["top5"], result["loss"])
     if confusion is not None:
         result["confusion"] = confusion.tolist()
     return result
+
+
+def _all_reduce_confusion(confusion, num_classes):
+    if not distributed.is_distributed():
+        return confusion
+    local = confusion if confusion is not None else torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    flat = distributed.all_reduce_sum(local.reshape(-1).tolist())
+    return torch.tensor([int(v) for v in flat], dtype=torch.int64).reshape(num_classes, num_classes)

@@ -16,8 +16,9 @@ import time
 
 import yaml
 
+from compressor.core import distributed
 from compressor.core.errors import UsageError
-from compressor.core.io import save_checkpoint, atomic_write_text
+from compressor.core.io import atomic_write_text, save_checkpoint
 
 log = logging.getLogger("compressor")
 
@@ -33,7 +34,8 @@ class RunDirectory:
         if is_main:
             self.path = make_run_folder(out_dir, self.name)
         else:
-            self.path = os.path.join(out_dir, f"{self.name}___{time.strftime('%Y.%m.%d-%H%M%S')}")
+            self.path = None
+        self.path = distributed.broadcast_object(self.path)  # under DDP: rank 0's folder, one per run
         self._setup_logging()
 
     def file(self, name):
@@ -48,6 +50,8 @@ class RunDirectory:
             h.close()
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
+        if not self.is_main:
+            console.setLevel(logging.WARNING)  # N processes would print every line N times
         logger.addHandler(console)
         if self.is_main:
             fh = logging.FileHandler(self.file(f"{self.name}.log"))

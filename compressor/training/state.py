@@ -37,6 +37,7 @@ class TrainState:
     rng: dict | None = None
     best_scores: list = field(default_factory=list)
     data_seed: int | None = None
+    rng_ranks: list | None = None  # under DDP: every rank's RNG state, indexed by rank
 
     @classmethod
     def capture(cls, epoch, arch, dataset, model, optimizer=None, scheduler=None, recipe=None, best_scores=(),
@@ -68,6 +69,7 @@ class TrainState:
             "rng": self.rng,
             "best_scores": [list(b) for b in self.best_scores],
             "data_seed": self.data_seed,
+            "rng_ranks": self.rng_ranks,
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class TrainState:
             optimizer_state_dict=data["optimizer_state_dict"], compression_sched=data.get("compression_sched"),
             recipe=data.get("recipe"), quantizer=data.get("quantizer"), rng=data.get("rng"),
             best_scores=[tuple(b) for b in data.get("best_scores") or []], data_seed=data.get("data_seed"),
+            rng_ranks=data.get("rng_ranks"),
         )
 
 

@@ -60,11 +60,15 @@ def test_histogram_range_grows_by_exact_rebinning():
     from compressor.calibration.stats import Histogram
 
     h = Histogram(bins=8)
-    h.update(torch.tensor([0.5, 1.0]))  # range [0, 1]
-    h.update(torch.tensor([-3.5]))  # doubles twice: [0, 4]
+    h.update(torch.tensor([0.5, 1.0]))  # range [0, 2): the smallest power of two above 1.0
+    assert h.amax == 2.0 and h.counts.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    h.update(torch.tensor([-3.5]))  # doubles once: [0, 4)
     assert h.amax == 4.0 and h.counts.sum() == 3
-    # [0.5, 1.0] sat in the top quarter of [0, 1]: after two pairwise merges, bin 1 of [0, 4]
-    assert h.counts.tolist() == [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # after one pairwise merge, 0.5 and 1.0 sit in bins 1 and 2 of [0, 4): as if binned there directly
+    assert h.counts.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    direct = Histogram(bins=8)
+    direct.update(torch.tensor([0.5, 1.0, -3.5]))
+    assert direct.amax == h.amax and torch.equal(direct.counts, h.counts)
 
 
 def test_bn_folding_keeps_outputs():

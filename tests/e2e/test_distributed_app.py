@@ -1,0 +1,79 @@
+"""compress_classifier under torchrun (2 CPU processes, gloo, loopback): one run folder, exact resume."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compressor.core.io import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+QAT_RECIPE = """\
+quantizers:
+  q:
+    class: QuantAwareTrainRangeLinearQuantizer
+    bits_activations: 8
+    bits_weights: 8
+    mode: ASYMMETRIC_UNSIGNED
+    per_channel_wts: true
+lr_schedulers:
+  lr:
+    class: StepLR
+    step_size: 1
+    gamma: 0.7
+policies:
+  - quantizer: {instance_name: q}
+    starting_epoch: 1
+    ending_epoch: 3
+    frequency: 1
+  - lr_scheduler: {instance_name: lr}
+    starting_epoch: 0
+    ending_epoch: 4
+    frequency: 1
+"""
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert (value - b[key]).abs().max().item() <= 1e-6, key
+        else:
+            assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
+
+
+def torchrun(root, tmp_path, name, *extra, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           os.path.join(root, "apps", "compress_classifier.py"), "-a", "simplenet_digits", "--dataset", "digits",
+           "-b", "64", "--lr", "0.05", "-p", "0", "-o", str(tmp_path), "-n", name, *extra]
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = glob.glob(os.path.join(str(tmp_path), f"{name}___*"))
+    assert len(folders) == 1, folders  # rank 0 writes; the other rank writes nothing of its own
+    return folders[0], done
+
+
+def test_ddp_run_writes_one_folder_and_resumes_exactly(tmp_path, root):
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE)  # quantization starts at epoch 1: the resume crosses its start
+    common = ["--compress", str(recipe), "--deterministic", "--etrs", "0.3"]
+    whole, out = torchrun(root, tmp_path, "whole", "--epochs", "2", *common)
+    assert "DistributedDataParallel: 2 processes (gloo), global batch 64 = 32 per process" in out.stdout
+    assert out.stdout.count("--- test ---") == 1  # rank 1 logs warnings only
+    half, _ = torchrun(root, tmp_path, "half", "--epochs", "1", *common)
+    rest, _ = torchrun(root, tmp_path, "rest", "--epochs", "2", "--resume-from",
+                       os.path.join(half, "checkpoint.pth.tar"), *common)
+    a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
+    b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
+    assert a["epoch"] == b["epoch"] == 1 and len(a["rng_ranks"]) == 2
+    assert_same_state(a["state_dict"], b["state_dict"])
+    assert any("activation_quantizers" in k for k in a["state_dict"])
+    sa = json.load(open(os.path.join(whole, "summary.json")))
+    sb = json.load(open(os.path.join(rest, "summary.json")))
+    assert sa["test"] == sb["test"]
