@@ -80,6 +80,8 @@ def boundaries_table(folder):
                 continue
             fp32_mask = unpack_mask(data["fp32"]["mask"])
             details = data["ours_detail"][config]
+            if variant is None and low_bits:
+                label = "defaults now (input and logits unclipped; below 8 activation bits, each method's own range)"
             lines.append(f"| {config} | {label} | " +
                          " | ".join(cell(details[m], fp32_mask) if m in details else "" for m in METHODS[1:]) + " |")
     return "\n".join(lines) if len(lines) > 2 else "(not run yet)"
