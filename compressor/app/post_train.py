@@ -10,6 +10,7 @@ from tabulate import tabulate
 from compressor.calibration.stats_file import save_stats
 from compressor.models import create_model
 from compressor.quantization.linear.lapq import lapq
+from compressor.quantization.linear.refine import refine_after_calibration
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.core.errors import CheckpointError
 from compressor.core.io import save_checkpoint
