@@ -34,15 +34,15 @@ from compressor.core.io import atomic_write
 from compressor.data.loaders import load_calibration_data
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph import sites as graph
-from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
-from compressor.quantization.linear.refine import REFINE_PARAMS
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer, PTQConfig
+from compressor.quantization.linear.refine import REFINE_KEYS
 from compressor.quantization.mixed_precision import allocate_bits, noise_from_sqnr, total_bits
 from compressor.recipe.build import read_recipe
 
 log = logging.getLogger("compressor")
 
 FP_WEIGHT_BITS = 32
-_ANALYSIS_DROPS = ("overrides", "model_activation_stats", *REFINE_PARAMS)
+_ANALYSIS_DROPS = ("overrides", "model_activation_stats", *REFINE_KEYS)
 
 
 def _bit_list(flag, allow_empty=False):
@@ -270,7 +270,7 @@ def mixed_precision_recipe(config, bits, header):
     base_overrides = dict(config.get("overrides") or {})
     overrides = {name: {**(base_overrides.get(name) or {}), "bits_weights": b} for name, b in bits.items()}
     overrides.update({k: v for k, v in base_overrides.items() if k not in overrides})
-    defaults = {k: s.default for k, s in PostTrainLinearQuantizer.PARAMS.items()}
+    defaults = {k: spec.default for k, spec in PTQConfig.specs().items()}
     setting = lambda key: config.get(key, defaults[key])  # noqa: E731
     qat_overrides = {name: {"bits_weights": b} for name, b in bits.items()}
     recipe = {
