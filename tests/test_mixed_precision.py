@@ -111,3 +111,34 @@ def test_sensitivity_writes_files_and_a_recipe_both_apps_run(tmp_path, fp32_chec
                        "--etrs", "0.25", "--deterministic", "-o", str(tmp_path), "-n", "mp_qat"]) == 0
     (qat_run,) = glob.glob(os.path.join(tmp_path, "mp_qat___*"))
     assert json.load(open(os.path.join(qat_run, "summary.json")))["test"]["top1"] > 80
+
+
+@pytest.mark.slow
+def test_adaround_recipe_through_the_app_and_back_from_its_checkpoint(tmp_path, fp32_checkpoint):
+    recipe = tmp_path / "ada.yaml"
+    recipe.write_text("""\
+quantizers:
+  ptq:
+    class: PostTrainLinearQuantizer
+    bits_activations: 8
+    bits_parameters: 3
+    mode: {activations: ASYMMETRIC_UNSIGNED, weights: SYMMETRIC}
+    per_channel_wts: true
+    clip_acts: AVG
+    adaround: true
+    adaround_iterations: 30
+    bias_correction: true
+""")
+    argv = ["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint, "--compress", str(recipe),
+            "--calibration-size", "128", "-o", str(tmp_path), "-n", "ada"]
+    assert post_train(argv) == 0
+    (run,) = glob.glob(os.path.join(tmp_path, "ada___*"))
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["refinement"]["method"] == "AdaRound + bias correction"
+    log = open(os.path.join(run, "ada.log")).read()
+    assert "error RTN" in log and "flipped %" in log
+    # the learned integers live in the checkpoint: the classifier app evaluates it to the same top-1
+    assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--evaluate", "-o", str(tmp_path), "-n", "ev",
+                       "--resume-from", os.path.join(run, "quantized_checkpoint.pth.tar")]) == 0
+    (ev,) = glob.glob(os.path.join(tmp_path, "ev___*"))
+    assert json.load(open(os.path.join(ev, "summary.json")))["test"]["top1"] == pytest.approx(summary["quantized"]["top1"])
