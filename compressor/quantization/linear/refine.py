@@ -36,6 +36,7 @@ import torch
 from tabulate import tabulate
 
 from compressor.core.spec import Bool, Config, Float, Int, setting
+from compressor.quantization.linear.integer_sim import IntegerArithmetic
 from compressor.quantization.linear.adaround import (adaround_layer, grid_view, layer_output, nearest_integers,
                                                      reconstruction_error)
 
@@ -90,11 +91,22 @@ def refined_layers(quantizer):
     return out
 
 
+def _integer_hooks(gm):
+    return [h for m in gm.modules() for h in m._forward_hooks.values() if isinstance(h, IntegerArithmetic)]
+
+
 @torch.no_grad()
 def capture(quantizer, layer, images, quantized, batch_size=256, want_output=False):
-    """The layer's inputs (or outputs) over ``images``, in the quantized (or FP32) model."""
+    """The layer's inputs (or outputs) over ``images``, in the quantized (or FP32) model.
+
+    The quantized pass uses fake quantization in float32, not the float64 integer simulation: the
+    same grid values (within one LSB of requantization rounding), several times faster on CPU.
+    """
     gm = quantizer.prepared
     quantizer.set_state(quantized, False)
+    hooks = _integer_hooks(gm)
+    for h in hooks:
+        h.enabled = False
     found = []
 
     def pre_hook(module, inputs):
@@ -116,6 +128,8 @@ def capture(quantizer, layer, images, quantized, batch_size=256, want_output=Fal
     finally:
         for h in handles:
             h.remove()
+        for h in hooks:
+            h.enabled = True
         quantizer.set_state(True, False)
     return torch.cat(found)
 
