@@ -69,6 +69,9 @@ def main():
     ap.add_argument("--clips", default="NONE,AVG,LAPLACE")
     ap.add_argument("--configs", default="W4A8,W4A4")
     ap.add_argument("--skip-mixed", action="store_true")
+    ap.add_argument("--mp-bits", default="2,3,4,5,6,8", help="candidate weight widths of the sensitivity scan")
+    ap.add_argument("--mp-avg-bits", default="4", help="budgets (bits per weight) to compare against uniform")
+    ap.add_argument("--mp-adaround", action="store_true", help="also compare with AdaRound on both sides")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -126,24 +129,29 @@ def main():
 
     if args.skip_mixed:
         return
-    # mixed precision at the size of uniform W4 (every conv/linear at 4 bits), A8, vs uniform W4A8
+    # mixed precision at the size of uniform Wb (every conv/linear at b bits), A8, vs uniform WbA8
     holdout = torch.utils.data.Subset(full.dataset.dataset, idx[args.calibration_size:])
     xs, ys = zip(*(holdout[i] for i in range(len(holdout))))
     base = dict(bits_activations=8, bits_parameters=4, per_channel_wts=True, mode=MODE, clip_acts="AVG",
                 clip_half_range=True)
     start = time.perf_counter()
-    table = measure_sensitivity(model, base, calib, torch.stack(xs), torch.as_tensor(ys), [2, 3, 4, 5, 6, 8], [], "cpu")
-    bits, budget = choose_bits(table, size_ratio=4 / 32)
+    candidates = [int(b) for b in args.mp_bits.split(",")]
+    table = measure_sensitivity(model, base, calib, torch.stack(xs), torch.as_tensor(ys), candidates, [], "cpu")
+    result["mixed_precision"] = {"sensitivity_seconds": round(time.perf_counter() - start, 1),
+                                 "candidates": candidates, "holdout_images": len(holdout), "budgets": {}}
+    save()
     sizes = {n: e["params"] for n, e in table["layers"].items()}
-    mp = {"sensitivity_seconds": round(time.perf_counter() - start, 1), "bits": bits,
-          "avg_bits": total_bits(sizes, bits) / sum(sizes.values()), "weights": sum(sizes.values())}
-    for method, kw in (("rtn", {}), ("adaround", dict(adaround=True, iterations=args.iterations))):
-        for name, over in (("uniform_w4", None), ("mixed", {n: {"bits_weights": b} for n, b in bits.items()})):
-            gm, s = quantize(model, calib, images, 4, 8, "AVG", overrides=over, **kw)
-            mp[f"{name}_{method}"] = {"top1": top1(gm, test), "seconds": round(s, 2)}
-            print("mixed precision", name, method, mp[f"{name}_{method}"], flush=True)
-            result["mixed_precision_w4_size"] = mp
-            save()
+    methods = [("rtn", {})] + ([("adaround", dict(adaround=True, iterations=args.iterations))] if args.mp_adaround else [])
+    for avg in [int(b) for b in args.mp_avg_bits.split(",")]:
+        bits, budget = choose_bits(table, avg_bits=avg)
+        mp = {"bits": bits, "avg_bits": total_bits(sizes, bits) / sum(sizes.values()), "weights": sum(sizes.values())}
+        result["mixed_precision"]["budgets"][f"W{avg}"] = mp
+        for method, kw in methods:
+            for name, over in ((f"uniform_w{avg}", None), ("mixed", {n: {"bits_weights": b} for n, b in bits.items()})):
+                gm, s = quantize(model, calib, images, avg, 8, "AVG", overrides=over, **kw)
+                mp[f"{name}_{method}"] = {"top1": top1(gm, test), "seconds": round(s, 2)}
+                print("mixed precision", avg, name, method, mp[f"{name}_{method}"], flush=True)
+                save()
 
 
 if __name__ == "__main__":
