@@ -19,7 +19,6 @@ setup(
         "numpy",
         "scipy>=1.10",  # LAPQ's joint clipping search (scipy.optimize.minimize, Powell), as Distiller's --qe-lapq
         "onnx>=1.15",  # QDQ export (deployment)
-        "matplotlib>=3.7",  # the per-layer sensitivity plot (PNG and TensorBoard); needs no torch
         "onnxruntime>=1.17",  # runs the export on integer kernels; the equivalence check after each export
         "matplotlib>=3.7",  # compare --plot and the post-training pictures (PNG); pulls no torch
     ],
