@@ -10,6 +10,7 @@ from tabulate import tabulate
 from compressor.calibration.stats_file import save_stats
 from compressor.models import create_model
 from compressor.quantization.linear.lapq import lapq
+from compressor.quantization.linear.refine import refine_after_calibration
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.core.errors import CheckpointError
 from compressor.core.io import save_checkpoint
@@ -24,6 +25,7 @@ from compressor.app.deploy_args import add_deploy_arguments, run_exports
 from compressor.app.pictures import post_train_pictures
 from compressor.app.qe_args import add_qe_arguments, config_as_recipe, ptq_config_in, qe_config
 from compressor.app.run_record import ptq_record, publish
+from compressor.app.sensitivity import add_sensitivity_arguments, analyze, wants_analysis
 
 log = logging.getLogger("compressor")
 
@@ -43,6 +45,7 @@ def post_train_parser():
                    dest="effective_test_size", help="fraction of the test set evaluated (default: 1)")
     add_qe_arguments(p, with_switch=False)
     add_deploy_arguments(p)
+    add_sensitivity_arguments(p)
     return p
 
 
@@ -147,6 +150,7 @@ class PostTrainRun:
             batches = max(1, math.ceil(len(self.calib_loader) * self.args.lapq_eval_size))
             lapq(self.quantizer, self.gm, self.calib_loader, self.criterion, self.args.lapq_init_mode,
                  self.args.lapq_method, self.args.lapq_maxiter, self.args.lapq_maxfev, eval_batches=batches)
+        self.refinement = refine_after_calibration(self.quantizer, self.calib_loader, self.device)
         self.run.write_yaml("layer_quant_params.yaml", self.quantizer.layer_params())
 
     def report(self):
@@ -181,6 +185,8 @@ class PostTrainRun:
         loader = self.ctx.full_test_loader() if self.ctx.procs.active else self.test_loader  # exports: rank 0 only
         exported = run_exports(args, self.run, args.name or f"post_train_{args.arch}", self.gm, True, loader,
                                {"arch": args.arch, "dataset": self.dataset, "recipe": self.saved_recipe()})
+        if self.refinement:
+            summary["refinement"] = {k: self.refinement[k] for k in ("method", "seconds")}
         if exported:
             summary["export"] = exported
         self.run.scalars({"PTQ/FP32/Top1": fp32["top1"], "PTQ/FP32/Loss": fp32["loss"],
@@ -198,6 +204,8 @@ def run(args):
     ptq = PostTrainRun(args)
     try:
         ptq.open()
+        if wants_analysis(args):  # --sensitivity / --target-size-ratio: analysis and a recipe, no PTQ run
+            return analyze(args, ptq.model, ptq.config, ptq.dataset, ptq.ctx.shape, ptq.run, ptq.device)
         fp32 = ptq.evaluate(ptq.model.eval(), "FP32")
         ptq.calibrate()
         quant = ptq.evaluate(ptq.gm, "quantized")

@@ -37,6 +37,7 @@ class IntegerArithmetic:
     def __init__(self, weight_quant, in_quant, out_quant, bits_accum=32, mult_bits=None, pow2=False):
         self.weight_quant, self.in_quant, self.out_quant = weight_quant, in_quant, out_quant
         self.bits_accum, self.mult_bits, self.pow2 = bits_accum, mult_bits, pow2
+        self.enabled = True  # off: the layer keeps its fake-quantized float32 output (fast calibration passes)
 
     @staticmethod
     def _conv(layer, x, w):
@@ -61,7 +62,7 @@ class IntegerArithmetic:
     def active(self):
         quants = (self.in_quant, self.out_quant, self.weight_quant)
         # a dynamic output range is only known after the layer ran: keep the float path then
-        return all(q.enabled and q.observed for q in quants) and not self.out_quant.dynamic and not self.in_quant.dynamic
+        return self.enabled and all(q.enabled and q.observed for q in quants) and not self.out_quant.dynamic and not self.in_quant.dynamic
 
     @torch.no_grad()
     def __call__(self, layer, inputs, output):

@@ -27,6 +27,7 @@ from compressor.quantization.linear.input_quant import (InputOverrides, add_inpu
                                                       observe_layer_inputs)
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
+from compressor.quantization.linear.refine import RefineConfig
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
 
 _PTQ_BITS = dict(lo=2, hi=16, fp_values=(FP_BITS,))
@@ -41,7 +42,7 @@ UNCLIPPED_BY_DEFAULT = "the model input and the logits"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PTQConfig(LinearConfig, ClipConfig):
+class PTQConfig(LinearConfig, ClipConfig, RefineConfig):  # RefineConfig: AdaRound, bias correction (refine.py)
     """Distiller's PostTrainLinearQuantizer arguments (``bits_parameters``; ``bits_weights`` is its per-layer alias)."""
 
     SOURCE_KEYS: ClassVar[tuple] = ("model_activation_stats",)  # the ranges themselves live in the model's state
