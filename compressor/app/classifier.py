@@ -6,24 +6,23 @@ import os
 import torch
 from torch import nn
 
-from compressor.models import NUM_CLASSES, create_model
-from compressor.recipe.build import build_scheduler, read_recipe
-from compressor.core.errors import CheckpointError
-from compressor.core.state_keys import load_weights
-from compressor.training import distributed as ddp
-from compressor.training.determinism import seed_everything, set_rng_state
-from compressor.training.loop import evaluate, train_one_epoch
-from compressor.training.state import TrainState, load_model_weights, load_train_state
 from compressor.app.args import classifier_parser
 from compressor.app.context import RunContext
-from compressor.training.faults import resumable
-from compressor.app.post_train import main_from_classifier_args
 from compressor.app.deploy_args import run_exports, wants_export
-from compressor.core.errors import UsageError
 from compressor.app.errors import run_guarded
 from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
+from compressor.app.post_train import main_from_classifier_args
 from compressor.app.run_record import publish, training_record
 from compressor.app.summary import print_summary
+from compressor.core.errors import CheckpointError, UsageError
+from compressor.core.state_keys import load_weights
+from compressor.models import NUM_CLASSES, create_model
+from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.training import distributed as ddp
+from compressor.training.determinism import seed_everything, set_rng_state
+from compressor.training.faults import resumable
+from compressor.training.loop import evaluate, train_one_epoch
+from compressor.training.state import TrainState, load_model_weights, load_train_state
 
 log = logging.getLogger("compressor")
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from compressor.app.common import check_outputs, pick_device, resolved_seed
 from compressor.data import load_data
 from compressor.data.loaders import SHAPE_ADAPTIVE, load_calibration_data
 from compressor.models import arch_family
 from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything
 from compressor.training.run_dir import RunDirectory
-from compressor.app.common import check_outputs, pick_device, resolved_seed
 
 log = logging.getLogger("compressor")
 ARGS_FILE = "args.yaml"

@@ -7,25 +7,24 @@ import math
 import torch
 from tabulate import tabulate
 
-from compressor.calibration.stats_file import save_stats
-from compressor.models import create_model
-from compressor.quantization.linear.lapq import lapq
-from compressor.quantization.linear.refine import refine_after_calibration
-from compressor.recipe.build import build_scheduler, read_recipe
-from compressor.core.errors import CheckpointError
-from compressor.core.io import save_checkpoint
-from compressor.core.state_keys import load_weights
-from compressor.training.loop import evaluate
-from compressor.training.state import TrainState, load_model_weights
 from compressor.app.common import add_weight_sources, common_parser, count_or_fraction, fraction, one_weight_source
 from compressor.app.context import RunContext
-from compressor.core.errors import UsageError
-from compressor.app.errors import run_guarded
 from compressor.app.deploy_args import add_deploy_arguments, run_exports
+from compressor.app.errors import run_guarded
 from compressor.app.pictures import post_train_pictures
 from compressor.app.qe_args import add_qe_arguments, config_as_recipe, ptq_config_in, qe_config
 from compressor.app.run_record import ptq_record, publish
 from compressor.app.sensitivity import add_sensitivity_arguments, analyze, wants_analysis
+from compressor.calibration.stats_file import save_stats
+from compressor.core.errors import CheckpointError, UsageError
+from compressor.core.io import save_checkpoint
+from compressor.core.state_keys import load_weights
+from compressor.models import create_model
+from compressor.quantization.linear.lapq import lapq
+from compressor.quantization.linear.refine import refine_after_calibration
+from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.training.loop import evaluate
+from compressor.training.state import TrainState, load_model_weights
 
 log = logging.getLogger("compressor")
 

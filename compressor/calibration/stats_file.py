@@ -9,10 +9,10 @@ import math
 
 import yaml
 
+from compressor.calibration.stats_names import resolve
 from compressor.core.errors import RecipeError, StatsError
 from compressor.core.io import atomic_write_text
 from compressor.core.safe_yaml import load_yaml, read_text
-from compressor.calibration.stats_names import resolve
 
 RECORD_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std", "b")
 

@@ -11,9 +11,9 @@ from collections import OrderedDict
 import torch
 
 from compressor.core.io import load_checkpoint, save_checkpoint
+from compressor.deploy.convert import to_torch_int8
 from compressor.models import create_model
 from compressor.recipe.build import build_scheduler, read_recipe
-from compressor.deploy.convert import to_torch_int8
 
 PACK_BITS = 4  # weights at this many bits or fewer are stored two per byte
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from compressor.core.errors import ConversionError
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from compressor.quantization.graph.sites import NORM_TYPES
-from compressor.core.errors import ConversionError
 from compressor.quantization.quant_module import QuantModule
 
 log = logging.getLogger(__name__)

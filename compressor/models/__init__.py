@@ -5,8 +5,8 @@ import os
 import torch
 import torchvision
 
-from compressor.models import preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
 from compressor.core.errors import ModelError
+from compressor.models import preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
 
 _LOCAL = {}
 for _module in (resnet_cifar, preact_resnet_cifar, simplenet, vgg_cifar):

@@ -8,10 +8,10 @@ statistics and histograms are then gathered and merged exactly (``TensorStats.me
 
 import torch
 
+from compressor.calibration.stats import Histogram, StatsObserver, TensorStats
 from compressor.core import distributed
 from compressor.core.progress import progress
 from compressor.quantization.graph import sites as graph
-from compressor.calibration.stats import Histogram, StatsObserver, TensorStats
 
 
 def instrument(model, quantize_inputs=True, histograms=False, bins=2048):

@@ -2,13 +2,13 @@
 
 import copy
 
-from compressor.scheduling.policies import CalibrationPolicy, LRPolicy, QuantizationPolicy
-from compressor.scheduling.distillation import DistillationPolicy
-from compressor.recipe.components import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
-from compressor.scheduling.scheduler import CompressionScheduler
 from compressor.core.errors import RecipeError
+from compressor.recipe.components import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
 from compressor.recipe.loader import load_recipe, parse_recipe
 from compressor.recipe.validate import policy_epochs, validate
+from compressor.scheduling.distillation import DistillationPolicy
+from compressor.scheduling.policies import CalibrationPolicy, LRPolicy, QuantizationPolicy
+from compressor.scheduling.scheduler import CompressionScheduler
 
 
 def read_recipe(source, file=None):

@@ -19,8 +19,8 @@ policies:
 import dataclasses
 import logging
 
-from compressor.core.spec import OptionalInt, setting
 from compressor.calibration.clipping import ClipConfig
+from compressor.core.spec import OptionalInt, setting
 from compressor.quantization.collect import collect_stats
 
 log = logging.getLogger(__name__)

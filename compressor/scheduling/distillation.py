@@ -27,13 +27,13 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from compressor.scheduling.policies import Policy
-from compressor.core.spec import Config, Float, Spec, setting
-from compressor.scheduling.scheduler import PolicyLoss
-from compressor.models import create_model
 from compressor.core.errors import CheckpointError
 from compressor.core.io import load_checkpoint
+from compressor.core.spec import Config, Float, Spec, setting
 from compressor.core.state_keys import load_weights, model_state
+from compressor.models import create_model
+from compressor.scheduling.policies import Policy
+from compressor.scheduling.scheduler import PolicyLoss
 
 log = logging.getLogger(__name__)
 DISTILL_LOSS = "Distill Loss"

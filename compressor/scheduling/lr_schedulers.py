@@ -5,7 +5,6 @@ import bisect
 from torch.optim.lr_scheduler import LRScheduler
 
 
-
 class MultiStepMultiGammaLR(LRScheduler):
     """Distiller's: at each milestone the LR is multiplied by that milestone's own gamma."""
 

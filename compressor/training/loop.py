@@ -11,9 +11,9 @@ import logging
 import torch
 
 from compressor.core import distributed
+from compressor.core.progress import progress
 from compressor.training.faults import check_loss, check_model, first_non_finite
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
-from compressor.core.progress import progress
 
 log = logging.getLogger("compressor")
 OBJECTIVE = "Objective Loss"

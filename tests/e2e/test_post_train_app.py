@@ -13,7 +13,6 @@ from compressor.app.post_train import main as post_train
 from compressor.calibration.stats_file import load_stats
 from compressor.core.io import load_checkpoint
 
-
 pytestmark = pytest.mark.slow  # every test quantizes the shared trained model (fp32_checkpoint, conftest.py)
 
 

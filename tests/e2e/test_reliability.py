@@ -17,7 +17,7 @@ from compressor.app import post_train
 from compressor.app.classifier import main
 from compressor.calibration.stats_file import load_stats
 from compressor.core import io as core_io
-from compressor.core.errors import CheckpointError, RecipeError, StatsError, UsageError
+from compressor.core.errors import CheckpointError, RecipeError, StatsError
 from compressor.core.io import clean_stale_temp_files, load_checkpoint, save_checkpoint
 from compressor.recipe.build import read_recipe
 from compressor.recipe.loader import load_recipe

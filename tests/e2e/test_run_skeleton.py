@@ -10,7 +10,8 @@ import yaml
 
 from compressor.app.args import classifier_parser
 from compressor.app.classifier import main as classifier
-from compressor.app.post_train import main as post_train, post_train_parser
+from compressor.app.post_train import main as post_train
+from compressor.app.post_train import post_train_parser
 from compressor.core.errors import CheckpointError
 from compressor.core.io import load_checkpoint, save_checkpoint
 from compressor.models import create_model

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
 from compressor.core.errors import TraceError
 from compressor.quantization.quant_module import QuantModule
 

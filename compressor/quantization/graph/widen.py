@@ -10,8 +10,8 @@ layer keeps its input channels and its last layer its outputs (the classes).
 import torch
 from torch import fx, nn
 
-from compressor.quantization.graph.sites import LAYER_TYPES, NORM_TYPES, trace
 from compressor.core.errors import WidenError
+from compressor.quantization.graph.sites import LAYER_TYPES, NORM_TYPES, trace
 
 SYMMETRY_NOISE = 0.01  # relative to each tensor's std
 

@@ -22,9 +22,13 @@ from compressor.quantization.collect import collect_stats
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.graph.fold_bn import fold_batchnorm
 from compressor.quantization.linear.dynamic_clip import DynamicClipFakeQuant
-from compressor.quantization.linear.input_quant import (InputOverrides, add_input_quantizers, input_explicitly_set,
-                                                         model_input_settings,
-                                                      observe_layer_inputs)
+from compressor.quantization.linear.input_quant import (
+    InputOverrides,
+    add_input_quantizers,
+    input_explicitly_set,
+    model_input_settings,
+    observe_layer_inputs,
+)
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.linear.refine import RefineConfig

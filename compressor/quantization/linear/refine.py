@@ -36,9 +36,14 @@ import torch
 from tabulate import tabulate
 
 from compressor.core.spec import Bool, Config, Float, Int, setting
+from compressor.quantization.linear.adaround import (
+    adaround_layer,
+    grid_view,
+    layer_output,
+    nearest_integers,
+    reconstruction_error,
+)
 from compressor.quantization.linear.integer_sim import IntegerArithmetic
-from compressor.quantization.linear.adaround import (adaround_layer, grid_view, layer_output, nearest_integers,
-                                                     reconstruction_error)
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import math
 import torch
 
 from compressor.core.spec import Bits, Config, Overrides, Spec, setting
-from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
 from compressor.quantization.quant_module import QuantModule
+from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
 
 
 class Portions(Spec):

@@ -10,10 +10,10 @@ import dataclasses
 import logging
 
 from compressor.core.spec import Bits, Bool, Choice, Float, Int, setting
-from compressor.quantization.low_bit.activations import BinaryActivation, ClippedLinearQuant, LearnedClipQuant
-from compressor.quantization.quantizer import FP_BITS, Quantizer, QuantizerConfig, is_quantized
-from compressor.quantization.low_bit.weights import FIXED_BITS, WEIGHT_METHODS
 from compressor.quantization.graph.widen import widen_model, widen_state_dict
+from compressor.quantization.low_bit.activations import BinaryActivation, ClippedLinearQuant, LearnedClipQuant
+from compressor.quantization.low_bit.weights import FIXED_BITS, WEIGHT_METHODS
+from compressor.quantization.quantizer import FP_BITS, Quantizer, QuantizerConfig, is_quantized
 
 log = logging.getLogger(__name__)
 _LOW_BITS = dict(lo=1, hi=16, fp_values=(FP_BITS,))

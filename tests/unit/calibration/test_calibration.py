@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.quantization.collect import collect_stats
 from compressor.calibration.stats import TensorStats
-from compressor.core.errors import StatsError
 from compressor.calibration.stats_file import load_stats, match_stats, save_stats
+from compressor.core.errors import StatsError
 from compressor.models import create_model
+from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph.fold_bn import fold_batchnorm
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compressor.calibration.clipping import ACIQ_GAUSS, ACIQ_LAPLACE, aciq_alpha, compute_range, _expected_mse
+from compressor.calibration.clipping import ACIQ_GAUSS, ACIQ_LAPLACE, _expected_mse, aciq_alpha, compute_range
 from compressor.calibration.stats import Histogram, TensorStats
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 from compressor.core.errors import CheckpointError
 from compressor.core.io import load_checkpoint, save_checkpoint
 from compressor.core.state_keys import load_weights
+from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):

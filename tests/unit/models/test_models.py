@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from compressor.core.errors import ModelError
-from compressor.models import arch_family, create_model
 from compressor.models import _LOCAL as LOCAL_ARCHS
+from compressor.models import arch_family, create_model
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 

@@ -1,14 +1,19 @@
 import torch
 from torch import nn
 
-from compressor.quantization.linear.adaround import (adaround_layer, annealed_beta, initial_logits,
-                                                     nearest_integers, reconstruction_error, rectified_sigmoid,
-                                                     rounding_regularizer)
-from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
-from compressor.quantization.linear.refine import (calibration_images, capture, mean_output_shift, refine,
-                                                   refined_layers)
-from compressor.recipe.build import read_recipe
 from compressor.core.errors import RecipeError
+from compressor.quantization.linear.adaround import (
+    adaround_layer,
+    annealed_beta,
+    initial_logits,
+    nearest_integers,
+    reconstruction_error,
+    rectified_sigmoid,
+    rounding_regularizer,
+)
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+from compressor.quantization.linear.refine import calibration_images, capture, mean_output_shift, refine, refined_layers
+from compressor.recipe.build import read_recipe
 
 
 def test_rectified_sigmoid_and_regularizer():

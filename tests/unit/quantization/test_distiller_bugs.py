@@ -9,7 +9,7 @@ from torch import nn
 
 from compressor.app.qe_args import add_qe_arguments, qe_config
 from compressor.calibration.clipping import compute_range
-from compressor.core.errors import StatsError, CompressorError, RangeError
+from compressor.core.errors import CompressorError, RangeError, StatsError
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
 

@@ -5,9 +5,10 @@ Each test compares what 2 ranks compute on their shards with what 1 process comp
 
 import pytest
 import torch
+from distributed_harness import run_ranks
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.multiprocessing import ProcessRaisedException
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compressor.core import distributed
 from compressor.core.errors import CompressorError
@@ -15,8 +16,6 @@ from compressor.models import create_model
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph.fold_bn import fold_batchnorm
 from compressor.recipe.build import build_scheduler, read_recipe
-
-from distributed_harness import run_ranks
 
 
 # --- calibration statistics and histograms -----------------------------------------------------------

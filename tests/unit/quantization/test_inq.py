@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.core.errors import RecipeError
 from compressor.quantization.low_bit.inq import INQWeight, power_of_two_levels
 from compressor.recipe.build import build_scheduler, read_recipe
-from compressor.core.errors import RecipeError
 
 
 def test_power_of_two_codebook():

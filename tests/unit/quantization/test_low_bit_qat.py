@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.core.errors import RecipeError
 from compressor.quantization.low_bit.activations import BinaryActivation, ClippedLinearQuant, LearnedClipQuant
 from compressor.quantization.low_bit.weights import DorefaWeight, TrainedTernaryWeight, WRPNWeight, XnorWeight
 from compressor.recipe.build import build_scheduler, read_recipe
-from compressor.core.errors import RecipeError
 
 
 class Functional(nn.Module):

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from compressor.models import create_model
-from compressor.quantization.overrides import OverrideTable
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.quantization.overrides import OverrideTable
 
 
 def test_exact_name_beats_earlier_regex():

@@ -1,6 +1,12 @@
 import torch
 
-from compressor.quantization.low_bit.weights import DorefaWeight, TernaryWeight, TrainedTernaryWeight, WRPNWeight, XnorWeight
+from compressor.quantization.low_bit.weights import (
+    DorefaWeight,
+    TernaryWeight,
+    TrainedTernaryWeight,
+    WRPNWeight,
+    XnorWeight,
+)
 
 
 def enabled(module):

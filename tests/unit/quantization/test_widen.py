@@ -25,8 +25,8 @@ def test_widening_preserves_the_function(arch, monkeypatch):
 
 
 def test_widened_narrow_state_loads_into_wrpn_model(tmp_path):
-    from compressor.recipe.build import build_scheduler, read_recipe
     from compressor.core.state_keys import load_weights
+    from compressor.recipe.build import build_scheduler, read_recipe
 
     torch.manual_seed(0)
     fp32 = create_model("resnet20_cifar", "digits").eval()

@@ -12,8 +12,8 @@ import glob
 import math
 import os
 import re
-import tempfile
 import resource
+import tempfile
 
 import pytest
 import yaml

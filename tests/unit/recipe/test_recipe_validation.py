@@ -2,10 +2,10 @@ import textwrap
 
 import pytest
 
-from compressor.recipe.build import read_recipe
 from compressor.core.errors import RecipeError
-from compressor.recipe.components import QUANTIZERS
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+from compressor.recipe.build import read_recipe
+from compressor.recipe.components import QUANTIZERS
 
 GOOD = """\
 quantizers:

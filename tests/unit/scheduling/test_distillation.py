@@ -3,7 +3,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.scheduling.distillation import DISTILL_LOSS, DistillationPolicy, KnowledgeDistillation, distillation_loss
+from compressor.scheduling.distillation import (
+    DISTILL_LOSS,
+    DistillationPolicy,
+    KnowledgeDistillation,
+    distillation_loss,
+)
 from compressor.scheduling.scheduler import CompressionScheduler
 
 

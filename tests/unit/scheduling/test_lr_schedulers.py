@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from compressor.recipe.build import read_recipe
 from compressor.core.errors import RecipeError
+from compressor.recipe.build import read_recipe
 from compressor.recipe.components import LR_SCHEDULERS
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.scheduling.policies import QuantizationPolicy
 from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.scheduling.policies import QuantizationPolicy
 
 RECIPE = """\
 quantizers:
