@@ -8,7 +8,8 @@ check needs. Then 8-bit post-training quantization (per-channel symmetric weight
 activations calibrated on 64 training images), export for ``--int8-target`` (default auto: this
 CPU), and the check that the app runs after every export.
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/export_agreement.py --out docs/benchmarks/export_agreement_vnni.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/export_agreement.py \
+        --out docs/benchmarks/export_agreement_vnni.json
 """
 
 import argparse
@@ -58,17 +59,28 @@ def main():
     train, test = digits_datasets((3, args.size, args.size))
     model = create_model(args.arch, "digits").eval()
     probe_top1 = linear_probe(model, DataLoader(Subset(train, range(args.probe_images)), batch_size=32))
-    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
-                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
-                                         integer_arithmetic=False)
+    quantizer = PostTrainLinearQuantizer(
+        model,
+        bits_activations=8,
+        bits_parameters=8,
+        per_channel_wts=True,
+        mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+        integer_arithmetic=False,
+    )
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x, None) for x, _ in DataLoader(Subset(train, range(64)), batch_size=32)])
     path = os.path.join(tempfile.mkdtemp(), "m.onnx")
-    report = export_quantized(sim, DataLoader(test, batch_size=24), onnx_path=path, target=args.int8_target,
-                              accept_disagreement=True)
+    report = export_quantized(
+        sim, DataLoader(test, batch_size=24), onnx_path=path, target=args.int8_target, accept_disagreement=True
+    )
     report.pop("int8_model")
-    result = {"command": "python " + " ".join(sys.argv), "arch": args.arch, "input": [3, args.size, args.size],
-              "probe_train_top1": 100 * probe_top1, "export": report}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "arch": args.arch,
+        "input": [3, args.size, args.size],
+        "probe_train_top1": 100 * probe_top1,
+        "export": report,
+    }
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -7,13 +7,15 @@ Each (model, batch, variant) runs in its own process, so peak RSS (ru_maxrss) is
 alone. ``--rounds R`` runs every variant of a configuration R times, interleaved (round 1 of all
 variants, then round 2, ...), so ours and torch.ao's see the same background load; the table gives
 the median over rounds of each process's median latency, measured as the process's CPU time per
-batch (one thread: the compute cost, whatever else shares the core) next to wall-clock time. Threads: as the environment says
+batch (one thread: the compute cost, whatever else shares the core) next to wall-clock time.
+Threads: as the environment says
 (``OMP_NUM_THREADS``); onnxruntime gets the same count (intra_op_num_threads). Weights are random
 (no downloads here): latency does not depend on their values. Quantization: 8-bit per-channel
 symmetric weights, 8-bit asymmetric activations calibrated on two random batches (ours:
 PostTrainLinearQuantizer; torch.ao: its default x86 qconfig, prepare_fx/convert_fx).
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/inference_speed.py --rounds 2 --out docs/benchmarks/inference_speed_vnni.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/inference_speed.py --rounds 2 \
+        --out docs/benchmarks/inference_speed_vnni.json
 
 ``ours_onnx_u8s8``: int8 weights (exact and fast where u8 x s8 accumulates in 32 bits: VNNI, AMX, ARM
 dot product; saturates on AVX2-only CPUs with 8-bit activations); ``ours_onnx_u8u8``: uint8 weights
@@ -50,10 +52,16 @@ def machine():
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     import onnxruntime
 
-    return {"cpu": model, "cores": os.cpu_count(), "int8_capability": detect_capability(flags, arch),
-            "integer_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "int8_capability": detect_capability(flags, arch),
+        "integer_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def build(arch, batch, size, variant):
@@ -90,10 +98,14 @@ def build(arch, batch, size, variant):
     from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
     # _a7: 7-bit activations (torch.ao's reduce_range): fbgemm's 16-bit pair sums cannot saturate, so x86 is exact
-    quantizer = PostTrainLinearQuantizer(model, bits_activations=7 if variant.endswith("_a7") else 8,
-                                         bits_parameters=8, per_channel_wts=True,
-                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
-                                         integer_arithmetic=False)
+    quantizer = PostTrainLinearQuantizer(
+        model,
+        bits_activations=7 if variant.endswith("_a7") else 8,
+        bits_parameters=8,
+        per_channel_wts=True,
+        mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+        integer_arithmetic=False,
+    )
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(c, None) for c in calib])
     if variant == "ours_simulated":
@@ -121,8 +133,12 @@ def measure(arch, batch, size, variant, iters, warmup):
             if i >= warmup:
                 wall.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
-    return {"median_ms": 1000 * statistics.median(cpu), "wall_median_ms": 1000 * statistics.median(wall),
-            "min_ms": 1000 * min(cpu), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "median_ms": 1000 * statistics.median(cpu),
+        "wall_median_ms": 1000 * statistics.median(wall),
+        "min_ms": 1000 * min(cpu),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main():
@@ -133,21 +149,28 @@ def main():
     ap.add_argument("--only", default=None, help="e.g. resnet20_cifar")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
     ap.add_argument("--configs", default=None, help="ARCH:BATCH:SIZE,... in this order (default: all)")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated; also: {', '.join(EXTRA_VARIANTS)}")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated; also: {', '.join(EXTRA_VARIANTS)}"
+    )
     ap.add_argument("--one", nargs=4, metavar=("ARCH", "BATCH", "SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         arch, batch, size, variant = args.one
         print(json.dumps(measure(arch, int(batch), int(size), variant, args.iters, args.warmup)))
         return
-    results = {"command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
-                          f"taskset -c {','.join(map(str, sorted(os.sched_getaffinity(0))))} python "
-                          + " ".join(sys.argv), "machine": machine(), "runs": {}}
+    results = {
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
+        f"taskset -c {','.join(map(str, sorted(os.sched_getaffinity(0))))} python " + " ".join(sys.argv),
+        "machine": machine(),
+        "runs": {},
+    }
     print(json.dumps(results["machine"]), flush=True)
     variants = args.variants.split(",")
-    configs = CONFIGS if not args.configs else [(a, int(b), int(c)) for a, b, c in
-                                                 (item.split(":") for item in args.configs.split(","))]
+    configs = (
+        CONFIGS
+        if not args.configs
+        else [(a, int(b), int(c)) for a, b, c in (item.split(":") for item in args.configs.split(","))]
+    )
     for arch, batch, size in configs:
         if args.only and args.only != arch:
             continue
@@ -155,30 +178,49 @@ def main():
         rounds = {v: [] for v in variants}
         for r in range(args.rounds):
             for variant in variants:
-                proc = subprocess.run([sys.executable, __file__, "--iters", str(args.iters), "--warmup",
-                                       str(args.warmup), "--one", arch, str(batch), str(size), variant],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--iters",
+                        str(args.iters),
+                        "--warmup",
+                        str(args.warmup),
+                        "--one",
+                        arch,
+                        str(batch),
+                        str(size),
+                        variant,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode != 0:
                     rounds[variant].append({"error": proc.stderr[-500:]})
                     print(key, variant, "ERROR", proc.stderr[-500:], flush=True)
                     continue
                 one = json.loads(proc.stdout.strip().splitlines()[-1])
                 rounds[variant].append(one)
-                print(f"{key:24s} round {r + 1} {variant:24s} {one['median_ms']:9.2f} ms CPU "
-                      f"{one['wall_median_ms']:9.2f} ms wall  peak "
-                      f"{one['peak_rss_mib']:7.0f} MiB", flush=True)
+                print(
+                    f"{key:24s} round {r + 1} {variant:24s} {one['median_ms']:9.2f} ms CPU "
+                    f"{one['wall_median_ms']:9.2f} ms wall  peak "
+                    f"{one['peak_rss_mib']:7.0f} MiB",
+                    flush=True,
+                )
         results["runs"][key] = {}
         for variant, ones in rounds.items():
             ok = [o for o in ones if "median_ms" in o]
             if not ok:
                 results["runs"][key][variant] = ones[0]
                 continue
-            results["runs"][key][variant] = {"median_ms": statistics.median(o["median_ms"] for o in ok),
-                                             "rounds_ms": [o["median_ms"] for o in ok],
-                                             "wall_median_ms": statistics.median(o["wall_median_ms"] for o in ok),
-                                             "peak_rss_mib": max(o["peak_rss_mib"] for o in ok)}
+            results["runs"][key][variant] = {
+                "median_ms": statistics.median(o["median_ms"] for o in ok),
+                "rounds_ms": [o["median_ms"] for o in ok],
+                "wall_median_ms": statistics.median(o["wall_median_ms"] for o in ok),
+                "peak_rss_mib": max(o["peak_rss_mib"] for o in ok),
+            }
         fp32 = results["runs"][key].get("fp32", {}).get("median_ms")
-        for variant, r in results["runs"][key].items():
+        for r in results["runs"][key].values():
             if "median_ms" in r and fp32:
                 r["speedup_vs_fp32"] = fp32 / r["median_ms"]
         if args.out:  # after each configuration, so a long run keeps what it measured

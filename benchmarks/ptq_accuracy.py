@@ -54,19 +54,32 @@ def top1(model, loader):
 def entry(mask):
     correct, n = int(mask.sum()), len(mask)
     lo, hi = wilson(correct, n)
-    return {"top1": 100.0 * correct / n, "correct": correct, "n": n, "ci95": [round(lo, 3), round(hi, 3)],
-            "mask": pack_mask(mask)}
+    return {
+        "top1": 100.0 * correct / n,
+        "correct": correct,
+        "n": n,
+        "ci95": [round(lo, 3), round(hi, 3)],
+        "mask": pack_mask(mask),
+    }
 
 
-def ours_quantizer(model, calib, bits_w, bits_a, clip, no_clip=(), clip_boundaries=False, integer=True,
-                   keep_avg=True):
+def ours_quantizer(model, calib, bits_w, bits_a, clip, no_clip=(), clip_boundaries=False, integer=True, keep_avg=True):
     overrides = {name: {"clip_acts": "NONE"} for name in no_clip}
     if clip_boundaries:  # a recipe override asks for the method on the input and the logits too
         overrides.update({"input": {"clip_acts": clip}, "fc": {"clip_acts": clip}})
-    q = PostTrainLinearQuantizer(model, bits_activations=bits_a, bits_parameters=bits_w, clip_acts=clip,
-                                 clip_n_stds=3.0, per_channel_wts=True, mode="ASYMMETRIC_UNSIGNED",
-                                 clip_half_range=True, overrides=overrides or None, integer_arithmetic=integer,
-                                 clip_keep_avg_from_bits=8 if keep_avg else None)
+    q = PostTrainLinearQuantizer(
+        model,
+        bits_activations=bits_a,
+        bits_parameters=bits_w,
+        clip_acts=clip,
+        clip_n_stds=3.0,
+        per_channel_wts=True,
+        mode="ASYMMETRIC_UNSIGNED",
+        clip_half_range=True,
+        overrides=overrides or None,
+        integer_arithmetic=integer,
+        clip_keep_avg_from_bits=8 if keep_avg else None,
+    )
     gm = q.prepare_model()
     q.calibrate(calib)
     return q, gm
@@ -82,10 +95,14 @@ def torch_ao(model, calib, bits_w):
         mapping = get_default_qconfig_mapping("x86")
     else:  # torch.ao's observers with a 4-bit weight range, computed by int8 kernels
         half = 2 ** (bits_w - 1)
-        mapping = QConfigMapping().set_global(QConfig(
-            activation=HistogramObserver.with_args(reduce_range=True),
-            weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                      quant_min=-half, quant_max=half - 1)))
+        mapping = QConfigMapping().set_global(
+            QConfig(
+                activation=HistogramObserver.with_args(reduce_range=True),
+                weight=PerChannelMinMaxObserver.with_args(
+                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-half, quant_max=half - 1
+                ),
+            )
+        )
     example = next(iter(calib))[0][:1]
     prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
     with torch.no_grad():
@@ -112,16 +129,30 @@ def main():
     ap.add_argument("--calibration-size", type=int, default=512)
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
     ap.add_argument("--methods", nargs="+", default=CLIP_NAMES, choices=CLIP_NAMES)
-    ap.add_argument("--no-clip-layers", nargs="*", default=[], metavar="NAME",
-                    help="sites never clipped (as Distiller's --qe-no-clip-layers)")
-    ap.add_argument("--clip-boundaries", action="store_true",
-                    help="clip the model input and the logits (fc) with the method too, through overrides "
-                         "(the default before the clip-defaults fix)")
-    ap.add_argument("--no-keep-avg", action="store_true",
-                    help="each method's own range (clip_keep_avg_from_bits: null; the default before the fix)")
-    ap.add_argument("--no-integer-arithmetic", action="store_true",
-                    help="fake-quantize in float32 only (same grids; the exact float64 integer simulation of each "
-                         "conv costs ~8x an FP32 forward on CPU)")
+    ap.add_argument(
+        "--no-clip-layers",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="sites never clipped (as Distiller's --qe-no-clip-layers)",
+    )
+    ap.add_argument(
+        "--clip-boundaries",
+        action="store_true",
+        help="clip the model input and the logits (fc) with the method too, through overrides "
+        "(the default before the clip-defaults fix)",
+    )
+    ap.add_argument(
+        "--no-keep-avg",
+        action="store_true",
+        help="each method's own range (clip_keep_avg_from_bits: null; the default before the fix)",
+    )
+    ap.add_argument(
+        "--no-integer-arithmetic",
+        action="store_true",
+        help="fake-quantize in float32 only (same grids; the exact float64 integer simulation of each "
+        "conv costs ~8x an FP32 forward on CPU)",
+    )
     ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--skip-calibration-cost", action="store_true")
     ap.add_argument("--out", default=None)
@@ -135,13 +166,25 @@ def main():
     calib = load_calibration_data(args.dataset, args.data_dir, shape, 128, args.calibration_size)
     start = time.perf_counter()
     fp32 = entry(evaluate(model, test))
-    result = {"command": "python " + " ".join(sys.argv), "machine": machine(), "dataset": args.dataset,
-              "arch": args.arch, "checkpoint": args.checkpoint,
-              "calibration_images": len(calib.dataset), "test_images": len(test.dataset),
-              "clip_boundaries": args.clip_boundaries, "no_clip_layers": args.no_clip_layers,
-              "integer_arithmetic": not args.no_integer_arithmetic, "clip_keep_avg": not args.no_keep_avg,
-              "fp32_top1": fp32["top1"], "fp32": fp32, "ours": {}, "ours_detail": {}, "torch_ao": {},
-              "torch_ao_detail": {}}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "dataset": args.dataset,
+        "arch": args.arch,
+        "checkpoint": args.checkpoint,
+        "calibration_images": len(calib.dataset),
+        "test_images": len(test.dataset),
+        "clip_boundaries": args.clip_boundaries,
+        "no_clip_layers": args.no_clip_layers,
+        "integer_arithmetic": not args.no_integer_arithmetic,
+        "clip_keep_avg": not args.no_keep_avg,
+        "fp32_top1": fp32["top1"],
+        "fp32": fp32,
+        "ours": {},
+        "ours_detail": {},
+        "torch_ao": {},
+        "torch_ao_detail": {},
+    }
     print(f"FP32 top-1 {fp32['top1']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     sqnr_batch = next(iter(calib))[0]
     for label, bits_w, bits_a in CONFIGS:
@@ -149,15 +192,32 @@ def main():
             continue
         for clip in args.methods:
             start = time.perf_counter()
-            q, gm = ours_quantizer(model, calib, bits_w, bits_a, clip, args.no_clip_layers, args.clip_boundaries,
-                                   not args.no_integer_arithmetic, not args.no_keep_avg)
+            q, gm = ours_quantizer(
+                model,
+                calib,
+                bits_w,
+                bits_a,
+                clip,
+                args.no_clip_layers,
+                args.clip_boundaries,
+                not args.no_integer_arithmetic,
+                not args.no_keep_avg,
+            )
             detail = entry(evaluate(gm, test))
-            detail["sites"] = {name: {"range": list(q.ranges[name]), "clip": str(q.site_config[name]["clip_acts"]).upper(),
-                                      "sqnr_db": sqnr} for name, _, _, _, sqnr in sqnr_table(q, gm, sqnr_batch, "cpu")}
+            detail["sites"] = {
+                name: {
+                    "range": list(q.ranges[name]),
+                    "clip": str(q.site_config[name]["clip_acts"]).upper(),
+                    "sqnr_db": sqnr,
+                }
+                for name, _, _, _, sqnr in sqnr_table(q, gm, sqnr_batch, "cpu")
+            }
             result["ours"].setdefault(label, {})[clip] = detail["top1"]
             result["ours_detail"].setdefault(label, {})[clip] = detail
-            print(f"ours {label} {clip:10s} {detail['top1']:.3f} {detail['ci95']} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            print(
+                f"ours {label} {clip:10s} {detail['top1']:.3f} {detail['ci95']} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     for label, bits_w in () if args.skip_torch_ao else (("W8A8", 8), ("W4A8", 4)):
         if label not in args.configs:
             continue
@@ -189,9 +249,13 @@ def main():
     hist_s = timed(lambda: collect_stats(folded, calib, histograms=True))
     ao_s = timed(ao_pass)
     result["calibration_cost"] = {
-        "fp32_inference_s": fp32_s, "ours_stats_s": stats_s, "ours_stats_and_histograms_s": hist_s,
+        "fp32_inference_s": fp32_s,
+        "ours_stats_s": stats_s,
+        "ours_stats_and_histograms_s": hist_s,
         "torch_ao_histogram_observer_s": ao_s,
-        "ratio_stats": stats_s / fp32_s, "ratio_stats_and_histograms": hist_s / fp32_s, "ratio_torch_ao": ao_s / fp32_s,
+        "ratio_stats": stats_s / fp32_s,
+        "ratio_stats_and_histograms": hist_s / fp32_s,
+        "ratio_torch_ao": ao_s / fp32_s,
     }
     print(json.dumps(result["calibration_cost"], indent=2))
     _write(args.out, result)

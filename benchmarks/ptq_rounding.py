@@ -43,13 +43,24 @@ def top1(model, loader):
     return 100.0 * correct / total
 
 
-def quantize(model, calib, images, bits_w, bits_a, clip, adaround=False, bias_correction=False, iterations=1000,
-             overrides=None):
+def quantize(
+    model, calib, images, bits_w, bits_a, clip, adaround=False, bias_correction=False, iterations=1000, overrides=None
+):
     """(prepared model, seconds): calibrate, then refine as asked."""
     start = time.perf_counter()
-    q = PostTrainLinearQuantizer(model, bits_activations=bits_a, bits_parameters=bits_w, clip_acts=clip,
-                                 per_channel_wts=True, mode=MODE, clip_half_range=True, overrides=overrides,
-                                 adaround=adaround, bias_correction=bias_correction, adaround_iterations=iterations)
+    q = PostTrainLinearQuantizer(
+        model,
+        bits_activations=bits_a,
+        bits_parameters=bits_w,
+        clip_acts=clip,
+        per_channel_wts=True,
+        mode=MODE,
+        clip_half_range=True,
+        overrides=overrides,
+        adaround=adaround,
+        bias_correction=bias_correction,
+        adaround_iterations=iterations,
+    )
     gm = q.prepare_model()
     q.calibrate(calib)
     if adaround or bias_correction:
@@ -82,16 +93,23 @@ def main():
     _, _, test = load_data(args.dataset, args.data, shape, 128)
     full = load_calibration_data(args.dataset, args.data, shape, 128, args.calibration_size + args.holdout_size)
     idx = full.dataset.indices
-    calib = torch.utils.data.DataLoader(torch.utils.data.Subset(full.dataset.dataset, idx[:args.calibration_size]),
-                                        batch_size=128)
+    calib = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(full.dataset.dataset, idx[: args.calibration_size]), batch_size=128
+    )
     images = calibration_images(calib, "cpu")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    result = {"command": "python " + " ".join(sys.argv),
-              "machine": f"{cpu}, {platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
-                         f"torch {torch.__version__}, 1 thread (OMP_NUM_THREADS=1, taskset -c 1, core shared)",
-              "arch": args.arch, "dataset": args.dataset, "calibration_images": args.calibration_size,
-              "test_images": len(test.dataset), "adaround_iterations": args.iterations,
-              "fp32_top1": top1(model, test), "configs": {}}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{cpu}, {platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+        f"torch {torch.__version__}, 1 thread (OMP_NUM_THREADS=1, taskset -c 1, core shared)",
+        "arch": args.arch,
+        "dataset": args.dataset,
+        "calibration_images": args.calibration_size,
+        "test_images": len(test.dataset),
+        "adaround_iterations": args.iterations,
+        "fp32_top1": top1(model, test),
+        "configs": {},
+    }
     print(f"FP32 top-1 {result['fp32_top1']:.3f}", flush=True)
 
     def save():
@@ -101,7 +119,7 @@ def main():
         os.replace(args.out + ".tmp", args.out)
 
     for label in [c for c in args.configs.split(",") if c]:
-        bits_w, bits_a = int(label[1:label.index("A")]), int(label[label.index("A") + 1:])
+        bits_w, bits_a = int(label[1 : label.index("A")]), int(label[label.index("A") + 1 :])
         entry = result["configs"].setdefault(label, {"rtn": {}})
         for clip in args.clips.split(","):
             gm, s = quantize(model, calib, images, bits_w, bits_a, clip)
@@ -110,10 +128,11 @@ def main():
             save()
         clip = max(entry["rtn"], key=lambda c: entry["rtn"][c]["top1"])  # the best RTN clip (on test: favours RTN)
         entry["best_clip"] = clip
-        for method, kw in (("bias_correction", dict(bias_correction=True)),
-                           ("adaround", dict(adaround=True, iterations=args.iterations)),
-                           ("adaround+bias_correction", dict(adaround=True, bias_correction=True,
-                                                             iterations=args.iterations))):
+        for method, kw in (
+            ("bias_correction", dict(bias_correction=True)),
+            ("adaround", dict(adaround=True, iterations=args.iterations)),
+            ("adaround+bias_correction", dict(adaround=True, bias_correction=True, iterations=args.iterations)),
+        ):
             gm, s = quantize(model, calib, images, bits_w, bits_a, clip, **kw)
             entry[method] = {"top1": top1(gm, test), "seconds": round(s, 2)}
             print(label, method, clip, entry[method], flush=True)
@@ -130,18 +149,25 @@ def main():
     if args.skip_mixed:
         return
     # mixed precision at the size of uniform Wb (every conv/linear at b bits), A8, vs uniform WbA8
-    holdout = torch.utils.data.Subset(full.dataset.dataset, idx[args.calibration_size:])
+    holdout = torch.utils.data.Subset(full.dataset.dataset, idx[args.calibration_size :])
     xs, ys = zip(*(holdout[i] for i in range(len(holdout))))
-    base = dict(bits_activations=8, bits_parameters=4, per_channel_wts=True, mode=MODE, clip_acts="AVG",
-                clip_half_range=True)
+    base = dict(
+        bits_activations=8, bits_parameters=4, per_channel_wts=True, mode=MODE, clip_acts="AVG", clip_half_range=True
+    )
     start = time.perf_counter()
     candidates = [int(b) for b in args.mp_bits.split(",")]
     table = measure_sensitivity(model, base, calib, torch.stack(xs), torch.as_tensor(ys), candidates, [], "cpu")
-    result["mixed_precision"] = {"sensitivity_seconds": round(time.perf_counter() - start, 1),
-                                 "candidates": candidates, "holdout_images": len(holdout), "budgets": {}}
+    result["mixed_precision"] = {
+        "sensitivity_seconds": round(time.perf_counter() - start, 1),
+        "candidates": candidates,
+        "holdout_images": len(holdout),
+        "budgets": {},
+    }
     save()
     sizes = {n: e["params"] for n, e in table["layers"].items()}
-    methods = [("rtn", {})] + ([("adaround", dict(adaround=True, iterations=args.iterations))] if args.mp_adaround else [])
+    methods = [("rtn", {})] + (
+        [("adaround", dict(adaround=True, iterations=args.iterations))] if args.mp_adaround else []
+    )
     for avg in [int(b) for b in args.mp_avg_bits.split(",")]:
         bits, budget = choose_bits(table, avg_bits=avg)
         mp = {"bits": bits, "avg_bits": total_bits(sizes, bits) / sum(sizes.values()), "weights": sum(sizes.values())}

@@ -20,8 +20,9 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2,
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs an app end to end (trains, calibrates or starts a process); "
-                                       "deselect with -m 'not slow'")
+    config.addinivalue_line(
+        "markers", "slow: runs an app end to end (trains, calibrates or starts a process); deselect with -m 'not slow'"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +37,31 @@ def only_run_dir(out, name):
 
 
 def _classifier_app(out, name, *extra, arch="simplenet_digits"):
-    argv = ["-a", arch, "--dataset", "digits", "-b", "64", "--lr", "0.05", "-p", "0", "-o", str(out), "-n", name, *extra]
+    argv = [
+        "-a",
+        arch,
+        "--dataset",
+        "digits",
+        "-b",
+        "64",
+        "--lr",
+        "0.05",
+        "-p",
+        "0",
+        "-o",
+        str(out),
+        "-n",
+        name,
+        *extra,
+    ]
     assert classifier_main(argv) == 0
     return only_run_dir(out, name)
 
 
 @pytest.fixture(scope="session")
 def app():
-    """``app(out, name, *flags, arch=...)``: the classifier app in-process on digits (-b 64, --lr 0.05); its run folder."""
+    """``app(out, name, *flags, arch=...)``: the classifier app in-process on digits (-b 64, --lr 0.05);
+    returns its run folder."""
     return _classifier_app
 
 
@@ -60,8 +78,9 @@ def assert_same_state(a, b):
 def _whole_and_resumed(out, common, arch):
     whole = _classifier_app(out, "whole", "--epochs", "4", *common, arch=arch)
     half = _classifier_app(out, "half", "--epochs", "2", *common, arch=arch)
-    rest = _classifier_app(out, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"),
-                           *common, arch=arch)
+    rest = _classifier_app(
+        out, "rest", "--epochs", "4", "--resume-from", os.path.join(half, "checkpoint.pth.tar"), *common, arch=arch
+    )
     a = load_checkpoint(os.path.join(whole, "checkpoint.pth.tar"))
     b = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
     assert a["epoch"] == b["epoch"] == 3
@@ -79,9 +98,15 @@ def whole_and_resumed():
 @pytest.fixture(scope="session")
 def cli():
     """``cli(script, *args, cwd=ROOT)``: an app script of apps/ in a fresh process (exit code, stdout, stderr)."""
+
     def run(script, *args, cwd=ROOT):
-        return subprocess.run([sys.executable, os.path.join(ROOT, "apps", script), *args],
-                              capture_output=True, text=True, cwd=cwd, timeout=300)
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "apps", script), *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=300,
+        )
 
     return run
 

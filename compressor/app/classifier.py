@@ -80,18 +80,27 @@ class ClassifierRun:
             return
         for saved, mine in ((self.checkpoint.arch, self.args.arch), (self.checkpoint.dataset, self.dataset)):
             if saved and saved != mine:
-                raise UsageError(f"--resume-from {self.args.resume_from} holds a {saved} checkpoint; this run uses {mine}")
+                raise UsageError(
+                    f"--resume-from {self.args.resume_from} holds a {saved} checkpoint; this run uses {mine}"
+                )
 
     def build_model(self):
         """Model, loaders, optimizer and the recipe's scheduler (which prepares the model it quantizes)."""
         args = self.args
         model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
         self.train_loader, self.val_loader, self.test_loader = self.ctx.loaders(
-            self.data_seed, args.effective_train_size, args.effective_valid_size, args.effective_test_size)
-        log.info("Dataset %s: %d training, %d validation, %d test samples", self.dataset,
-                 len(self.train_loader.sampler), len(self.val_loader.dataset), len(self.test_loader.dataset))
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                         weight_decay=args.weight_decay)
+            self.data_seed, args.effective_train_size, args.effective_valid_size, args.effective_test_size
+        )
+        log.info(
+            "Dataset %s: %d training, %d validation, %d test samples",
+            self.dataset,
+            len(self.train_loader.sampler),
+            len(self.val_loader.dataset),
+            len(self.test_loader.dataset),
+        )
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
         self.model = self.scheduler.model if self.scheduler else model
         if self.scheduler:
@@ -124,9 +133,11 @@ class ClassifierRun:
     def check_exportable(self):
         quantizer = self.scheduler.quantizer if self.scheduler else None
         if wants_export(self.args) and quantizer is not None and not quantizer.EXPORTABLE:
-            raise UsageError(f"--export-onnx/--qe-convert-pytorch: export covers the linear quantizers "
-                             f"(QuantAwareTrainRangeLinearQuantizer, PostTrainLinearQuantizer), not "
-                             f"{type(quantizer).__name__}; nothing was trained")
+            raise UsageError(
+                f"--export-onnx/--qe-convert-pytorch: export covers the linear quantizers "
+                f"(QuantAwareTrainRangeLinearQuantizer, PostTrainLinearQuantizer), not "
+                f"{type(quantizer).__name__}; nothing was trained"
+            )
 
     def attach_policies(self):
         """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
@@ -134,8 +145,13 @@ class ClassifierRun:
         self.eval_net = self.net
         procs = self.ctx.procs
         if procs.active:  # torchrun: DDP trains; each process evaluates its own slice of the sets
-            log.info("DistributedDataParallel: %d processes (%s), global batch %d = %d per process",
-                     procs.world, procs.backend, self.args.batch_size, self.args.batch_size // procs.world)
+            log.info(
+                "DistributedDataParallel: %d processes (%s), global batch %d = %d per process",
+                procs.world,
+                procs.backend,
+                self.args.batch_size,
+                self.args.batch_size // procs.world,
+            )
             self.net, self.eval_net = ddp.wrap(self.model, procs, self.device), self.model
         if self.scheduler:
             self.scheduler.attach(self.net, self.args.arch, self.dataset, self.device)
@@ -160,13 +176,25 @@ class ClassifierRun:
     def _warn_idle_policies(self):
         for policy in self.scheduler.policies if self.scheduler else []:
             if policy.epochs and policy.epochs[0] >= self.args.epochs:
-                log.warning("WARNING: %s starts at epoch %d, after the run's last epoch (%d): it never acts",
-                            type(policy).__name__, policy.epochs[0], self.args.epochs - 1)
+                log.warning(
+                    "WARNING: %s starts at epoch %d, after the run's last epoch (%d): it never acts",
+                    type(policy).__name__,
+                    policy.epochs[0],
+                    self.args.epochs - 1,
+                )
 
     def train_state(self, epoch):
         """The checkpoint (collective under DDP: every rank calls it, rank 0 writes it)."""
-        state = TrainState.capture(epoch, self.args.arch, self.dataset, self.model, self.optimizer, self.scheduler,
-                                   best_scores=self.best, data_seed=self.data_seed)
+        state = TrainState.capture(
+            epoch,
+            self.args.arch,
+            self.dataset,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            best_scores=self.best,
+            data_seed=self.data_seed,
+        )
         if self.ctx.procs.active:
             state.rng_ranks = ddp.rng_states(state.rng)
         return state
@@ -177,17 +205,37 @@ class ClassifierRun:
             self.train_loader.sampler.set_epoch(epoch)
             if self.scheduler:
                 self.scheduler.on_epoch_begin(epoch, self.optimizer)
-            stats = train_one_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.scheduler,
-                                    epoch, self.device, args.print_freq)
+            stats = train_one_epoch(
+                self.net,
+                self.train_loader,
+                self.criterion,
+                self.optimizer,
+                self.scheduler,
+                epoch,
+                self.device,
+                args.print_freq,
+            )
             log.info("--- validate (epoch=%d)-----------", epoch)
-            val = evaluate(self.eval_net, self.val_loader, self.criterion, self.device,
-                           self._confusion_classes(), desc=f"validate {epoch}")
+            val = evaluate(
+                self.eval_net,
+                self.val_loader,
+                self.criterion,
+                self.device,
+                self._confusion_classes(),
+                desc=f"validate {epoch}",
+            )
             self._log_confusion(val)
             if self.scheduler:
                 self.scheduler.on_epoch_end(epoch, self.optimizer, metrics={"min": val["loss"], "max": val["top1"]})
             run.scalars({f"Performance/Training/{k}": v for k, v in stats.items()}, epoch)
-            run.scalars({"Performance/Validation/Loss": val["loss"], "Performance/Validation/Top1": val["top1"],
-                         "Performance/Validation/Top5": val["top5"]}, epoch)
+            run.scalars(
+                {
+                    "Performance/Validation/Loss": val["loss"],
+                    "Performance/Validation/Top1": val["top1"],
+                    "Performance/Validation/Top5": val["top5"],
+                },
+                epoch,
+            )
             if args.param_hist and run.writer is not None:
                 for name, p in self.model.named_parameters():
                     run.writer.add_histogram(name.replace(".", "/"), p.detach().cpu(), epoch)
@@ -204,23 +252,36 @@ class ClassifierRun:
 
     def _log_confusion(self, result):
         if "confusion" in result:
-            log.info("Confusion matrix (rows: target, columns: prediction):\n%s",
-                     "\n".join(" ".join(f"{v:5d}" for v in row) for row in result["confusion"]))
+            log.info(
+                "Confusion matrix (rows: target, columns: prediction):\n%s",
+                "\n".join(" ".join(f"{v:5d}" for v in row) for row in result["confusion"]),
+            )
 
     def test(self):
         log.info("--- test ---------------------")
-        result = evaluate(self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test")
+        result = evaluate(
+            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test"
+        )
         self._log_confusion(result)
         step = max(self.args.epochs - 1, 0)
-        self.run.scalars({"Performance/Test/Loss": result["loss"], "Performance/Test/Top1": result["top1"],
-                          "Performance/Test/Top5": result["top5"]}, step)
+        self.run.scalars(
+            {
+                "Performance/Test/Loss": result["loss"],
+                "Performance/Test/Top1": result["top1"],
+                "Performance/Test/Top5": result["top5"],
+            },
+            step,
+        )
         return result
 
     def _quantized(self):
         """True when the model computes quantized (the quantizer is on at the end of the run)."""
         q = self.scheduler.quantizer if self.scheduler else None
-        return q is not None and any(m.enabled for m in q.activation_quantizers.values()) or \
-            (q is not None and any(m.enabled for m in q.weight_quantizers.values()))
+        return (
+            q is not None
+            and any(m.enabled for m in q.activation_quantizers.values())
+            or (q is not None and any(m.enabled for m in q.weight_quantizers.values()))
+        )
 
     def summary(self, epochs_run, test):
         bits_w, bits_a = _quant_bits(self.scheduler)
@@ -241,15 +302,30 @@ class ClassifierRun:
         if quantizer is not None and quantizer.prepared is not None:
             data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
         main, active = self.ctx.procs.is_main, self.ctx.procs.active
-        exported = main and run_exports(self.args, self.run, os.path.basename(self.run.path).split("___")[0],
-                               self.model, self._quantized(),
-                               self.ctx.full_test_loader(self.args.effective_test_size) if active else self.test_loader,
-                               {"arch": self.args.arch, "dataset": self.dataset,
-                                "recipe": self.scheduler.recipe if self.scheduler else None})
+        exported = main and run_exports(
+            self.args,
+            self.run,
+            os.path.basename(self.run.path).split("___")[0],
+            self.model,
+            self._quantized(),
+            self.ctx.full_test_loader(self.args.effective_test_size) if active else self.test_loader,
+            {
+                "arch": self.args.arch,
+                "dataset": self.dataset,
+                "recipe": self.scheduler.recipe if self.scheduler else None,
+            },
+        )
         if exported:
             data["export"] = exported
-        record = training_record(self.args, self.dataset, self.recipe and self.recipe.data, (bits_w, bits_a), data,
-                                 self.model, next(iter(self.test_loader))[0][:1])
+        record = training_record(
+            self.args,
+            self.dataset,
+            self.recipe and self.recipe.data,
+            (bits_w, bits_a),
+            data,
+            self.model,
+            next(iter(self.test_loader))[0][:1],
+        )
         publish(self.run, data, record, step=max(self.args.epochs - 1, 0))
         return data
 

@@ -10,8 +10,12 @@ from compressor.core.errors import QeError
 from compressor.quantization.linear.dynamic_clip import DYNAMIC_CLIPS
 from compressor.recipe.build import read_recipe
 
-MODES = {"sym": "SYMMETRIC", "sym_restr": "SYMMETRIC_RESTRICTED", "asym_s": "ASYMMETRIC_SIGNED",
-         "asym_u": "ASYMMETRIC_UNSIGNED"}
+MODES = {
+    "sym": "SYMMETRIC",
+    "sym_restr": "SYMMETRIC_RESTRICTED",
+    "asym_s": "ASYMMETRIC_SIGNED",
+    "asym_u": "ASYMMETRIC_UNSIGNED",
+}
 
 
 PYTORCH_BACKENDS = {"fbgemm": "x86", "qnnpack": "qnnpack"}  # Distiller's backend -> our --int8-engine
@@ -30,43 +34,113 @@ def add_qe_arguments(parser, with_switch=True):
     """Every flag of Distiller's post-training guide, with its short form (``--qem`` for ``--qe-mode``, ...)."""
     g = parser.add_argument_group("post-training quantization (Distiller's --qe flags)")
     if with_switch:
-        g.add_argument("--quantize-eval", "--qe", action="store_true", dest="qe",
-                       help="quantize the model after loading it, then evaluate it")
+        g.add_argument(
+            "--quantize-eval",
+            "--qe",
+            action="store_true",
+            dest="qe",
+            help="quantize the model after loading it, then evaluate it",
+        )
     g.add_argument("--qe-mode", "--qem", choices=list(MODES), default="sym", help="quantization mode (default: sym)")
-    g.add_argument("--qe-mode-acts", "--qema", choices=list(MODES), default=None,
-                   help="mode of activations (default: --qe-mode)")
-    g.add_argument("--qe-mode-wts", "--qemw", choices=list(MODES), default=None,
-                   help="mode of weights (default: --qe-mode)")
-    g.add_argument("--qe-bits-acts", "--qeba", type=number("--qe-bits-acts", int, "0 (FP32) or 2..16", hi=16), default=8, metavar="N",
-                   help="activation bits, 0 = FP32 (default: 8)")
-    g.add_argument("--qe-bits-wts", "--qebw", type=number("--qe-bits-wts", int, "0 (FP32) or 2..16", hi=16), default=8, metavar="N", help="weight bits, 0 = FP32 (default: 8)")
-    g.add_argument("--qe-bits-accum", type=number("--qe-bits-accum", int, "an integer in [1, 64]", lo=1, hi=64), default=32, metavar="N", help="accumulator bits (default: 32)")
-    g.add_argument("--qe-clip-acts", "--qeca", choices=[c.lower() for c in CLIP_NAMES], default="none",
-                   help="activation clipping (default: none); with --qe-dynamic applied to each batch")
-    g.add_argument("--qe-clip-n-stds", type=number("--qe-clip-n-stds", expected="a number > 0", lo_open=True), default=None, help="with --qe-clip-acts n_std (> 0)")
-    g.add_argument("--qe-clip-percentile", type=number("--qe-clip-percentile", expected="a percentile in (0, 100]", lo_open=True, hi=100), default=99.99, help="with --qe-clip-acts percentile")
+    g.add_argument(
+        "--qe-mode-acts", "--qema", choices=list(MODES), default=None, help="mode of activations (default: --qe-mode)"
+    )
+    g.add_argument(
+        "--qe-mode-wts", "--qemw", choices=list(MODES), default=None, help="mode of weights (default: --qe-mode)"
+    )
+    g.add_argument(
+        "--qe-bits-acts",
+        "--qeba",
+        type=number("--qe-bits-acts", int, "0 (FP32) or 2..16", hi=16),
+        default=8,
+        metavar="N",
+        help="activation bits, 0 = FP32 (default: 8)",
+    )
+    g.add_argument(
+        "--qe-bits-wts",
+        "--qebw",
+        type=number("--qe-bits-wts", int, "0 (FP32) or 2..16", hi=16),
+        default=8,
+        metavar="N",
+        help="weight bits, 0 = FP32 (default: 8)",
+    )
+    g.add_argument(
+        "--qe-bits-accum",
+        type=number("--qe-bits-accum", int, "an integer in [1, 64]", lo=1, hi=64),
+        default=32,
+        metavar="N",
+        help="accumulator bits (default: 32)",
+    )
+    g.add_argument(
+        "--qe-clip-acts",
+        "--qeca",
+        choices=[c.lower() for c in CLIP_NAMES],
+        default="none",
+        help="activation clipping (default: none); with --qe-dynamic applied to each batch",
+    )
+    g.add_argument(
+        "--qe-clip-n-stds",
+        type=number("--qe-clip-n-stds", expected="a number > 0", lo_open=True),
+        default=None,
+        help="with --qe-clip-acts n_std (> 0)",
+    )
+    g.add_argument(
+        "--qe-clip-percentile",
+        type=number("--qe-clip-percentile", expected="a percentile in (0, 100]", lo_open=True, hi=100),
+        default=99.99,
+        help="with --qe-clip-acts percentile",
+    )
     g.add_argument("--qe-no-clip-layers", "--qencl", nargs="+", default=[], metavar="NAME", help="layers not clipped")
-    g.add_argument("--qe-no-quant-layers", "--qenql", nargs="+", default=[], metavar="NAME",
-                   help="layers kept in FP32")
+    g.add_argument("--qe-no-quant-layers", "--qenql", nargs="+", default=[], metavar="NAME", help="layers kept in FP32")
     g.add_argument("--qe-per-channel", "--qepc", action="store_true", help="per-channel weight scales")
-    g.add_argument("--qe-scale-approx-bits", "--qesab", type=number("--qe-scale-approx-bits", int, "an integer in [1, 32]", lo=1, hi=32), default=None, metavar="M",
-                   help="approximate scales with M-bit integer multipliers")
-    g.add_argument("--qe-save-fp-weights", action="store_true",
-                   help="accepted for Distiller compatibility: quantized checkpoints always keep the FP32 weights")
-    g.add_argument("--qe-convert-pytorch", "--qept", action="store_true",
-                   help="also convert to PyTorch quantized modules (torch.ao.nn.quantized) and save "
-                        "quantized_int8.pth.tar, checked against the simulation on the test split")
-    g.add_argument("--qe-pytorch-backend", choices=list(PYTORCH_BACKENDS), action=_PytorchBackend, default=None,
-                   help="with --qe-convert-pytorch: fbgemm (our --int8-engine x86) or qnnpack")
-    g.add_argument("--qe-lapq", action="store_true",
-                   help="optimize the activation clipping values jointly on the calibration loss (LAPQ)")
+    g.add_argument(
+        "--qe-scale-approx-bits",
+        "--qesab",
+        type=number("--qe-scale-approx-bits", int, "an integer in [1, 32]", lo=1, hi=32),
+        default=None,
+        metavar="M",
+        help="approximate scales with M-bit integer multipliers",
+    )
+    g.add_argument(
+        "--qe-save-fp-weights",
+        action="store_true",
+        help="accepted for Distiller compatibility: quantized checkpoints always keep the FP32 weights",
+    )
+    g.add_argument(
+        "--qe-convert-pytorch",
+        "--qept",
+        action="store_true",
+        help="also convert to PyTorch quantized modules (torch.ao.nn.quantized) and save "
+        "quantized_int8.pth.tar, checked against the simulation on the test split",
+    )
+    g.add_argument(
+        "--qe-pytorch-backend",
+        choices=list(PYTORCH_BACKENDS),
+        action=_PytorchBackend,
+        default=None,
+        help="with --qe-convert-pytorch: fbgemm (our --int8-engine x86) or qnnpack",
+    )
+    g.add_argument(
+        "--qe-lapq",
+        action="store_true",
+        help="optimize the activation clipping values jointly on the calibration loss (LAPQ)",
+    )
     stats = g.add_mutually_exclusive_group()
     stats.add_argument("--qe-stats-file", default=None, metavar="PATH", help="activation stats YAML")
     stats.add_argument("--qe-dynamic", action="store_true", help="online ranges from each batch (no stats)")
-    stats.add_argument("--qe-calibration", type=count_or_fraction("--qe-calibration"), default=None, metavar="FRACTION",
-                       help="collect stats on this fraction of the training split")
-    stats.add_argument("--qe-config-file", default=None, metavar="PATH",
-                       help="YAML with a PostTrainLinearQuantizer section (overrides the other --qe flags)")
+    stats.add_argument(
+        "--qe-calibration",
+        type=count_or_fraction("--qe-calibration"),
+        default=None,
+        metavar="FRACTION",
+        help="collect stats on this fraction of the training split",
+    )
+    stats.add_argument(
+        "--qe-config-file",
+        default=None,
+        metavar="PATH",
+        help="YAML with a PostTrainLinearQuantizer section (overrides the other --qe flags)",
+    )
     add_lapq_arguments(parser)
     return g
 
@@ -79,15 +153,28 @@ def add_lapq_arguments(parser):
     g.add_argument("--lapq-method", default="Powell", help="scipy.optimize.minimize method (default: Powell)")
     g.add_argument("--lapq-basinhopping", "--lapq-bh", action="store_true", help="accepted; not supported (refused)")
     g.add_argument("--lapq-basinhopping-niter", "--lapq-bh-niter", type=int, default=100)
-    g.add_argument("--lapq-init-mode", type=str.upper, choices=LAPQ_INIT_MODES, default="NONE",
-                   help="initial clipping: a clip method or the best Lp-norm clipping per layer (default: NONE)")
+    g.add_argument(
+        "--lapq-init-mode",
+        type=str.upper,
+        choices=LAPQ_INIT_MODES,
+        default="NONE",
+        help="initial clipping: a clip method or the best Lp-norm clipping per layer (default: NONE)",
+    )
     g.add_argument("--lapq-init-method", default="Powell", help="minimizer of the L1/L2/L3 initialisation")
-    g.add_argument("--lapq-eval-size", type=float, default=1.0,
-                   help="fraction of the calibration images the loss is measured on (default: 1)")
-    g.add_argument("--lapq-eval-memoize-dataloader", action="store_true",
-                   help="accepted: the loss images are always held in memory")
-    g.add_argument("--lapq-search-clipping", action="store_true",
-                   help="accepted: the search is always over clipping values")
+    g.add_argument(
+        "--lapq-eval-size",
+        type=float,
+        default=1.0,
+        help="fraction of the calibration images the loss is measured on (default: 1)",
+    )
+    g.add_argument(
+        "--lapq-eval-memoize-dataloader",
+        action="store_true",
+        help="accepted: the loss images are always held in memory",
+    )
+    g.add_argument(
+        "--lapq-search-clipping", action="store_true", help="accepted: the search is always over clipping values"
+    )
 
 
 def _bits(value, flag):
@@ -101,8 +188,11 @@ def _bits(value, flag):
 def ptq_config_in(path, flag, error=QeError):
     """The arguments of the one PostTrainLinearQuantizer in the recipe at ``path`` (validated whole)."""
     recipe = read_recipe(path)
-    ptq = [spec for spec in (recipe.data.get("quantizers") or {}).values()
-           if spec.get("class") == "PostTrainLinearQuantizer"]
+    ptq = [
+        spec
+        for spec in (recipe.data.get("quantizers") or {}).values()
+        if spec.get("class") == "PostTrainLinearQuantizer"
+    ]
     if len(ptq) != 1:
         raise error(f"{flag} {path}: expected one PostTrainLinearQuantizer in 'quantizers'")
     return {k: v for k, v in ptq[0].items() if k != "class"}
@@ -124,8 +214,10 @@ def qe_config(args):
     if args.qe_clip_n_stds is not None and not args.qe_clip_n_stds > 0:
         raise QeError(f"--qe-clip-n-stds expects a number of standard deviations > 0, got {args.qe_clip_n_stds}")
     if args.qe_dynamic and parse_clip(clip) not in DYNAMIC_CLIPS:
-        raise QeError(f"--qe-clip-acts {args.qe_clip_acts} needs a histogram over calibration data; with "
-                      f"--qe-dynamic use one of {', '.join(m.value.lower() for m in DYNAMIC_CLIPS)}")
+        raise QeError(
+            f"--qe-clip-acts {args.qe_clip_acts} needs a histogram over calibration data; with "
+            f"--qe-dynamic use one of {', '.join(m.value.lower() for m in DYNAMIC_CLIPS)}"
+        )
     config = {
         "bits_activations": _bits(args.qe_bits_acts, "--qe-bits-acts"),
         "bits_parameters": _bits(args.qe_bits_wts, "--qe-bits-wts"),
@@ -145,9 +237,10 @@ def qe_config(args):
 
 def config_as_recipe(config):
     """A recipe (plain data) holding ``config`` as its quantizer, for checkpoints and --compress files."""
-    return {"quantizers": {"post_train_quantizer": {"class": "PostTrainLinearQuantizer", **config}},
-            "policies": [{"quantizer": {"instance_name": "post_train_quantizer"}, "starting_epoch": 0,
-                          "ending_epoch": 1}]}
+    return {
+        "quantizers": {"post_train_quantizer": {"class": "PostTrainLinearQuantizer", **config}},
+        "policies": [{"quantizer": {"instance_name": "post_train_quantizer"}, "starting_epoch": 0, "ending_epoch": 1}],
+    }
 
 
 def dump_config(config):

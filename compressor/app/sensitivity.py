@@ -54,36 +54,69 @@ def _bit_list(flag, allow_empty=False):
         if values is None or (not values and not allow_empty) or any(not 2 <= v <= 16 for v in values):
             raise UsageError(f"{flag} expects comma-separated bit widths in 2..16, got {text!r}")
         return sorted(set(values))
+
     return parse
 
 
 def add_sensitivity_arguments(parser):
     g = parser.add_argument_group("per-layer sensitivity and automatic mixed precision")
-    g.add_argument("--sensitivity", action="store_true",
-                   help="quantize each layer alone (and everything but it), score each on a held-out training slice; "
-                        "writes sensitivity.yaml/.csv/.png in the run folder (no PTQ run)")
-    g.add_argument("--sensitivity-bits", default="2,3,4,6,8", metavar="B,B,...",
-                   help="candidate weight widths (default: 2,3,4,6,8)")
-    g.add_argument("--sensitivity-act-bits", default="", metavar="B,B,...",
-                   help="candidate activation widths to analyse too (default: none)")
-    g.add_argument("--holdout-size", type=positive_int("--holdout-size"), default=512,
-                   help="training images after the calibration ones that score each configuration (default: 512)")
-    g.add_argument("--sensitivity-from", metavar="YAML", default=None,
-                   help="reuse an earlier run's sensitivity.yaml instead of measuring again")
+    g.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="quantize each layer alone (and everything but it), score each on a held-out training slice; "
+        "writes sensitivity.yaml/.csv/.png in the run folder (no PTQ run)",
+    )
+    g.add_argument(
+        "--sensitivity-bits",
+        default="2,3,4,6,8",
+        metavar="B,B,...",
+        help="candidate weight widths (default: 2,3,4,6,8)",
+    )
+    g.add_argument(
+        "--sensitivity-act-bits",
+        default="",
+        metavar="B,B,...",
+        help="candidate activation widths to analyse too (default: none)",
+    )
+    g.add_argument(
+        "--holdout-size",
+        type=positive_int("--holdout-size"),
+        default=512,
+        help="training images after the calibration ones that score each configuration (default: 512)",
+    )
+    g.add_argument(
+        "--sensitivity-from",
+        metavar="YAML",
+        default=None,
+        help="reuse an earlier run's sensitivity.yaml instead of measuring again",
+    )
     budget = g.add_mutually_exclusive_group()
-    budget.add_argument("--target-size-ratio", type=number("--target-size-ratio", expected="a ratio in (0, 1]",
-                                                           lo=0, lo_open=True, hi=1), default=None,
-                        help="mixed precision: weight bits at most this fraction of the FP32 weights' (0.125 = W4)")
-    budget.add_argument("--target-avg-bits", type=number("--target-avg-bits", expected="bits in (0, 32]",
-                                                          lo=0, lo_open=True, hi=32), default=None,
-                        help="mixed precision: at most this many bits per weight on average")
-    g.add_argument("--mp-recipe", metavar="PATH", default=None,
-                   help="where to write the mixed-precision recipe (default: mixed_precision.yaml in the run folder)")
+    budget.add_argument(
+        "--target-size-ratio",
+        type=number("--target-size-ratio", expected="a ratio in (0, 1]", lo=0, lo_open=True, hi=1),
+        default=None,
+        help="mixed precision: weight bits at most this fraction of the FP32 weights' (0.125 = W4)",
+    )
+    budget.add_argument(
+        "--target-avg-bits",
+        type=number("--target-avg-bits", expected="bits in (0, 32]", lo=0, lo_open=True, hi=32),
+        default=None,
+        help="mixed precision: at most this many bits per weight on average",
+    )
+    g.add_argument(
+        "--mp-recipe",
+        metavar="PATH",
+        default=None,
+        help="where to write the mixed-precision recipe (default: mixed_precision.yaml in the run folder)",
+    )
 
 
 def wants_analysis(args):
-    return bool(getattr(args, "sensitivity", False) or getattr(args, "target_size_ratio", None) is not None
-                or getattr(args, "target_avg_bits", None) is not None)
+    return bool(
+        getattr(args, "sensitivity", False)
+        or getattr(args, "target_size_ratio", None) is not None
+        or getattr(args, "target_avg_bits", None) is not None
+    )
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -94,14 +127,14 @@ def analysis_data(args, dataset, shape):
     total = len(full.dataset)
     n_cal = int(round(total * n_cal)) if n_cal <= 1 else int(n_cal)
     if n_cal + args.holdout_size > total:
-        raise UsageError(f"--calibration-size {n_cal} + --holdout-size {args.holdout_size} exceed the "
-                         f"{total} training images")
+        raise UsageError(
+            f"--calibration-size {n_cal} + --holdout-size {args.holdout_size} exceed the {total} training images"
+        )
     indices = full.dataset.indices
     calib = Subset(full.dataset.dataset, indices[:n_cal])
-    held = Subset(full.dataset.dataset, indices[n_cal:n_cal + args.holdout_size])
+    held = Subset(full.dataset.dataset, indices[n_cal : n_cal + args.holdout_size])
     xs, ys = zip(*(held[i] for i in range(len(held))))
-    return (DataLoader(calib, batch_size=args.batch_size, shuffle=False),
-            torch.stack(xs), torch.as_tensor(ys))
+    return (DataLoader(calib, batch_size=args.batch_size, shuffle=False), torch.stack(xs), torch.as_tensor(ys))
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -112,19 +145,25 @@ class _Scorer:
         self.model, self.images, self.labels, self.device = model, images.to(device), labels.to(device), device
         probe = PostTrainLinearQuantizer(model, **base)
         probe.prepare_model()
-        self.layers = [(n, m.weight.numel()) for n, m in graph.weight_modules(probe.model)
-                       if isinstance(m, graph.LAYER_TYPES)]
+        self.layers = [
+            (n, m.weight.numel()) for n, m in graph.weight_modules(probe.model) if isinstance(m, graph.LAYER_TYPES)
+        ]
         # the prepared graph shares its layers (and their weight quantizers) with probe.model: switched off,
         # probe.model is the folded FP32 model: statistics and reference logits come from it
         probe.set_state(False, False)
-        self.records, self.hists = collect_stats(probe.model, calib_loader, device, histograms=probe.needs_histograms(),
-                                                 quantize_inputs=probe.config["quantize_inputs"])
+        self.records, self.hists = collect_stats(
+            probe.model,
+            calib_loader,
+            device,
+            histograms=probe.needs_histograms(),
+            quantize_inputs=probe.config["quantize_inputs"],
+        )
         self.reference = self._logits(probe.model.eval())
         self.fp32_top1 = self._top1(self.reference)
 
     @torch.no_grad()
     def _logits(self, model):
-        return torch.cat([model(self.images[i:i + 256]) for i in range(0, self.images.shape[0], 256)]).float()
+        return torch.cat([model(self.images[i : i + 256]) for i in range(0, self.images.shape[0], 256)]).float()
 
     def _top1(self, logits):
         return 100.0 * (logits.argmax(1) == self.labels).float().mean().item()
@@ -151,8 +190,11 @@ def measure_sensitivity(model, config, calib_loader, images, labels, w_bits, a_b
     fp = {**base, "bits_activations": None, "bits_parameters": None, "bits_weights": None}
     scorer = _Scorer(model, base, calib_loader, images, labels, device)
     started = time.perf_counter()
-    table = {"fp32_top1": round(scorer.fp32_top1, 3), "all_quantized": scorer.score({**base, "overrides": overrides}),
-             "layers": {}}
+    table = {
+        "fp32_top1": round(scorer.fp32_top1, 3),
+        "all_quantized": scorer.score({**base, "overrides": overrides}),
+        "layers": {},
+    }
     for name, params in scorer.layers:
         entry = {"params": params, "weights": {}, "activations": {}}
         for b in w_bits:
@@ -160,8 +202,9 @@ def measure_sensitivity(model, config, calib_loader, images, labels, w_bits, a_b
         for a in a_bits:
             entry["activations"][a] = scorer.score({**fp, "overrides": {name: {"bits_activations": a}}})
         others = {k: v for k, v in overrides.items() if k != name}
-        entry["all_but"] = scorer.score({**base, "overrides": {name: {"bits_weights": None, "bits_activations": None},
-                                                                **others}})
+        entry["all_but"] = scorer.score(
+            {**base, "overrides": {name: {"bits_weights": None, "bits_activations": None}, **others}}
+        )
         table["layers"][name] = entry
         log.info("sensitivity: %s done (%.0f s so far)", name, time.perf_counter() - started)
     table["seconds"] = round(time.perf_counter() - started, 1)
@@ -184,11 +227,18 @@ def log_table(table, w_bits):
     lines = []
     for name, entry in table["layers"].items():
         cells = [f"{entry['weights'][b]['top1']:.1f} / {entry['weights'][b]['sqnr_db']:.1f}" for b in w_bits]
-        lines.append([name, entry["params"], *cells,
-                      f"{entry['all_but']['top1']:.1f} / {entry['all_but']['sqnr_db']:.1f}"])
-    log.info("Per-layer sensitivity on %d held-out training images (FP32 top-1 %.2f; everything quantized: top-1 %.2f, "
-             "logit SQNR %.1f dB):\n%s", table["holdout_images"], table["fp32_top1"], table["all_quantized"]["top1"],
-             table["all_quantized"]["sqnr_db"], tabulate(lines, headers=headers))
+        lines.append(
+            [name, entry["params"], *cells, f"{entry['all_but']['top1']:.1f} / {entry['all_but']['sqnr_db']:.1f}"]
+        )
+    log.info(
+        "Per-layer sensitivity on %d held-out training images (FP32 top-1 %.2f; everything quantized: top-1 %.2f, "
+        "logit SQNR %.1f dB):\n%s",
+        table["holdout_images"],
+        table["fp32_top1"],
+        table["all_quantized"]["top1"],
+        table["all_quantized"]["sqnr_db"],
+        tabulate(lines, headers=headers),
+    )
 
 
 def write_sensitivity(run_dir, table, w_bits):
@@ -229,8 +279,10 @@ def plot_sensitivity(table, w_bits):
     twin = bottom.twinx()
     twin.plot(x, top1_gain, color="tab:blue", marker="s", linestyle="none", label="top-1 gain (points)")
     twin.set_ylabel("top-1 gain (points)")
-    bottom.set_title(f"Everything quantized but this layer, vs everything quantized "
-                     f"(top-1 {base['top1']:.2f}, {base['sqnr_db']:.1f} dB)")
+    bottom.set_title(
+        f"Everything quantized but this layer, vs everything quantized "
+        f"(top-1 {base['top1']:.2f}, {base['sqnr_db']:.1f} dB)"
+    )
     bottom.set_xticks(list(x))
     bottom.set_xticklabels(names, rotation=70, ha="right", fontsize=8)
     bottom.grid(alpha=0.3, axis="y")
@@ -253,8 +305,10 @@ def load_sensitivity(path):
 def choose_bits(table, size_ratio=None, avg_bits=None):
     """({layer: bits}, budget in bits) from the sensitivity table under the weight-size budget."""
     sizes = {name: entry["params"] for name, entry in table["layers"].items()}
-    noise = {name: {int(b): noise_from_sqnr(s["sqnr_db"]) for b, s in entry["weights"].items()}
-             for name, entry in table["layers"].items()}
+    noise = {
+        name: {int(b): noise_from_sqnr(s["sqnr_db"]) for b, s in entry["weights"].items()}
+        for name, entry in table["layers"].items()
+    }
     n = sum(sizes.values())
     budget = size_ratio * FP_WEIGHT_BITS * n if size_ratio is not None else avg_bits * n
     try:
@@ -277,17 +331,32 @@ def mixed_precision_recipe(config, bits, header):
         "version": 1,
         "quantizers": {
             "post_train_quantizer": {"class": "PostTrainLinearQuantizer", **ptq, "overrides": overrides},
-            "linear_quantizer": {"class": "QuantAwareTrainRangeLinearQuantizer",
-                                 "bits_activations": setting("bits_activations"), "bits_weights": 8,
-                                 "mode": setting("mode"), "per_channel_wts": setting("per_channel_wts"),
-                                 "overrides": qat_overrides},
+            "linear_quantizer": {
+                "class": "QuantAwareTrainRangeLinearQuantizer",
+                "bits_activations": setting("bits_activations"),
+                "bits_weights": 8,
+                "mode": setting("mode"),
+                "per_channel_wts": setting("per_channel_wts"),
+                "overrides": qat_overrides,
+            },
         },
-        "calibrators": {"act_calibration": {"class": "ActivationCalibrator", "num_batches": 8,
-                                            "clip_acts": str(setting("clip_acts")).upper(),
-                                            "clip_half_range": setting("clip_half_range")}},
-        "policies": [{"quantizer": {"instance_name": "linear_quantizer"}, "starting_epoch": 0, "ending_epoch": 200,
-                      "frequency": 1},
-                     {"calibrator": {"instance_name": "act_calibration"}, "epochs": [0]}],
+        "calibrators": {
+            "act_calibration": {
+                "class": "ActivationCalibrator",
+                "num_batches": 8,
+                "clip_acts": str(setting("clip_acts")).upper(),
+                "clip_half_range": setting("clip_half_range"),
+            }
+        },
+        "policies": [
+            {
+                "quantizer": {"instance_name": "linear_quantizer"},
+                "starting_epoch": 0,
+                "ending_epoch": 200,
+                "frequency": 1,
+            },
+            {"calibrator": {"instance_name": "act_calibration"}, "epochs": [0]},
+        ],
     }
     recipe = copy.deepcopy(recipe)
     read_recipe(recipe, file="<generated mixed-precision recipe>")  # what we write must validate
@@ -311,7 +380,8 @@ def _header(args, table, bits, budget, sizes):
         f"sensitivity: {args.sensitivity_from or 'measured in this run'} on {table.get('holdout_images')} held-out "
         "training images",
         "",
-        "  PTQ:  python apps/post_train_quant.py -a ARCH --dataset DATASET --resume-from FP32_CKPT --compress THIS_FILE",
+        "  PTQ:  python apps/post_train_quant.py -a ARCH --dataset DATASET --resume-from FP32_CKPT "
+        "--compress THIS_FILE",
         "  QAT:  python apps/compress_classifier.py -a ARCH --dataset DATASET --exp-load-weights-from FP32_CKPT \\",
         "            --epochs N --lr LR --compress THIS_FILE   (the QAT quantizer, ranges calibrated at epoch 0)",
         "",
@@ -331,15 +401,27 @@ def analyze(args, model, config, dataset, shape, run_dir, device):
         w_bits = sorted(int(b) for b in next(iter(table["layers"].values()))["weights"])
     else:
         calib_loader, images, labels = analysis_data(args, dataset, shape)
-        log.info("Sensitivity: %d layers x weights %s%s, calibration %d images, held-out %d training images",
-                 len([m for _, m in graph.weight_modules(model) if isinstance(m, graph.LAYER_TYPES)]), w_bits,
-                 f" + activations {a_bits}" if a_bits else "", len(calib_loader.dataset), images.shape[0])
+        log.info(
+            "Sensitivity: %d layers x weights %s%s, calibration %d images, held-out %d training images",
+            len([m for _, m in graph.weight_modules(model) if isinstance(m, graph.LAYER_TYPES)]),
+            w_bits,
+            f" + activations {a_bits}" if a_bits else "",
+            len(calib_loader.dataset),
+            images.shape[0],
+        )
         table = measure_sensitivity(model.eval(), config, calib_loader, images, labels, w_bits, a_bits, device)
-        table = {"arch": args.arch, "dataset": dataset, "holdout_images": int(images.shape[0]),
-                 "calibration_images": len(calib_loader.dataset), "quantizer": analysis_base(config), **table}
+        table = {
+            "arch": args.arch,
+            "dataset": dataset,
+            "holdout_images": int(images.shape[0]),
+            "calibration_images": len(calib_loader.dataset),
+            "quantizer": analysis_base(config),
+            **table,
+        }
         write_sensitivity(run_dir, table, w_bits)
-        log.info("Wrote %s, sensitivity.csv and sensitivity.png (%.1f s)", run_dir.file("sensitivity.yaml"),
-                 table["seconds"])
+        log.info(
+            "Wrote %s, sensitivity.csv and sensitivity.png (%.1f s)", run_dir.file("sensitivity.yaml"), table["seconds"]
+        )
     log_table(table, w_bits)
     summary["sensitivity"] = args.sensitivity_from or run_dir.file("sensitivity.yaml")
     if args.target_size_ratio is not None or args.target_avg_bits is not None:
@@ -351,9 +433,20 @@ def analyze(args, model, config, dataset, shape, run_dir, device):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, lambda tmp: open(tmp, "w").write(text))
         n = sum(sizes.values())
-        log.info("Mixed precision (%.3f bits/weight, budget %.3f): %s\nRecipe written to %s",
-                 total_bits(sizes, bits) / n, budget / n, ", ".join(f"{k}={v}" for k, v in bits.items()), path)
-        summary.update({"mixed_precision_recipe": path, "bits": bits, "avg_bits": total_bits(sizes, bits) / n,
-                        "budget_avg_bits": budget / n})
+        log.info(
+            "Mixed precision (%.3f bits/weight, budget %.3f): %s\nRecipe written to %s",
+            total_bits(sizes, bits) / n,
+            budget / n,
+            ", ".join(f"{k}={v}" for k, v in bits.items()),
+            path,
+        )
+        summary.update(
+            {
+                "mixed_precision_recipe": path,
+                "bits": bits,
+                "avg_bits": total_bits(sizes, bits) / n,
+                "budget_avg_bits": budget / n,
+            }
+        )
     run_dir.write_json("summary.json", summary)
     return summary

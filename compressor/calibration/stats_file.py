@@ -17,10 +17,11 @@ from compressor.core.safe_yaml import load_yaml, read_text
 RECORD_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std", "b")
 
 
-
 def save_stats(path, records):
-    data = {name: {"output": {k: (float(v) if k != "shape" else v) for k, v in rec.items()}}
-            for name, rec in records.items()}
+    data = {
+        name: {"output": {k: (float(v) if k != "shape" else v) for k, v in rec.items()}}
+        for name, rec in records.items()
+    }
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     atomic_write_text(path, text)
 
@@ -90,8 +91,13 @@ def _check(record, path, issue):
             issue(path + (key,), f"expected a number >= 0, got {record[key]!r}")
             ok = False
     shape = record.get("shape")
-    if shape is not None and not isinstance(shape, str) and not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                                                    and d >= 0 for d in shape)):
+    if (
+        shape is not None
+        and not isinstance(shape, str)
+        and not (
+            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        )
+    ):
         issue(path + ("shape",), f"expected a shape such as '(256, 16, 32, 32)', got {shape!r}")
         ok = False
     return ok

@@ -65,8 +65,10 @@ def resolve(records, sites, module_names, chains=None, folded=None, where="stats
         if site == "input":
             rec = records.get("input") or _first_input(records)
         else:
-            rec = next((records[n] for n in candidates(site, chains.get(site, (site,)), module_names, folded)
-                        if n in records), None)
+            rec = next(
+                (records[n] for n in candidates(site, chains.get(site, (site,)), module_names, folded) if n in records),
+                None,
+            )
         if rec is None:
             missing.append(site)
         else:
@@ -81,10 +83,15 @@ def resolve(records, sites, module_names, chains=None, folded=None, where="stats
     if missing:
         problems.append(f"no statistics for {', '.join(missing)}")
     if unknown:
-        problems.append(f"statistics for {', '.join(unknown)}, which the model does not have (renamed or another model?)")
+        problems.append(
+            f"statistics for {', '.join(unknown)}, which the model does not have (renamed or another model?)"
+        )
     if problems:
-        raise StatsError(f"{where} do not fit the model: " + "; ".join(problems) +
-                         ". Re-collect them for this model (e.g. --qe-calibration).")
+        raise StatsError(
+            f"{where} do not fit the model: "
+            + "; ".join(problems)
+            + ". Re-collect them for this model (e.g. --qe-calibration)."
+        )
     return result
 
 

@@ -47,7 +47,7 @@ def _write_bytes(fd, data):
     """Write all of ``data`` to ``fd`` (a seam for tests that simulate a full disk)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def atomic_write(path, write):
@@ -164,13 +164,15 @@ def _with_digest(data):
 def _verify_digest(data, path):
     """True when ``data`` holds a digest that matches; False when it has none; CheckpointError when it differs."""
     n = len(DIGEST_TAG) + 64
-    if len(data) < 22 + n or data[-n:-64] != DIGEST_TAG or data[-n - 22:-n - 18] != _EOCD:
+    if len(data) < 22 + n or data[-n:-64] != DIGEST_TAG or data[-n - 22 : -n - 18] != _EOCD:
         return False
-    original = data[:-n - 2] + b"\x00\x00"
+    original = data[: -n - 2] + b"\x00\x00"
     if hashlib.sha256(original).hexdigest().encode() != data[-64:]:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the SHA-256 digest "
-                              f"stored when it was written (damaged on disk or in transfer); use another copy "
-                              f"or an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match the SHA-256 digest "
+            f"stored when it was written (damaged on disk or in transfer); use another copy "
+            f"or an earlier checkpoint"
+        )
     return True
 
 
@@ -209,6 +211,7 @@ def load_checkpoint(path):
 
 # --- content checks: a malformed checkpoint is refused at load, before any work ----------------------
 
+
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -219,16 +222,24 @@ def _is_number(v):
 
 def _check_state(state, path, what):
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path}: {what} is a {type(state).__name__}, expected a mapping of "
-                              f"parameter name -> tensor")
+        raise CheckpointError(
+            f"checkpoint {path}: {what} is a {type(state).__name__}, expected a mapping of parameter name -> tensor"
+        )
     for key, value in state.items():
         if not isinstance(key, str):
             raise CheckpointError(f"checkpoint {path}: {what} has a key {key!r}, expected parameter names")
-        if torch.is_tensor(value) and value.is_floating_point() and not value.is_quantized and \
-                value.numel() and not bool(torch.isfinite(value).all()):
+        if (
+            torch.is_tensor(value)
+            and value.is_floating_point()
+            and not value.is_quantized
+            and value.numel()
+            and not bool(torch.isfinite(value).all())
+        ):
             bad = "NaN" if bool(torch.isnan(value).any()) else "infinite"
-            raise CheckpointError(f"checkpoint {path}: {what}[{key!r}] holds {bad} values (the training that wrote "
-                                  f"it diverged); use an earlier checkpoint")
+            raise CheckpointError(
+                f"checkpoint {path}: {what}[{key!r}] holds {bad} values (the training that wrote "
+                f"it diverged); use an earlier checkpoint"
+            )
 
 
 # key -> (check, what was expected)
@@ -240,11 +251,21 @@ _TRAINING_KEYS = {
     "compression_sched": (lambda v: v is None or isinstance(v, dict), "a scheduler state (a mapping) or null"),
     "recipe": (lambda v: v is None or isinstance(v, (dict, str)), "a recipe (a mapping) or null"),
     "quantizer": (lambda v: v is None or isinstance(v, dict), "a quantizer state (a mapping) or null"),
-    "rng": (lambda v: v is None or _is_rng_state(v), "RNG states {python, numpy, torch} as saved by this tool, or null"),
-    "best_scores": (lambda v: isinstance(v, list) and all(
-        isinstance(b, (list, tuple)) and len(b) == 3 and _is_number(b[0]) and _is_number(b[1]) and _is_int(b[2])
-        for b in v), "a list of [top1, top5, epoch]"),
-    "data_seed": (lambda v: v is None or (_is_int(v) and 0 <= v < 2 ** 32), "an integer in [0, 2**32)"),
+    "rng": (
+        lambda v: v is None or _is_rng_state(v),
+        "RNG states {python, numpy, torch} as saved by this tool, or null",
+    ),
+    "best_scores": (
+        lambda v: (
+            isinstance(v, list)
+            and all(
+                isinstance(b, (list, tuple)) and len(b) == 3 and _is_number(b[0]) and _is_number(b[1]) and _is_int(b[2])
+                for b in v
+            )
+        ),
+        "a list of [top1, top5, epoch]",
+    ),
+    "data_seed": (lambda v: v is None or (_is_int(v) and 0 <= v < 2**32), "an integer in [0, 2**32)"),
 }
 
 
@@ -253,17 +274,27 @@ def _is_rng_state(v):
     if not isinstance(v, dict) or not {"python", "numpy", "torch"} <= set(v):
         return False
     python, numpy = v["python"], v["numpy"]
-    return (isinstance(python, list) and len(python) == 3 and isinstance(python[1], list)
-            and all(_is_int(x) for x in python[1])
-            and isinstance(numpy, list) and len(numpy) == 5 and isinstance(numpy[0], str) and torch.is_tensor(numpy[1])
-            and torch.is_tensor(v["torch"]) and v["torch"].dtype == torch.uint8)
+    return (
+        isinstance(python, list)
+        and len(python) == 3
+        and isinstance(python[1], list)
+        and all(_is_int(x) for x in python[1])
+        and isinstance(numpy, list)
+        and len(numpy) == 5
+        and isinstance(numpy[0], str)
+        and torch.is_tensor(numpy[1])
+        and torch.is_tensor(v["torch"])
+        and v["torch"].dtype == torch.uint8
+    )
 
 
 def check_checkpoint(checkpoint, path):
     """CheckpointError when ``checkpoint`` is not a mapping, or a known key holds the wrong kind of value."""
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a mapping "
-                              f"(a training checkpoint or a state dict)")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a mapping "
+            f"(a training checkpoint or a state dict)"
+        )
     if "state_dict" in checkpoint:
         _check_state(checkpoint["state_dict"], path, "state_dict")
         for key, (ok, expected) in _TRAINING_KEYS.items():

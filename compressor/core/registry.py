@@ -2,7 +2,8 @@
 
 A recipe never imports by path. A registry is declared with its built-in classes and the
 interface every member must have (``base``: a class to derive from, or ``members``: names it
-must define, e.g. ``CONFIG`` and ``calibrate``); users add their own classes with ``register``. Nothing registers itself at import.
+must define, e.g. ``CONFIG`` and ``calibrate``); users add their own classes with ``register``.
+Nothing registers itself at import.
 """
 
 

@@ -36,8 +36,9 @@ class _Loader(_BASE):
         except yaml.YAMLError:
             raise
         except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp 2001-13-45
-            raise yaml.constructor.ConstructorError(None, None, f"cannot read value {node.value!r}: {exc}",
-                                                    node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read value {node.value!r}: {exc}", node.start_mark
+            ) from None
 
 
 _NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
@@ -54,8 +55,9 @@ def _check_events(text):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_DEPTH} levels",
-                                                  event.start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_DEPTH} levels", event.start_mark
+                )
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
 
@@ -81,7 +83,9 @@ def read_text(path, what="file"):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise fail(f"not a YAML text file (byte {exc.start} is not UTF-8)", data[:exc.start].count(b"\n") + 1) from None
+        raise fail(
+            f"not a YAML text file (byte {exc.start} is not UTF-8)", data[: exc.start].count(b"\n") + 1
+        ) from None
 
 
 def load_yaml(text, file):
@@ -99,7 +103,9 @@ def load_yaml(text, file):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
-        raise RecipeError([RecipeIssue(file, line, (), f"invalid YAML: {getattr(exc, 'problem', None) or exc}")]) from None
+        raise RecipeError(
+            [RecipeIssue(file, line, (), f"invalid YAML: {getattr(exc, 'problem', None) or exc}")]
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -70,6 +70,7 @@ def _for_modules(*types):
     def register(fn):
         _MODULE_HANDLERS.append((types, fn))
         return fn
+
     return register
 
 
@@ -77,6 +78,7 @@ def _for_functions(*targets):
     def register(fn):
         _FUNCTION_HANDLERS.update(dict.fromkeys(targets, fn))
         return fn
+
     return register
 
 
@@ -84,6 +86,7 @@ def _for_methods(*names):
     def register(fn):
         _METHOD_HANDLERS.update(dict.fromkeys(names, fn))
         return fn
+
     return register
 
 
@@ -153,11 +156,14 @@ def _handler(builder, node):
         return _FUNCTION_HANDLERS[node.target]
     elif node.op == "call_method" and node.target in _METHOD_HANDLERS:
         return _METHOD_HANDLERS[node.target]
-    raise ConversionError(f"no export handler for {_describe(builder, node)}; exportable ops: conv, linear, "
-                          "batch-norm, ReLU, ReLU6/hardtanh, add, cat, max/avg pooling, global average pooling, flatten, dropout")
+    raise ConversionError(
+        f"no export handler for {_describe(builder, node)}; exportable ops: conv, linear, "
+        "batch-norm, ReLU, ReLU6/hardtanh, add, cat, max/avg pooling, global average pooling, flatten, dropout"
+    )
 
 
 # -- handlers -----------------------------------------------------------------------------------
+
 
 @_for_modules(ActivationFakeQuant)
 def _activation_quantizer(b, node):
@@ -165,12 +171,22 @@ def _activation_quantizer(b, node):
     if not quant.enabled:
         return b.alias(node, node.args[0])
     if getattr(quant, "dynamic", False):
-        raise ConversionError("activation ranges are dynamic (no calibration): an integer model needs fixed "
-                              "ranges; calibrate (--qe-calibration / calibration data) or give stats first")
+        raise ConversionError(
+            "activation ranges are dynamic (no calibration): an integer model needs fixed "
+            "ranges; calibrate (--qe-calibration / calibration data) or give stats first"
+        )
     if quant.bits > 8:
         raise ConversionError(f"{node.target}: activations at {quant.bits} bits have no 8-bit integer kernel")
-    b.emit(node, "quantize", [node.args[0]], scale=float(quant.scale.item()), zero_point=int(quant.zero_point.item()),
-           qmin=int(quant.qmin), qmax=int(quant.qmax), bits=int(quant.bits))
+    b.emit(
+        node,
+        "quantize",
+        [node.args[0]],
+        scale=float(quant.scale.item()),
+        zero_point=int(quant.zero_point.item()),
+        qmin=int(quant.qmin),
+        qmax=int(quant.qmax),
+        bits=int(quant.bits),
+    )
 
 
 def _weight(b, node, layer):
@@ -226,10 +242,21 @@ def _conv_or_linear(b, node, layer=None):
     if isinstance(layer, nn.Linear):
         return b.emit(node, "linear", [node.args[0]], weight=weight, bias=bias)
     if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-        raise ConversionError(f"{node.target}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
-                              "cannot be exported (explicit zero padding only)")
-    b.emit(node, "conv", [node.args[0]], weight=weight, bias=bias, stride=list(layer.stride),
-           padding=list(layer.padding), dilation=list(layer.dilation), groups=layer.groups)
+        raise ConversionError(
+            f"{node.target}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
+            "cannot be exported (explicit zero padding only)"
+        )
+    b.emit(
+        node,
+        "conv",
+        [node.args[0]],
+        weight=weight,
+        bias=bias,
+        stride=list(layer.stride),
+        padding=list(layer.padding),
+        dilation=list(layer.dilation),
+        groups=layer.groups,
+    )
 
 
 @_for_modules(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -238,10 +265,16 @@ def _batchnorm(b, node):
     if norm.training:
         raise ConversionError("convert a model in eval mode")
     ones = torch.ones_like(norm.running_var)
-    b.emit(node, "batchnorm", [node.args[0]], eps=float(norm.eps), mean=norm.running_mean.float().clone(),
-           var=norm.running_var.float().clone(),
-           weight=norm.weight.detach().float().clone() if norm.affine else ones,
-           bias=norm.bias.detach().float().clone() if norm.affine else torch.zeros_like(ones))
+    b.emit(
+        node,
+        "batchnorm",
+        [node.args[0]],
+        eps=float(norm.eps),
+        mean=norm.running_mean.float().clone(),
+        var=norm.running_var.float().clone(),
+        weight=norm.weight.detach().float().clone() if norm.affine else ones,
+        bias=norm.bias.detach().float().clone() if norm.affine else torch.zeros_like(ones),
+    )
 
 
 @_for_modules(nn.ReLU)
@@ -289,8 +322,12 @@ def _pair(v, n=2):
 
 
 def _pool_attrs(kernel, stride, padding, ceil_mode):
-    return {"kernel": _pair(kernel), "stride": _pair(stride if stride not in (None, ()) else kernel),
-            "padding": _pair(padding), "ceil_mode": bool(ceil_mode)}
+    return {
+        "kernel": _pair(kernel),
+        "stride": _pair(stride if stride not in (None, ()) else kernel),
+        "padding": _pair(padding),
+        "ceil_mode": bool(ceil_mode),
+    }
 
 
 @_for_modules(nn.MaxPool2d)
@@ -306,8 +343,13 @@ def _avgpool_module(b, node):
     m = b.modules[node.target]
     if m.divisor_override is not None:
         raise ConversionError(f"{node.target}: avg pooling with divisor_override cannot be exported")
-    b.emit(node, "avgpool", [node.args[0]], count_include_pad=bool(m.count_include_pad),
-           **_pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode))
+    b.emit(
+        node,
+        "avgpool",
+        [node.args[0]],
+        count_include_pad=bool(m.count_include_pad),
+        **_pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode),
+    )
 
 
 def _call_args(node, names, defaults):
@@ -318,10 +360,11 @@ def _call_args(node, names, defaults):
 
 @_for_functions(F.max_pool2d)
 def _maxpool_function(b, node):
-    x, k, s, p, d, ceil, ret = _call_args(node, ["input", "kernel_size", "stride", "padding", "dilation",
-                                                 "ceil_mode", "return_indices"],
-                                          {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False,
-                                           "return_indices": False})
+    x, k, s, p, d, ceil, ret = _call_args(
+        node,
+        ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+        {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
+    )
     if _pair(d) != [1, 1] or ret:
         raise ConversionError(f"{node.name}: max pooling with dilation or indices cannot be exported")
     b.emit(node, "maxpool", [x], **_pool_attrs(k, s, p, ceil))
@@ -330,8 +373,10 @@ def _maxpool_function(b, node):
 @_for_functions(F.avg_pool2d, torch._C._nn.avg_pool2d)
 def _avgpool_function(b, node):
     x, k, s, p, ceil, include, divisor = _call_args(
-        node, ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
-        {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True})
+        node,
+        ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
+        {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True},
+    )
     if divisor is not None:
         raise ConversionError(f"{node.name}: avg pooling with divisor_override cannot be exported")
     b.emit(node, "avgpool", [x], count_include_pad=bool(include), **_pool_attrs(k, s, p, ceil))
@@ -339,8 +384,9 @@ def _avgpool_function(b, node):
 
 def _global_pool(b, node, size):
     if _pair(size) != [1, 1]:
-        raise ConversionError(f"{_describe(b, node)}: adaptive average pooling to {size} cannot be exported "
-                              "(to 1x1 only)")
+        raise ConversionError(
+            f"{_describe(b, node)}: adaptive average pooling to {size} cannot be exported (to 1x1 only)"
+        )
     b.emit(node, "global_avgpool", [node.args[0]])
 
 
@@ -381,12 +427,18 @@ def _view(b, node):
     if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
         shape = list(shape[0])
     batch = shape[0] if shape else None
-    is_batch = isinstance(batch, fx.Node) and batch.op == "call_method" and batch.target == "size" and \
-        batch.args[0] is x and (batch.args[1:] == (0,) or batch.kwargs.get("dim") == 0)
+    is_batch = (
+        isinstance(batch, fx.Node)
+        and batch.op == "call_method"
+        and batch.target == "size"
+        and batch.args[0] is x
+        and (batch.args[1:] == (0,) or batch.kwargs.get("dim") == 0)
+    )
     if len(shape) == 2 and shape[1] == -1 and is_batch:
         return b.emit(node, "flatten", [x], axis=1)
-    raise ConversionError(f"{node.name}: {node.target}{tuple(shape)} cannot be exported; only x.{node.target}"
-                          "(x.size(0), -1)")
+    raise ConversionError(
+        f"{node.name}: {node.target}{tuple(shape)} cannot be exported; only x.{node.target}(x.size(0), -1)"
+    )
 
 
 @_for_methods("size")
@@ -411,9 +463,11 @@ def reference_graph(model):
             raise ConversionError(f"torch.fx cannot trace the model for export: {first}") from None
     others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, QuantModule) and not m.EXPORTABLE})
     if others:
-        raise ConversionError(f"export covers the linear quantizers (QuantAwareTrainRangeLinearQuantizer, "
-                              f"PostTrainLinearQuantizer); this model uses {', '.join(others)}, whose levels no "
-                              "integer runtime here computes as such")
+        raise ConversionError(
+            f"export covers the linear quantizers (QuantAwareTrainRangeLinearQuantizer, "
+            f"PostTrainLinearQuantizer); this model uses {', '.join(others)}, whose levels no "
+            "integer runtime here computes as such"
+        )
     was_training = model.training
     model.eval()
     try:

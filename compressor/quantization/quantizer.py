@@ -115,7 +115,8 @@ class Quantizer:
         sites = graph.find_activation_sites(gm, self.quantize_inputs())
         self.act_chains = {site.name: "->".join(site.chain) for site in sites}
         self.activation_quantizers = graph.instrument(
-            gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site)))
+            gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site))
+        )
 
         weight_rows = {}
         for name, module in graph.weight_modules(gm):
@@ -161,16 +162,18 @@ class Quantizer:
 
     def table(self):
         """Per-layer table of what is quantized and how, then the model size against FP32, for the log."""
+
         def describe(q):
             return "" if q is None else f"{q.bits} {q.METHOD}"
 
         lines = [(n, describe(qs.get("weight")), describe(qs.get("bias")), "") for n, qs in self.rows]
-        lines += [(n, "", "", f"{describe(q)} ({self.act_chains[n]})")
-                  for n, q in self.activation_quantizers.items()]
+        lines += [(n, "", "", f"{describe(q)} ({self.act_chains[n]})") for n, q in self.activation_quantizers.items()]
         size, fp32 = self.model_size_bits(), self.fp32_bits
         text = tabulate(lines, headers=["name", "weights", "bias", "activations (fused chain)"])
-        return text + (f"\nModel size: {size / 8 / 2**20:.3f} MiB ({size} bits) vs FP32 {fp32 / 8 / 2**20:.3f} MiB: "
-                       f"{fp32 / max(size, 1):.2f}x smaller")
+        return text + (
+            f"\nModel size: {size / 8 / 2**20:.3f} MiB ({size} bits) vs FP32 {fp32 / 8 / 2**20:.3f} MiB: "
+            f"{fp32 / max(size, 1):.2f}x smaller"
+        )
 
     def model_size_bits(self):
         """Bits to store the parameters: quantized weights at their bits, everything else at 32."""
@@ -193,11 +196,14 @@ class Quantizer:
     def load_state_dict(self, state):
         """Refuse a checkpoint made with another quantizer or other settings: its ranges would not fit."""
         if state.get("class") != type(self).__name__:
-            raise ValueError(f"the checkpoint was quantized by {state.get('class')}, the recipe uses {type(self).__name__}")
+            raise ValueError(
+                f"the checkpoint was quantized by {state.get('class')}, the recipe uses {type(self).__name__}"
+            )
         saved = {k: v for k, v in state.get("config", {}).items() if k not in self.CONFIG.SOURCE_KEYS}
         mine = self._state_config()
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if differ:
-            details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} in the recipe"
-                                for k in differ)
+            details = ", ".join(
+                f"{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} in the recipe" for k in differ
+            )
             raise ValueError(f"the recipe's quantizer settings differ from the checkpoint's ({details})")

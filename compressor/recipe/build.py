@@ -41,10 +41,14 @@ def build_scheduler(recipe, model, optimizer):
         args = {k: copy.deepcopy(v) for k, v in spec.items() if k != "class"}
         lr_schedulers[name] = LR_SCHEDULERS.get(spec["class"])(optimizer, **args)
 
-    calibrators = {name: CALIBRATORS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
-                   for name, spec in (data.get("calibrators") or {}).items()}
-    distillers = {name: DISTILLERS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
-                  for name, spec in (data.get("distillers") or {}).items()}
+    calibrators = {
+        name: CALIBRATORS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+        for name, spec in (data.get("calibrators") or {}).items()
+    }
+    distillers = {
+        name: DISTILLERS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+        for name, spec in (data.get("distillers") or {}).items()
+    }
     scheduler = CompressionScheduler(model, recipe=copy.deepcopy(data))
     policies = data.get("policies") or []
     # calibration stages run after the quantization policy in each epoch, whatever the file order
@@ -59,8 +63,9 @@ def build_scheduler(recipe, model, optimizer):
             qp.apply_phase(QuantizationPolicy.FP32)
             scheduler.add_policy(qp)
         elif "calibrator" in policy:
-            scheduler.add_policy(CalibrationPolicy(calibrators[policy["calibrator"]["instance_name"]],
-                                                   scheduler.quantizer, epochs))
+            scheduler.add_policy(
+                CalibrationPolicy(calibrators[policy["calibrator"]["instance_name"]], scheduler.quantizer, epochs)
+            )
         elif "distiller" in policy:
             scheduler.add_policy(DistillationPolicy(distillers[policy["distiller"]["instance_name"]], epochs))
         elif "lr_scheduler" in policy:

@@ -30,7 +30,9 @@ def parse_recipe(text, file="<recipe>"):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError([RecipeIssue(file, 1, (), "a recipe is a mapping of sections (quantizers, lr_schedulers, policies)")])
+        raise RecipeError(
+            [RecipeIssue(file, 1, (), "a recipe is a mapping of sections (quantizers, lr_schedulers, policies)")]
+        )
     return Recipe(data, lines, file)
 
 

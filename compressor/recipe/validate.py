@@ -13,10 +13,14 @@ log = logging.getLogger(__name__)
 
 TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "distillers", "policies"}
 NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
-POLICY_KINDS = {"quantizer": "quantizers", "lr_scheduler": "lr_schedulers", "calibrator": "calibrators",
-                "distiller": "distillers"}
+POLICY_KINDS = {
+    "quantizer": "quantizers",
+    "lr_scheduler": "lr_schedulers",
+    "calibrator": "calibrators",
+    "distiller": "distillers",
+}
 TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
-MAX_EPOCH = 10 ** 6  # far beyond any schedule; bounds the epoch lists policies expand to
+MAX_EPOCH = 10**6  # far beyond any schedule; bounds the epoch lists policies expand to
 # LR-scheduler arguments whose domain torch does not check (gamma: -10 or .nan trained on silently)
 POSITIVE_LR_ARGS = {"gamma", "gammas", "step_size", "T_max", "T_0", "T_mult", "total_iters", "max_lr", "factor"}
 NON_NEGATIVE_LR_ARGS = {"eta_min", "min_lr", "base_lr", "cooldown", "patience", "eps", "threshold"}
@@ -33,7 +37,9 @@ def validate(recipe):
     data = recipe.data
     for key in data:
         if key in NOT_SUPPORTED_YET:
-            issues.append(recipe.issue((key,), f"section '{key}' is not supported yet (only quantization and LR schedules are)"))
+            issues.append(
+                recipe.issue((key,), f"section '{key}' is not supported yet (only quantization and LR schedules are)")
+            )
         elif key not in TOP_LEVEL:
             issues.append(recipe.issue((key,), f"unknown top-level key; expected one of {sorted(TOP_LEVEL)}"))
     for section, registry in SECTIONS.items():
@@ -58,7 +64,11 @@ def _validate_component(recipe, section, registry, name, spec):
         return [recipe.issue(path, "missing 'class'")]
     cls = registry.get(cls_name) if isinstance(cls_name, str) else None
     if cls is None:
-        return [recipe.issue(path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}")]
+        return [
+            recipe.issue(
+                path + ("class",), f"unknown {registry.kind} class {cls_name!r}; known: {', '.join(registry.names())}"
+            )
+        ]
     args = {k: v for k, v in spec.items() if k != "class"}
     if section in ("quantizers", "calibrators", "distillers"):
         return _validate_component_args(recipe, path, cls, args)
@@ -72,7 +82,9 @@ def _validate_component_args(recipe, path, cls, args):
     layer_keys = cls.CONFIG.layer_keys()
     for key, value in args.items():
         if key not in params:
-            issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {sorted(params)}"))
+            issues.append(
+                recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {sorted(params)}")
+            )
             continue
         message = params[key].check(value)
         if message:
@@ -99,7 +111,9 @@ def _validate_component_args(recipe, path, cls, args):
                 continue
             for key, value in settings.items():
                 if key not in layer_keys:
-                    issues.append(recipe.issue(opath + (key,), f"unknown per-layer key; an override may set {sorted(layer_keys)}"))
+                    issues.append(
+                        recipe.issue(opath + (key,), f"unknown per-layer key; an override may set {sorted(layer_keys)}")
+                    )
                     continue
                 message = params[key].check(value)
                 if message:
@@ -115,8 +129,11 @@ def _cross_check(recipe, path, cls, args):
     issues = [recipe.issue(path + (key,), message) for key, message in config.cross_check()]
     for pattern, settings in (args.get("overrides") or {}).items():
         if isinstance(settings, dict) and settings:  # problems an override itself brings in
-            issues += [recipe.issue(path + ("overrides", pattern, key), message)
-                       for key, message in config.for_layer(settings).cross_check() if key in settings]
+            issues += [
+                recipe.issue(path + ("overrides", pattern, key), message)
+                for key, message in config.for_layer(settings).cross_check()
+                if key in settings
+            ]
     return issues
 
 
@@ -131,7 +148,9 @@ def _validate_lr_scheduler_args(recipe, path, cls, args):
     issues = []
     for key in args:
         if key not in accepted:
-            issues.append(recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {accepted}"))
+            issues.append(
+                recipe.issue(path + (key,), f"unknown argument of {cls.__name__}; expected one of {accepted}")
+            )
         else:
             message = _lr_value_issue(key, args[key])
             if message:
@@ -181,10 +200,13 @@ def _lr_value_issue(key, value):
         if not isinstance(value, list) or not all(_is_int(v) and 0 <= v <= MAX_EPOCH for v in value):
             return f"expected a list of epoch numbers (integers >= 0), got {value!r}"
     values = value if isinstance(value, list) else [value]
-    if key in POSITIVE_LR_ARGS and any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
+    if key in POSITIVE_LR_ARGS and any(
+        not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values
+    ):
         return f"expected a number > 0, got {value!r}"
-    if key in NON_NEGATIVE_LR_ARGS and any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0
-                                           for v in values):
+    if key in NON_NEGATIVE_LR_ARGS and any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 for v in values
+    ):
         return f"expected a number >= 0, got {value!r}"
     return None
 
@@ -217,14 +239,23 @@ def _validate_policies(recipe):
     for i, policy in enumerate(policies):
         path = ("policies", i)
         if not isinstance(policy, dict):
-            issues.append(recipe.issue(path, "expected a mapping such as {quantizer: {instance_name: ...}, starting_epoch: ...}"))
+            issues.append(
+                recipe.issue(path, "expected a mapping such as {quantizer: {instance_name: ...}, starting_epoch: ...}")
+            )
             continue
         kinds = [k for k in policy if k in POLICY_KINDS or k in ("pruner", "regularizer", "extension")]
         unknown = [k for k in policy if k not in kinds and k not in TIMING_KEYS]
         for k in unknown:
-            issues.append(recipe.issue(path + (k,), f"unknown policy key; expected one of {sorted(POLICY_KINDS)} and timing keys {sorted(TIMING_KEYS)}"))
+            issues.append(
+                recipe.issue(
+                    path + (k,),
+                    f"unknown policy key; expected one of {sorted(POLICY_KINDS)} and timing keys {sorted(TIMING_KEYS)}",
+                )
+            )
         if len(kinds) != 1:
-            issues.append(recipe.issue(path, f"a policy names exactly one of {sorted(POLICY_KINDS)}, found {kinds or 'none'}"))
+            issues.append(
+                recipe.issue(path, f"a policy names exactly one of {sorted(POLICY_KINDS)}, found {kinds or 'none'}")
+            )
             continue
         kind = kinds[0]
         if kind not in POLICY_KINDS:
@@ -246,7 +277,9 @@ def _validate_policies(recipe):
             if not isinstance(name, str):
                 issues.append(recipe.issue(path + (kind, "instance_name"), f"expected an instance name, got {name!r}"))
             elif not isinstance(sections, dict) or name not in sections:
-                issues.append(recipe.issue(path + (kind, "instance_name"), f"undefined instance {name!r}: not in '{section}'"))
+                issues.append(
+                    recipe.issue(path + (kind, "instance_name"), f"undefined instance {name!r}: not in '{section}'")
+                )
             elif kind == "quantizer":
                 quantizer_policies += 1
                 used_quantizers.add(name)
@@ -254,12 +287,18 @@ def _validate_policies(recipe):
         issues += _validate_timing(recipe, path, policy)
     calibrator_policies = [i for i, p in enumerate(policies) if isinstance(p, dict) and "calibrator" in p]
     if calibrator_policies and not used_quantizers:
-        issues.append(recipe.issue(("policies", calibrator_policies[0], "calibrator"),
-                                   "a calibration stage needs a quantizer policy to calibrate"))
+        issues.append(
+            recipe.issue(
+                ("policies", calibrator_policies[0], "calibrator"),
+                "a calibration stage needs a quantizer policy to calibrate",
+            )
+        )
     if len(used_quantizers) > 1:
         issues.append(recipe.issue(("policies",), f"one quantizer per recipe; policies use {sorted(used_quantizers)}"))
     elif quantizer_policies > 1:
-        issues.append(recipe.issue(("policies",), "one quantizer policy per recipe: its window is a single epoch range"))
+        issues.append(
+            recipe.issue(("policies",), "one quantizer policy per recipe: its window is a single epoch range")
+        )
     return issues
 
 
@@ -276,11 +315,19 @@ def _validate_timing(recipe, path, policy):
     triple = [k for k in ("starting_epoch", "ending_epoch", "frequency") if k in policy]
     if "epochs" in policy:
         if triple:
-            return [recipe.issue(path + (triple[0],), "'epochs' and starting_epoch/ending_epoch/frequency are mutually exclusive")]
+            return [
+                recipe.issue(
+                    path + (triple[0],), "'epochs' and starting_epoch/ending_epoch/frequency are mutually exclusive"
+                )
+            ]
         epochs = policy["epochs"]
         if not isinstance(epochs, list) or not epochs or not all(_is_int(e) and 0 <= e <= MAX_EPOCH for e in epochs):
-            return [recipe.issue(path + ("epochs",), f"expected a non-empty list of epoch numbers in [0, {MAX_EPOCH}], "
-                                                     f"got {epochs!r}")]
+            return [
+                recipe.issue(
+                    path + ("epochs",),
+                    f"expected a non-empty list of epoch numbers in [0, {MAX_EPOCH}], got {epochs!r}",
+                )
+            ]
         if len(set(epochs)) != len(epochs):
             return [recipe.issue(path + ("epochs",), "epochs are listed twice")]
         return []
@@ -296,9 +343,17 @@ def _validate_timing(recipe, path, policy):
         return issues
     start, end, freq = policy["starting_epoch"], policy["ending_epoch"], policy.get("frequency", 1)
     if start >= end:
-        issues.append(recipe.issue(path + ("ending_epoch",), f"ending_epoch ({end}) must be greater than starting_epoch ({start})"))
+        issues.append(
+            recipe.issue(
+                path + ("ending_epoch",), f"ending_epoch ({end}) must be greater than starting_epoch ({start})"
+            )
+        )
     elif freq > end - start:
-        issues.append(recipe.issue(path + ("frequency",), f"frequency ({freq}) exceeds ending_epoch - starting_epoch ({end - start})"))
+        issues.append(
+            recipe.issue(
+                path + ("frequency",), f"frequency ({freq}) exceeds ending_epoch - starting_epoch ({end - start})"
+            )
+        )
     return issues
 
 

@@ -55,19 +55,29 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         if (print_freq and (i + 1) % print_freq == 0) or i + 1 == steps:
             extra = "".join(f"    {name} {m.avg:.6f}" for name, m in meters.items() if name not in (OVERALL, OBJECTIVE))
             log.info(
-                "Epoch: [%d][%4d/%4d]    Overall Loss %.6f    Objective Loss %.6f%s    Top1 %.3f    Top5 %.3f    LR %.6g",
-                epoch, i + 1, steps, meters[OVERALL].avg, meters[OBJECTIVE].avg, extra,
-                100.0 * correct1 / seen, 100.0 * correct5 / seen, optimizer.param_groups[0]["lr"],
+                "Epoch: [%d][%4d/%4d]    Overall Loss %.6f    Objective Loss %.6f%s"
+                "    Top1 %.3f    Top5 %.3f    LR %.6g",
+                epoch,
+                i + 1,
+                steps,
+                meters[OVERALL].avg,
+                meters[OBJECTIVE].avg,
+                extra,
+                100.0 * correct1 / seen,
+                100.0 * correct5 / seen,
+                optimizer.param_groups[0]["lr"],
             )
     check_model(model, epoch)
     # under DDP: the epoch's averages over every process's samples (the lines above are this process's)
     names = sorted(meters)
-    totals = distributed.all_reduce_sum([x for n in names for x in (meters[n].sum, meters[n].count)]
-                                        + [correct1, correct5, seen])
+    totals = distributed.all_reduce_sum(
+        [x for n in names for x in (meters[n].sum, meters[n].count)] + [correct1, correct5, seen]
+    )
     stats = {n: totals[2 * i] / max(totals[2 * i + 1], 1) for i, n in enumerate(names)}
     correct1, correct5, seen = totals[-3:]
-    stats.update(Top1=100.0 * correct1 / max(seen, 1), Top5=100.0 * correct5 / max(seen, 1),
-                 LR=optimizer.param_groups[0]["lr"])
+    stats.update(
+        Top1=100.0 * correct1 / max(seen, 1), Top5=100.0 * correct5 / max(seen, 1), LR=optimizer.param_groups[0]["lr"]
+    )
     return stats
 
 
@@ -99,11 +109,16 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
             confusion = cm if confusion is None else confusion + cm
     # under DDP each process saw its own samples (none twice): sum counts and losses over processes
     loss_sum, loss_count, correct1, correct5, seen = distributed.all_reduce_sum(
-        [loss_meter.sum, loss_meter.count, correct1, correct5, seen])
+        [loss_meter.sum, loss_meter.count, correct1, correct5, seen]
+    )
     if confusion is not None or num_classes:
         confusion = _all_reduce_confusion(confusion, num_classes)
-    result = {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1),
-              "loss": loss_sum / max(loss_count, 1), "images": int(seen)}
+    result = {
+        "top1": 100.0 * correct1 / max(seen, 1),
+        "top5": 100.0 * correct5 / max(seen, 1),
+        "loss": loss_sum / max(loss_count, 1),
+        "images": int(seen),
+    }
     log.info("==> Top1: %.3f    Top5: %.3f    Loss: %.3f", result["top1"], result["top5"], result["loss"])
     if confusion is not None:
         result["confusion"] = confusion.tolist()

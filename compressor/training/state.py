@@ -40,12 +40,26 @@ class TrainState:
     rng_ranks: list | None = None  # under DDP: every rank's RNG state, indexed by rank
 
     @classmethod
-    def capture(cls, epoch, arch, dataset, model, optimizer=None, scheduler=None, recipe=None, best_scores=(),
-                data_seed=None, with_rng=True):
+    def capture(
+        cls,
+        epoch,
+        arch,
+        dataset,
+        model,
+        optimizer=None,
+        scheduler=None,
+        recipe=None,
+        best_scores=(),
+        data_seed=None,
+        with_rng=True,
+    ):
         """The state of a live run; ``recipe`` defaults to the scheduler's own."""
         quantizer = scheduler.quantizer if scheduler is not None else None
         return cls(
-            epoch=epoch, arch=arch, dataset=dataset, state_dict=model.state_dict(),
+            epoch=epoch,
+            arch=arch,
+            dataset=dataset,
+            state_dict=model.state_dict(),
             optimizer_state_dict=optimizer.state_dict() if optimizer is not None else None,
             compression_sched=scheduler.state_dict() if scheduler is not None else None,
             recipe=recipe if recipe is not None else (scheduler.recipe if scheduler is not None else None),
@@ -80,10 +94,17 @@ class TrainState:
         if missing:
             raise CheckpointError(f"{source} is not a training checkpoint of this tool (no {', '.join(missing)})")
         return cls(
-            epoch=data["epoch"], arch=data.get("arch"), dataset=data.get("dataset"), state_dict=data["state_dict"],
-            optimizer_state_dict=data["optimizer_state_dict"], compression_sched=data.get("compression_sched"),
-            recipe=data.get("recipe"), quantizer=data.get("quantizer"), rng=data.get("rng"),
-            best_scores=[tuple(b) for b in data.get("best_scores") or []], data_seed=data.get("data_seed"),
+            epoch=data["epoch"],
+            arch=data.get("arch"),
+            dataset=data.get("dataset"),
+            state_dict=data["state_dict"],
+            optimizer_state_dict=data["optimizer_state_dict"],
+            compression_sched=data.get("compression_sched"),
+            recipe=data.get("recipe"),
+            quantizer=data.get("quantizer"),
+            rng=data.get("rng"),
+            best_scores=[tuple(b) for b in data.get("best_scores") or []],
+            data_seed=data.get("data_seed"),
             rng_ranks=data.get("rng_ranks"),
         )
 
@@ -94,9 +115,11 @@ def check_version(data, source):
         return LEGACY_VERSION
     version = data["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) or not LEGACY_VERSION <= version <= FORMAT_VERSION:
-        raise CheckpointError(f"{source}: checkpoint format version {version!r} is not one this version of "
-                              f"compressor reads ({LEGACY_VERSION} to {FORMAT_VERSION}); was it written by a "
-                              f"newer release?")
+        raise CheckpointError(
+            f"{source}: checkpoint format version {version!r} is not one this version of "
+            f"compressor reads ({LEGACY_VERSION} to {FORMAT_VERSION}); was it written by a "
+            f"newer release?"
+        )
     return version
 
 
@@ -107,13 +130,16 @@ def load_train_state(path, flag="--resume-from"):
     check_version(data, source)
     missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
     if missing:
-        raise CheckpointError(f"{source} is not a training checkpoint of this tool (no {', '.join(missing)}); "
-                              f"use --exp-load-weights-from to load weights only")
+        raise CheckpointError(
+            f"{source} is not a training checkpoint of this tool (no {', '.join(missing)}); "
+            f"use --exp-load-weights-from to load weights only"
+        )
     return TrainState.from_dict(data, source)
 
 
 def load_model_weights(path, flag="--exp-load-weights-from"):
-    """The loaded checkpoint and its model state dict: one of our checkpoints (any known version) or a bare state dict."""
+    """The loaded checkpoint and its model state dict: one of our checkpoints (any known version)
+    or a bare state dict."""
     data = load_checkpoint(path)
     check_version(data, f"{flag} {path}")
     return data, model_state(data)

@@ -32,9 +32,13 @@ policies:
     ending_epoch: 4
     frequency: 1
 """
-FP32_RECIPE = QAT_RECIPE.split("lr_schedulers:")[0].split("quantizers:")[0] + "lr_schedulers:" + \
-    QAT_RECIPE.split("lr_schedulers:")[1].split("  - quantizer")[0] + "  - lr_scheduler" + \
-    QAT_RECIPE.split("  - lr_scheduler")[1]
+FP32_RECIPE = (
+    QAT_RECIPE.split("lr_schedulers:")[0].split("quantizers:")[0]
+    + "lr_schedulers:"
+    + QAT_RECIPE.split("lr_schedulers:")[1].split("  - quantizer")[0]
+    + "  - lr_scheduler"
+    + QAT_RECIPE.split("  - lr_scheduler")[1]
+)
 
 
 @pytest.mark.slow
@@ -60,10 +64,19 @@ def test_digits_run_writes_every_output(tmp_path, app):
     events = EventAccumulator(path)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ["Performance/Training/Overall Loss", "Performance/Training/Objective Loss",
-                "Performance/Training/Top1", "Performance/Training/Top5", "Performance/Training/LR",
-                "Performance/Validation/Loss", "Performance/Validation/Top1", "Performance/Validation/Top5",
-                "Performance/Test/Loss", "Performance/Test/Top1", "Performance/Test/Top5"]:
+    for tag in [
+        "Performance/Training/Overall Loss",
+        "Performance/Training/Objective Loss",
+        "Performance/Training/Top1",
+        "Performance/Training/Top5",
+        "Performance/Training/LR",
+        "Performance/Validation/Loss",
+        "Performance/Validation/Top1",
+        "Performance/Validation/Top5",
+        "Performance/Test/Loss",
+        "Performance/Test/Top1",
+        "Performance/Test/Top5",
+    ]:
         assert tag in tags, tag
     assert events.Tags()["histograms"]
     val = [e.value for e in events.Scalars("Performance/Validation/Top1")]
@@ -78,8 +91,15 @@ def test_evaluate_resumed_checkpoint_reproduces_test_score(tmp_path, app):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
     trained = app(tmp_path, "train", "--epochs", "2", "--compress", str(recipe), "--deterministic")
-    ev = app(tmp_path, "eval", "--evaluate", "--resume-from", os.path.join(trained, "checkpoint.pth.tar"),
-             "--export-onnx", "--qe-convert-pytorch")
+    ev = app(
+        tmp_path,
+        "eval",
+        "--evaluate",
+        "--resume-from",
+        os.path.join(trained, "checkpoint.pth.tar"),
+        "--export-onnx",
+        "--qe-convert-pytorch",
+    )
     a = json.load(open(os.path.join(trained, "summary.json")))["test"]
     summary = json.load(open(os.path.join(ev, "summary.json")))
     assert a == pytest.approx(summary["test"])
@@ -123,22 +143,42 @@ def test_resume_with_other_recipe_is_a_clear_error(tmp_path, root, app):
     trained = app(tmp_path, "train8", "--epochs", "2", "--compress", str(recipe))
     other = tmp_path / "qat4.yaml"
     other.write_text(QAT_RECIPE.replace("bits_weights: 8", "bits_weights: 4"))
-    proc = _cli("--dataset", "digits", "-a", "simplenet_digits", "--epochs", "3", "--compress", str(other),
-                "--resume-from", os.path.join(trained, "checkpoint.pth.tar"), "-o", str(tmp_path), cwd=root)
+    proc = _cli(
+        "--dataset",
+        "digits",
+        "-a",
+        "simplenet_digits",
+        "--epochs",
+        "3",
+        "--compress",
+        str(other),
+        "--resume-from",
+        os.path.join(trained, "checkpoint.pth.tar"),
+        "-o",
+        str(tmp_path),
+        cwd=root,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "bits_weights: 8 in the checkpoint, 4 in the recipe" in proc.stderr
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(cwd, "apps", "compress_classifier.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(cwd, "apps", "compress_classifier.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(QAT_RECIPE.replace("bits_weights: 8", "bits_weights: 64").replace("gamma: 0.7", "gama: 0.7"))
-    proc = _cli("--dataset", "digits", "-a", "simplenet_digits", "--compress", str(recipe), "-o", str(tmp_path), cwd=root)
+    proc = _cli(
+        "--dataset", "digits", "-a", "simplenet_digits", "--compress", str(recipe), "-o", str(tmp_path), cwd=root
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{recipe}:5: quantizers.q.bits_weights: expected an integer bit width" in proc.stderr
@@ -147,18 +187,33 @@ def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "cifar10", "/nonexistent"], "cifar10 not found: looked for /nonexistent/cifar-10-batches-py"),
-    (["--dataset", "mnist", "-a", "simplenet_mnist"], "--dataset mnist needs DATASET_DIR"),
-    (["-a", "nosuchnet_cifar", "--dataset", "digits"], "unknown architecture 'nosuchnet_cifar'"),
-    (["-a", "resnet18", "--pretrained", "--dataset", "digits"], "--pretrained: weights for resnet18 are not on this machine"),
-    (["--dataset", "digits", "--resume-from", "/nonexistent.pth.tar"], "checkpoint not found: /nonexistent.pth.tar"),
-    (["--dataset", "digits", "--vs", "2"], "--vs expects a number in [0, 1]"),
-    (["--dataset", "digits", "--lr", "-1"], "--lr expects a number >= 0"),
-    (["--dataset", "digits", "-j", "-1"], "-j/--workers expects a number >= 0"),
-    (["--dataset", "cifar10", "-a", "simplenet_mnist", "/tmp"], "simplenet_mnist expects 1-channel images, cifar10 has 3"),
-    (["--dataset", "digits", "--compress", "/nonexistent.yaml"], "/nonexistent.yaml: <top level>: cannot read recipe"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "cifar10", "/nonexistent"], "cifar10 not found: looked for /nonexistent/cifar-10-batches-py"),
+        (["--dataset", "mnist", "-a", "simplenet_mnist"], "--dataset mnist needs DATASET_DIR"),
+        (["-a", "nosuchnet_cifar", "--dataset", "digits"], "unknown architecture 'nosuchnet_cifar'"),
+        (
+            ["-a", "resnet18", "--pretrained", "--dataset", "digits"],
+            "--pretrained: weights for resnet18 are not on this machine",
+        ),
+        (
+            ["--dataset", "digits", "--resume-from", "/nonexistent.pth.tar"],
+            "checkpoint not found: /nonexistent.pth.tar",
+        ),
+        (["--dataset", "digits", "--vs", "2"], "--vs expects a number in [0, 1]"),
+        (["--dataset", "digits", "--lr", "-1"], "--lr expects a number >= 0"),
+        (["--dataset", "digits", "-j", "-1"], "-j/--workers expects a number >= 0"),
+        (
+            ["--dataset", "cifar10", "-a", "simplenet_mnist", "/tmp"],
+            "simplenet_mnist expects 1-channel images, cifar10 has 3",
+        ),
+        (
+            ["--dataset", "digits", "--compress", "/nonexistent.yaml"],
+            "/nonexistent.yaml: <top level>: cannot read recipe",
+        ),
+    ],
+)
 def test_bad_input_errors(tmp_path, root, args, message):
     proc = _cli(*args, "-o", str(tmp_path), "--epochs", "1", cwd=root)
     assert proc.returncode == 2, proc.stderr
@@ -171,8 +226,9 @@ def test_fine_tune_fp32_checkpoint_with_qat(tmp_path, app, fp32_digits_run):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE.replace("starting_epoch: 1", "starting_epoch: 0"))
     ckpt = os.path.join(fp32, "best.pth.tar")
-    tuned = app(tmp_path, "tuned", "--epochs", "1", "--compress", str(recipe), "--exp-load-weights-from", ckpt,
-                "--lr", "0.0")
+    tuned = app(
+        tmp_path, "tuned", "--epochs", "1", "--compress", str(recipe), "--exp-load-weights-from", ckpt, "--lr", "0.0"
+    )
     # lr 0: the quantized model keeps the FP32 weights, so 8-bit accuracy stays close to FP32
     a = json.load(open(os.path.join(fp32, "summary.json")))["test"]["top1"]
     b = json.load(open(os.path.join(tuned, "summary.json")))["test"]["top1"]
@@ -201,8 +257,24 @@ def test_fp32_export_onnx_matches_the_model(tmp_path, app):
 @pytest.mark.slow
 def test_export_of_a_low_bit_training_quantizer_is_a_clear_error(tmp_path, root):
     recipe = tmp_path / "pact.yaml"
-    recipe.write_text("quantizers:\n  q: {class: PACTQuantizer, bits_activations: 4, bits_weights: 4}\n"
-                      "policies:\n  - quantizer: {instance_name: q}\n    starting_epoch: 0\n    ending_epoch: 1\n")
-    proc = _cli("--dataset", "digits", "-a", "simplenet_digits", "--epochs", "1", "--etrs", "0.2", "--compress",
-                str(recipe), "--export-onnx", "-o", str(tmp_path), cwd=root)
+    recipe.write_text(
+        "quantizers:\n  q: {class: PACTQuantizer, bits_activations: 4, bits_weights: 4}\n"
+        "policies:\n  - quantizer: {instance_name: q}\n    starting_epoch: 0\n    ending_epoch: 1\n"
+    )
+    proc = _cli(
+        "--dataset",
+        "digits",
+        "-a",
+        "simplenet_digits",
+        "--epochs",
+        "1",
+        "--etrs",
+        "0.2",
+        "--compress",
+        str(recipe),
+        "--export-onnx",
+        "-o",
+        str(tmp_path),
+        cwd=root,
+    )
     assert proc.returncode == 2 and "linear quantizers" in proc.stderr and "Traceback" not in proc.stderr

@@ -53,7 +53,12 @@ WINDOW = {"inq": "    epochs: [1, 2]\n"}
 
 
 def _recipe(tmp_path, key):
-    text = LOW_BIT[key] + LR + "  - quantizer: {instance_name: q}\n" + WINDOW.get(key, "    starting_epoch: 1\n    ending_epoch: 4\n")
+    text = (
+        LOW_BIT[key]
+        + LR
+        + "  - quantizer: {instance_name: q}\n"
+        + WINDOW.get(key, "    starting_epoch: 1\n    ending_epoch: 4\n")
+    )
     path = tmp_path / f"{key}.yaml"
     path.write_text(text)
     return str(path)
@@ -80,7 +85,14 @@ def test_resume_equals_uninterrupted_run_and_evaluates(tmp_path, key, teacher, a
     sb = json.load(open(os.path.join(rest, "summary.json")))
     assert sa["test"]["top1"] == sb["test"]["top1"]
 
-    ev = app(tmp_path, "eval", "--evaluate", "--resume-from", os.path.join(rest, "checkpoint.pth.tar"), arch="simplenet_digits")
+    ev = app(
+        tmp_path,
+        "eval",
+        "--evaluate",
+        "--resume-from",
+        os.path.join(rest, "checkpoint.pth.tar"),
+        arch="simplenet_digits",
+    )
     assert json.load(open(os.path.join(ev, "summary.json")))["test"] == pytest.approx(sb["test"])
 
     log = open(os.path.join(whole, "whole.log")).read()

@@ -24,11 +24,29 @@ def ptq(tmp_path, name, *extra):
 
 
 def test_int8_per_channel_run_writes_every_output(tmp_path, fp32_checkpoint):
-    path, summary = ptq(tmp_path, "int8", "--resume-from", fp32_checkpoint, "--qe-per-channel", "--qe-mode", "asym_u",
-                        "--qe-clip-acts", "avg", "--calibration-size", "256")
-    assert {"acts_quantization_stats.yaml", "layer_quant_params.yaml", "quantized_checkpoint.pth.tar",
-            "summary.json", "int8.log", "sqnr_bits.png", "activation_histograms.png",
-            "weight_histograms.png"} <= set(os.listdir(path))
+    path, summary = ptq(
+        tmp_path,
+        "int8",
+        "--resume-from",
+        fp32_checkpoint,
+        "--qe-per-channel",
+        "--qe-mode",
+        "asym_u",
+        "--qe-clip-acts",
+        "avg",
+        "--calibration-size",
+        "256",
+    )
+    assert {
+        "acts_quantization_stats.yaml",
+        "layer_quant_params.yaml",
+        "quantized_checkpoint.pth.tar",
+        "summary.json",
+        "int8.log",
+        "sqnr_bits.png",
+        "activation_histograms.png",
+        "weight_histograms.png",
+    } <= set(os.listdir(path))
     assert summary["calibration_images"] == 256
     assert abs(summary["fp32"]["top1"] - summary["quantized"]["top1"]) <= 1.0
     stats = load_stats(os.path.join(path, "acts_quantization_stats.yaml"))
@@ -41,14 +59,43 @@ def test_int8_per_channel_run_writes_every_output(tmp_path, fp32_checkpoint):
     assert "SQNR dB" in log and "Accumulators" in log
 
     # the quantized checkpoint evaluates with the classifier app, to the same accuracy
-    assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--evaluate", "-o", str(tmp_path),
-                       "-n", "eval", "--resume-from", os.path.join(path, "quantized_checkpoint.pth.tar")]) == 0
+    assert (
+        classifier(
+            [
+                "-a",
+                "simplenet_digits",
+                "--dataset",
+                "digits",
+                "--evaluate",
+                "-o",
+                str(tmp_path),
+                "-n",
+                "eval",
+                "--resume-from",
+                os.path.join(path, "quantized_checkpoint.pth.tar"),
+            ]
+        )
+        == 0
+    )
     (ev,) = glob.glob(os.path.join(tmp_path, "eval___*"))
-    assert json.load(open(os.path.join(ev, "summary.json")))["test"]["top1"] == pytest.approx(summary["quantized"]["top1"])
+    assert json.load(open(os.path.join(ev, "summary.json")))["test"]["top1"] == pytest.approx(
+        summary["quantized"]["top1"]
+    )
 
     # the written stats drive a second run to the same result
-    _, again = ptq(tmp_path, "from_stats", "--resume-from", fp32_checkpoint, "--qe-per-channel", "--qe-mode", "asym_u",
-                   "--qe-clip-acts", "avg", "--qe-stats-file", os.path.join(path, "acts_quantization_stats.yaml"))
+    _, again = ptq(
+        tmp_path,
+        "from_stats",
+        "--resume-from",
+        fp32_checkpoint,
+        "--qe-per-channel",
+        "--qe-mode",
+        "asym_u",
+        "--qe-clip-acts",
+        "avg",
+        "--qe-stats-file",
+        os.path.join(path, "acts_quantization_stats.yaml"),
+    )
     assert again["quantized"]["top1"] == pytest.approx(summary["quantized"]["top1"])
     assert again["calibration_images"] == 0
 
@@ -76,37 +123,94 @@ quantizers:
 
 
 def _cli(args, cwd):
-    return subprocess.run([sys.executable, os.path.join(cwd, "apps", "post_train_quant.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(cwd, "apps", "post_train_quant.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--qe-clip-acts", "n_std"], "--qe-clip-acts n_std needs --qe-clip-n-stds"),
-    (["--qe-bits-acts", "1"], "--qe-bits-acts expects 0 (FP32) or 2..16, got 1"),
-    (["--qe-stats-file", "/nonexistent.yaml"], "/nonexistent.yaml: <top level>: cannot read stats file: No such file or directory"),
-    (["--qe-calibration", "0.1", "--qe-dynamic"], "not allowed with argument"),
-    (["-b", "0"], "-b/--batch-size expects a positive integer up to 2147483647, got 0"),
-    (["--calibration-size", "-3"], "--calibration-size expects a count (a whole number) or a fraction in (0, 1], got -3.0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--qe-clip-acts", "n_std"], "--qe-clip-acts n_std needs --qe-clip-n-stds"),
+        (["--qe-bits-acts", "1"], "--qe-bits-acts expects 0 (FP32) or 2..16, got 1"),
+        (
+            ["--qe-stats-file", "/nonexistent.yaml"],
+            "/nonexistent.yaml: <top level>: cannot read stats file: No such file or directory",
+        ),
+        (["--qe-calibration", "0.1", "--qe-dynamic"], "not allowed with argument"),
+        (["-b", "0"], "-b/--batch-size expects a positive integer up to 2147483647, got 0"),
+        (
+            ["--calibration-size", "-3"],
+            "--calibration-size expects a count (a whole number) or a fraction in (0, 1], got -3.0",
+        ),
+    ],
+)
 def test_bad_flags_are_clear(tmp_path, root, fp32_checkpoint, extra, message):
-    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint,
-                 "-o", str(tmp_path), *extra], root)
+    proc = _cli(
+        [
+            "-a",
+            "simplenet_digits",
+            "--dataset",
+            "digits",
+            "--resume-from",
+            fp32_checkpoint,
+            "-o",
+            str(tmp_path),
+            *extra,
+        ],
+        root,
+    )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_quantized_checkpoint_is_refused_as_input(tmp_path, root, fp32_checkpoint):
     path, _ = ptq(tmp_path, "first", "--resume-from", fp32_checkpoint)
-    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "-o", str(tmp_path),
-                 "--resume-from", os.path.join(path, "quantized_checkpoint.pth.tar")], root)
+    proc = _cli(
+        [
+            "-a",
+            "simplenet_digits",
+            "--dataset",
+            "digits",
+            "-o",
+            str(tmp_path),
+            "--resume-from",
+            os.path.join(path, "quantized_checkpoint.pth.tar"),
+        ],
+        root,
+    )
     assert proc.returncode == 2 and "is already quantized" in proc.stderr
     ckpt = load_checkpoint(os.path.join(path, "quantized_checkpoint.pth.tar"))  # weights_only=True
     assert ckpt["quantizer"]["class"] == "PostTrainLinearQuantizer"
 
 
 def test_classifier_qe_flags_use_the_same_flow(tmp_path, fp32_checkpoint):
-    assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "-o", str(tmp_path), "-n", "qe",
-                       "--resume-from", fp32_checkpoint, "--qe", "--qe-per-channel", "--qe-clip-acts", "laplace",
-                       "--qe-calibration", "0.2"]) == 0
+    assert (
+        classifier(
+            [
+                "-a",
+                "simplenet_digits",
+                "--dataset",
+                "digits",
+                "-o",
+                str(tmp_path),
+                "-n",
+                "qe",
+                "--resume-from",
+                fp32_checkpoint,
+                "--qe",
+                "--qe-per-channel",
+                "--qe-clip-acts",
+                "laplace",
+                "--qe-calibration",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     (path,) = glob.glob(os.path.join(tmp_path, "qe___*"))
     summary = json.load(open(os.path.join(path, "summary.json")))
     assert summary["quantizer"]["clip_acts"] == "LAPLACE" and summary["quantizer"]["per_channel_wts"] is True
@@ -115,9 +219,30 @@ def test_classifier_qe_flags_use_the_same_flow(tmp_path, fp32_checkpoint):
 
 
 def test_export_flags_write_checked_integer_models(tmp_path, root, fp32_checkpoint):
-    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint, "-n", "exp",
-                 "-o", str(tmp_path), "--qe-per-channel", "--qe-mode-wts", "sym", "--qe-mode-acts", "asym_u",
-                 "--qe-convert-pytorch", "--export-onnx", "--int8-target", "avx2"], root)
+    proc = _cli(
+        [
+            "-a",
+            "simplenet_digits",
+            "--dataset",
+            "digits",
+            "--resume-from",
+            fp32_checkpoint,
+            "-n",
+            "exp",
+            "-o",
+            str(tmp_path),
+            "--qe-per-channel",
+            "--qe-mode-wts",
+            "sym",
+            "--qe-mode-acts",
+            "asym_u",
+            "--qe-convert-pytorch",
+            "--export-onnx",
+            "--int8-target",
+            "avx2",
+        ],
+        root,
+    )
     assert proc.returncode == 0, proc.stderr
     (path,) = glob.glob(os.path.join(tmp_path, "exp___*"))
     summary = json.load(open(os.path.join(path, "summary.json")))
@@ -142,6 +267,19 @@ def test_export_flags_write_checked_integer_models(tmp_path, root, fp32_checkpoi
 
 
 def test_dynamic_ptq_export_is_a_clear_error(tmp_path, root, fp32_checkpoint):
-    proc = _cli(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", fp32_checkpoint,
-                 "-o", str(tmp_path), "--qe-dynamic", "--export-onnx"], root)
+    proc = _cli(
+        [
+            "-a",
+            "simplenet_digits",
+            "--dataset",
+            "digits",
+            "--resume-from",
+            fp32_checkpoint,
+            "-o",
+            str(tmp_path),
+            "--qe-dynamic",
+            "--export-onnx",
+        ],
+        root,
+    )
     assert proc.returncode == 2 and "dynamic" in proc.stderr and "Traceback" not in proc.stderr

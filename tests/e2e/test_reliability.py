@@ -52,25 +52,30 @@ def tree(folder):
 
 # --- recipe loader: bounded ----------------------------------------------------------------------------
 
+
 def alias_bomb(levels=9):
     text = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
     prev = "a"
-    for name in "bcdefghijkl"[:levels - 1]:
+    for name in "bcdefghijkl"[: levels - 1]:
         text += f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]\n"
         prev = name
     return text
 
 
-@pytest.mark.parametrize("text, line, message", [
-    (alias_bomb(), 5, "more than 200000 values once aliases are expanded"),
-    ("quantizers:\n" + "  " * 1 + "[" * 3000 + "]" * 3000, 2, "nesting deeper than 64 levels"),
-    ("".join("  " * i + f"k{i}:\n" for i in range(100)), 65, "nesting deeper than 64 levels"),
-    ("a: &x0 [1]\n" + "".join(f"b{i}: &x{i + 1} [*x{i}]\n" for i in range(100)), 62, "once aliases are expanded"),
-    ("a: &a [*a]\n", 1, "an alias refers to the node that contains it"),
-    ("policies:\n  - starting_epoch: 2001-13-45\n", 2, "cannot read value '2001-13-45'"),
-    ("a: {[1]: 2}\n", 1, "unhashable key"),
-    ("a: !!python/object/apply:os.system [ls]\n", 1, "could not determine a constructor"),
-], ids=["alias-bomb", "deep-flow", "deep-block", "alias-chain", "self-alias", "bad-date", "list-key", "python-tag"])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        (alias_bomb(), 5, "more than 200000 values once aliases are expanded"),
+        ("quantizers:\n" + "  " * 1 + "[" * 3000 + "]" * 3000, 2, "nesting deeper than 64 levels"),
+        ("".join("  " * i + f"k{i}:\n" for i in range(100)), 65, "nesting deeper than 64 levels"),
+        ("a: &x0 [1]\n" + "".join(f"b{i}: &x{i + 1} [*x{i}]\n" for i in range(100)), 62, "once aliases are expanded"),
+        ("a: &a [*a]\n", 1, "an alias refers to the node that contains it"),
+        ("policies:\n  - starting_epoch: 2001-13-45\n", 2, "cannot read value '2001-13-45'"),
+        ("a: {[1]: 2}\n", 1, "unhashable key"),
+        ("a: !!python/object/apply:os.system [ls]\n", 1, "could not determine a constructor"),
+    ],
+    ids=["alias-bomb", "deep-flow", "deep-block", "alias-chain", "self-alias", "bad-date", "list-key", "python-tag"],
+)
 def test_recipe_loader_refuses_with_file_and_line(tmp_path, text, line, message):
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -106,30 +111,37 @@ def test_alias_bomb_on_the_command_line_writes_nothing(tmp_path, capsys):
 
 # --- numbers -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "nan"], "--lr expects a number >= 0 (a finite number), got 'nan'"),
-    (["--lr", "inf"], "--lr expects a number >= 0 (a finite number), got 'inf'"),
-    (["--momentum", "nan"], "--momentum expects a number >= 0 (a finite number)"),
-    (["--wd=-inf"], "--wd expects a number >= 0 (a finite number)"),
-    (["--seed", "-1"], "--seed expects an integer in [0, 2**32 - 1], got -1"),
-    (["--seed", str(2 ** 70)], "--seed expects an integer in [0, 2**32 - 1]"),
-    (["--etrs", "nan"], "--etrs expects a number in [0, 1] (a finite number)"),
-    (["--epochs", str(10 ** 30), "--evaluate"], "--epochs expects a positive integer up to 2147483647"),
-    (["--epochs", "1.5"], "--epochs expects a positive integer up to 2147483647, got '1.5'"),
-    (["--qe-calibration", "inf"], "--qe-calibration expects a count (a whole number) or a fraction in (0, 1]"),
-    (["--qe-clip-n-stds", "nan"], "--qe-clip-n-stds expects a number > 0 (a finite number)"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "nan"], "--lr expects a number >= 0 (a finite number), got 'nan'"),
+        (["--lr", "inf"], "--lr expects a number >= 0 (a finite number), got 'inf'"),
+        (["--momentum", "nan"], "--momentum expects a number >= 0 (a finite number)"),
+        (["--wd=-inf"], "--wd expects a number >= 0 (a finite number)"),
+        (["--seed", "-1"], "--seed expects an integer in [0, 2**32 - 1], got -1"),
+        (["--seed", str(2**70)], "--seed expects an integer in [0, 2**32 - 1]"),
+        (["--etrs", "nan"], "--etrs expects a number in [0, 1] (a finite number)"),
+        (["--epochs", str(10**30), "--evaluate"], "--epochs expects a positive integer up to 2147483647"),
+        (["--epochs", "1.5"], "--epochs expects a positive integer up to 2147483647, got '1.5'"),
+        (["--qe-calibration", "inf"], "--qe-calibration expects a count (a whole number) or a fraction in (0, 1]"),
+        (["--qe-clip-n-stds", "nan"], "--qe-clip-n-stds expects a number > 0 (a finite number)"),
+    ],
+)
 def test_bad_flag_numbers(tmp_path, capsys, argv, message):
     code, err = parse_error(capsys, *DIGITS, *argv, "-o", str(tmp_path))
     assert code == 2 and message in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("value, message", [
-    ("inf", "(a finite number), got 'inf'"), ("1.5", "got '1.5'"), ("0", "got 0"), ("nan", "got 'nan'")])
+@pytest.mark.parametrize(
+    "value, message",
+    [("inf", "(a finite number), got 'inf'"), ("1.5", "got '1.5'"), ("0", "got 0"), ("nan", "got 'nan'")],
+)
 def test_calibration_size_is_a_count_or_a_fraction(capsys, value, message):
-    code, err = parse_error(capsys, "--resume-from", "x", "--calibration-size", value,
-                            parser=post_train.post_train_parser().parse_args)
+    code, err = parse_error(
+        capsys, "--resume-from", "x", "--calibration-size", value, parser=post_train.post_train_parser().parse_args
+    )
     assert code == 2 and "--calibration-size expects a count (a whole number) or a fraction in (0, 1]" in err
     assert message in err
     args = post_train.post_train_parser().parse_args(["--resume-from", "x", "--calibration-size", "300"])
@@ -146,20 +158,25 @@ policies:
 """
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("StepLR, step_size: 1, gamma: .nan", "r.yaml:2: lr_schedulers.lr.gamma: expected finite numbers, got nan"),
-    ("StepLR, step_size: 1, gamma: -10", "r.yaml:2: lr_schedulers.lr.gamma: expected a number > 0, got -10"),
-    ("ExponentialLR, gamma: .inf", "r.yaml:2: lr_schedulers.lr.gamma: expected finite numbers, got inf"),
-    ("MultiStepLR, milestones: abc", "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
-    ("MultiStepLR, milestones: [1, 2.5]", "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
-    ("MultiStepMultiGammaLR, milestones: [1], gammas: [.nan]", "lr_schedulers.lr.gammas: expected finite numbers"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("StepLR, step_size: 1, gamma: .nan", "r.yaml:2: lr_schedulers.lr.gamma: expected finite numbers, got nan"),
+        ("StepLR, step_size: 1, gamma: -10", "r.yaml:2: lr_schedulers.lr.gamma: expected a number > 0, got -10"),
+        ("ExponentialLR, gamma: .inf", "r.yaml:2: lr_schedulers.lr.gamma: expected finite numbers, got inf"),
+        ("MultiStepLR, milestones: abc", "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
+        ("MultiStepLR, milestones: [1, 2.5]", "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
+        ("MultiStepMultiGammaLR, milestones: [1], gammas: [.nan]", "lr_schedulers.lr.gammas: expected finite numbers"),
+    ],
+)
 def test_recipe_numbers_in_domain(spec, message):
     with pytest.raises(RecipeError) as exc:
         read_recipe(LR % spec, file="r.yaml")
     assert message in str(exc.value)
-    with pytest.raises(RecipeError, match=r"r.yaml:6: policies\[0\].ending_epoch: expected an integer in \[0, 1000000\]"):
-        read_recipe((LR % "StepLR, step_size: 1").replace("ending_epoch: 3", f"ending_epoch: {10 ** 30}"), file="r.yaml")
+    with pytest.raises(
+        RecipeError, match=r"r.yaml:6: policies\[0\].ending_epoch: expected an integer in \[0, 1000000\]"
+    ):
+        read_recipe((LR % "StepLR, step_size: 1").replace("ending_epoch: 3", f"ending_epoch: {10**30}"), file="r.yaml")
 
 
 def test_clip_n_std_without_n_stds_is_a_validation_error():
@@ -183,6 +200,7 @@ policies:
 
 
 # --- divergence ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe_text", [None, QAT], ids=["fp32", "qat"])
@@ -213,12 +231,14 @@ def test_summary_json_is_strict_json(tmp_path):
     finally:
         run.close()
     text = open(os.path.join(run.path, "summary.json")).read()
-    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == \
-        {"test": {"loss": None, "top1": None, "top5": 1.5}}
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
+        "test": {"loss": None, "top1": None, "top5": 1.5}
+    }
     assert finite_or_null([1.0, float("-inf"), (2, "x")]) == [1.0, None, [2, "x"]]
 
 
 # --- run folders ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["../../x", "/abs/x", "a/b", "..", ".", "a\x01b", "x" * 200])
 def test_run_names_are_plain_names(tmp_path, capsys, name):
@@ -251,6 +271,7 @@ def test_concurrent_runs_get_their_own_folders(tmp_path):
 
 # --- data loss and late failures --------------------------------------------------------------------------
 
+
 def test_no_output_overwrites_an_input(tmp_path, capsys):
     ckpt = tmp_path / "model.pth.tar"
     save_checkpoint(str(ckpt), {"w": torch.ones(3)})
@@ -258,13 +279,26 @@ def test_no_output_overwrites_an_input(tmp_path, capsys):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT)
     for flag, target in (("--resume-from", ckpt), ("--compress", recipe)):
-        rc, err = run_app(capsys, *DIGITS, "--epochs", "1", "--resume-from", str(ckpt), "--compress", str(recipe),
-                          "--export-onnx", str(target), "-o", str(tmp_path / "out"))
+        rc, err = run_app(
+            capsys,
+            *DIGITS,
+            "--epochs",
+            "1",
+            "--resume-from",
+            str(ckpt),
+            "--compress",
+            str(recipe),
+            "--export-onnx",
+            str(target),
+            "-o",
+            str(tmp_path / "out"),
+        )
         assert rc == 2 and f"--export-onnx {target} is the {flag} input" in err
     link = tmp_path / "link.pth.tar"
     link.symlink_to(ckpt)
-    rc, err = run_app(capsys, "--resume-from", str(ckpt), "--export-onnx", str(link), "-o", str(tmp_path / "out"),
-                      app=post_train.main)
+    rc, err = run_app(
+        capsys, "--resume-from", str(ckpt), "--export-onnx", str(link), "-o", str(tmp_path / "out"), app=post_train.main
+    )
     assert rc == 2 and "is the --resume-from input" in err
     assert ckpt.read_bytes() == before and recipe.read_text() == QAT and not (tmp_path / "out").exists()
 
@@ -287,6 +321,7 @@ def test_unwritable_outputs_fail_before_work(tmp_path, capsys):
 
 # --- checkpoints -----------------------------------------------------------------------------------------
 
+
 def test_flipped_bytes_are_refused(tmp_path):
     path = tmp_path / "c.pth.tar"
     save_checkpoint(str(path), {"epoch": 1, "state_dict": {"w": torch.arange(40000, dtype=torch.float32)}})
@@ -308,17 +343,26 @@ def test_checkpoint_without_digest_still_loads(tmp_path):
 GOOD = {"epoch": 1, "state_dict": {"w": torch.ones(2)}, "optimizer_state_dict": None, "best_scores": [[50.0, 90.0, 1]]}
 
 
-@pytest.mark.parametrize("content, message", [
-    ({**GOOD, "epoch": "3"}, "'epoch' is '3', expected an integer >= 0"),
-    ({**GOOD, "state_dict": [torch.ones(2)]}, "state_dict is a list, expected a mapping"),
-    (torch.ones(3), "holds a Tensor, expected a mapping"),
-    (7, "holds a int, expected a mapping"),
-    ({**GOOD, "best_scores": [["a", 1, 2]]}, "'best_scores' is [['a', 1, 2]], expected a list of [top1, top5, epoch]"),
-    ({**GOOD, "best_scores": 3}, "'best_scores' is 3"),
-    ({**GOOD, "rng": {"python": 1, "numpy": [], "torch": 0}}, "'rng' is {'python': 1, 'numpy': [], 'torch': 0}, expected"),
-    ({**GOOD, "state_dict": {"w": torch.tensor([1.0, float("nan")])}}, "state_dict['w'] holds NaN values"),
-    ({"w": torch.tensor([float("inf")])}, "the state dict['w'] holds infinite values"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({**GOOD, "epoch": "3"}, "'epoch' is '3', expected an integer >= 0"),
+        ({**GOOD, "state_dict": [torch.ones(2)]}, "state_dict is a list, expected a mapping"),
+        (torch.ones(3), "holds a Tensor, expected a mapping"),
+        (7, "holds a int, expected a mapping"),
+        (
+            {**GOOD, "best_scores": [["a", 1, 2]]},
+            "'best_scores' is [['a', 1, 2]], expected a list of [top1, top5, epoch]",
+        ),
+        ({**GOOD, "best_scores": 3}, "'best_scores' is 3"),
+        (
+            {**GOOD, "rng": {"python": 1, "numpy": [], "torch": 0}},
+            "'rng' is {'python': 1, 'numpy': [], 'torch': 0}, expected",
+        ),
+        ({**GOOD, "state_dict": {"w": torch.tensor([1.0, float("nan")])}}, "state_dict['w'] holds NaN values"),
+        ({"w": torch.tensor([float("inf")])}, "the state dict['w'] holds infinite values"),
+    ],
+)
 def test_malformed_checkpoints_are_refused_at_load(tmp_path, content, message):
     path = tmp_path / "c.pth.tar"
     save_checkpoint(str(path), content)
@@ -332,9 +376,11 @@ def test_bad_checkpoints_fail_before_training(tmp_path, capsys):
     save_checkpoint(str(bad), {**GOOD, "epoch": "3"})
     nan = tmp_path / "nan.pth.tar"
     save_checkpoint(str(nan), {"conv1.weight": torch.full((2,), float("nan"))})
-    for argv, app in [(["--resume-from", str(bad), *DIGITS, "--epochs", "2"], main),
-                      (["--resume-from", str(nan), *DIGITS, "--epochs", "2"], main),
-                      (["--resume-from", str(nan), "-a", "simplenet_digits", "--dataset", "digits"], post_train.main)]:
+    for argv, app in [
+        (["--resume-from", str(bad), *DIGITS, "--epochs", "2"], main),
+        (["--resume-from", str(nan), *DIGITS, "--epochs", "2"], main),
+        (["--resume-from", str(nan), "-a", "simplenet_digits", "--dataset", "digits"], post_train.main),
+    ]:
         rc, err = run_app(capsys, *argv, "-o", str(tmp_path / "out"), app=app)
         assert rc == 2 and "Traceback" not in err and ("'epoch' is '3'" in err or "holds NaN values" in err)
     assert not (tmp_path / "out").exists()
@@ -354,12 +400,16 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     old = time.time() - 3600
-    files = {name: tmp_path / name for name in (
-        f".tmp-{dead.pid}-abc-checkpoint.pth.tar",    # dead writer, old: removed
-        f".tmp-{os.getpid()}-abc-checkpoint.pth.tar",  # our own writer is alive: kept
-        f".tmp-{dead.pid}-new-checkpoint.pth.tar",    # fresh: kept (could be a writer on another machine)
-        ".tmp-notapid-checkpoint.pth.tar",            # not our pattern: kept
-        "checkpoint.pth.tar")}                        # not a temp file: kept
+    files = {
+        name: tmp_path / name
+        for name in (
+            f".tmp-{dead.pid}-abc-checkpoint.pth.tar",  # dead writer, old: removed
+            f".tmp-{os.getpid()}-abc-checkpoint.pth.tar",  # our own writer is alive: kept
+            f".tmp-{dead.pid}-new-checkpoint.pth.tar",  # fresh: kept (could be a writer on another machine)
+            ".tmp-notapid-checkpoint.pth.tar",  # not our pattern: kept
+            "checkpoint.pth.tar",
+        )
+    }  # not a temp file: kept
     for name, path in files.items():
         path.write_text("x")
         if "new" not in name:
@@ -368,8 +418,9 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     link.symlink_to(files["checkpoint.pth.tar"])
     removed = clean_stale_temp_files(str(tmp_path), now=time.time())
     assert removed == [str(files[f".tmp-{dead.pid}-abc-checkpoint.pth.tar"])]
-    assert sorted(os.listdir(tmp_path)) == sorted(set(files) - {f".tmp-{dead.pid}-abc-checkpoint.pth.tar"} |
-                                                  {link.name})
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        set(files) - {f".tmp-{dead.pid}-abc-checkpoint.pth.tar"} | {link.name}
+    )
 
 
 # --- statistics files -----------------------------------------------------------------------------------
@@ -377,15 +428,18 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
 RECORD = "{min: -1.0, max: 2.0, avg_min: -0.5, avg_max: 1.5, mean: 0.1, std: 0.7, b: 0.5}"
 
 
-@pytest.mark.parametrize("change, message", [
-    (("max: 2.0", "max: .nan"), ":4: conv1.output.max: expected a finite number, got nan"),
-    (("min: -1.0", "min: -.inf"), ":4: conv1.output.min: expected a finite number, got -inf"),
-    (("min: -1.0", "min: 5.0"), ":4: conv1.output.min: min (5.0) is greater than max (2.0)"),
-    (("mean: 0.1", "mean: abc"), ":4: conv1.output.mean: expected a finite number, got 'abc'"),
-    (("std: 0.7", "std: -1"), ":4: conv1.output.std: expected a number >= 0, got -1"),
-    (("output:", "outptu:"), ":3: conv1: expected {inputs: {0: record}, output: record}"),
-    (("output: {", "output: ["), ":4: <top level>: invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("max: 2.0", "max: .nan"), ":4: conv1.output.max: expected a finite number, got nan"),
+        (("min: -1.0", "min: -.inf"), ":4: conv1.output.min: expected a finite number, got -inf"),
+        (("min: -1.0", "min: 5.0"), ":4: conv1.output.min: min (5.0) is greater than max (2.0)"),
+        (("mean: 0.1", "mean: abc"), ":4: conv1.output.mean: expected a finite number, got 'abc'"),
+        (("std: 0.7", "std: -1"), ":4: conv1.output.std: expected a number >= 0, got -1"),
+        (("output:", "outptu:"), ":3: conv1: expected {inputs: {0: record}, output: record}"),
+        (("output: {", "output: ["), ":4: <top level>: invalid YAML"),
+    ],
+)
 def test_bad_statistics_files(tmp_path, change, message):
     path = tmp_path / "s.yaml"
     conv1 = f"  output: {RECORD}\n".replace(*change)
@@ -406,6 +460,7 @@ def test_non_utf8_statistics_file(tmp_path):
 
 # --- faults --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     calls = []
@@ -424,8 +479,10 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tmp_path, capsys, monk
     (folder,) = os.listdir(tmp_path)
     ckpt = os.path.join(tmp_path, folder, "checkpoint.pth.tar")
     assert rc == 2 and "Traceback" not in err
-    assert f"error: no space left on device while writing {ckpt}; last good checkpoint: {ckpt}, " \
-           f"resume with --resume-from {ckpt}" in err
+    assert (
+        f"error: no space left on device while writing {ckpt}; last good checkpoint: {ckpt}, "
+        f"resume with --resume-from {ckpt}" in err
+    )
     assert load_checkpoint(ckpt)["epoch"] == 0
     assert not [f for f in os.listdir(os.path.join(tmp_path, folder)) if f.startswith(".tmp-")]
 

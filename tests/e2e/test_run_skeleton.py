@@ -28,8 +28,24 @@ def _only(out, name):
 
 def test_both_apps_share_the_common_flags_with_their_own_defaults():
     c, p = classifier_parser(), post_train_parser()
-    common = {"data", "arch", "dataset", "workers", "batch_size", "validation_split", "deterministic", "seed", "cpu",
-              "gpus", "name", "out_dir", "resume_from", "exp_load_weights_from", "compress", "export_onnx"}
+    common = {
+        "data",
+        "arch",
+        "dataset",
+        "workers",
+        "batch_size",
+        "validation_split",
+        "deterministic",
+        "seed",
+        "cpu",
+        "gpus",
+        "name",
+        "out_dir",
+        "resume_from",
+        "exp_load_weights_from",
+        "compress",
+        "export_onnx",
+    }
     assert common <= set(vars(c.parse_args([]))) and common <= set(vars(p.parse_args([])))
     # each parser is built fresh, so one app's default does not leak into the other's
     assert c.parse_args([]).batch_size == 256 and p.parse_args([]).batch_size == 128
@@ -44,7 +60,9 @@ def test_checkpoint_is_versioned_and_args_yaml_holds_the_resolved_arguments(fp32
     assert saved["dataset"] == "digits" and saved["arch"] == "simplenet_digits" and saved["epochs"] == 4
     assert saved["seed"] == 0 and saved["deterministic"] is True  # --deterministic resolved to seed 0
     assert saved["batch_size"] == 64 and saved["lr"] == 0.05
-    assert not [f for f in os.listdir(fp32_digits_run) if f.startswith(".tmp-")]  # written atomically, nothing left over
+    assert not [
+        f for f in os.listdir(fp32_digits_run) if f.startswith(".tmp-")
+    ]  # written atomically, nothing left over
 
 
 @pytest.mark.slow
@@ -66,12 +84,16 @@ def test_unknown_format_version_is_refused_naming_it(fp32_digits_run, tmp_path, 
     ckpt = load_checkpoint(os.path.join(fp32_digits_run, "checkpoint.pth.tar"))
     path = str(tmp_path / "future.pth.tar")
     save_checkpoint(path, {**ckpt, "format_version": 99})
-    with pytest.raises(CheckpointError, match=f"checkpoint format version 99 is not one this version of compressor "
-                                              f"reads \\(1 to {FORMAT_VERSION}\\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"checkpoint format version 99 is not one this version of compressor reads \\(1 to {FORMAT_VERSION}\\)",
+    ):
         load_train_state(path)
-    for script, flag in [("compress_classifier.py", "--resume-from"),
-                         ("compress_classifier.py", "--exp-load-weights-from"),
-                         ("post_train_quant.py", "--resume-from")]:
+    for script, flag in [
+        ("compress_classifier.py", "--resume-from"),
+        ("compress_classifier.py", "--exp-load-weights-from"),
+        ("post_train_quant.py", "--resume-from"),
+    ]:
         proc = cli(script, *DIGITS, flag, path, "-o", str(tmp_path / "runs"))
         assert proc.returncode == 2, proc.stderr
         assert f"{flag} {path}: checkpoint format version 99" in proc.stderr and "Traceback" not in proc.stderr
@@ -80,8 +102,22 @@ def test_unknown_format_version_is_refused_naming_it(fp32_digits_run, tmp_path, 
 
 @pytest.mark.slow
 def test_ptq_checkpoint_scheduler_state_is_the_recipe_builders(fp32_digits_run, tmp_path):
-    assert post_train([*DIGITS, "--resume-from", os.path.join(fp32_digits_run, "checkpoint.pth.tar"), "--calibration-size",
-                       "64", "-o", str(tmp_path), "-n", "ptq"]) == 0
+    assert (
+        post_train(
+            [
+                *DIGITS,
+                "--resume-from",
+                os.path.join(fp32_digits_run, "checkpoint.pth.tar"),
+                "--calibration-size",
+                "64",
+                "-o",
+                str(tmp_path),
+                "-n",
+                "ptq",
+            ]
+        )
+        == 0
+    )
     path = _only(tmp_path, "ptq")
     ckpt = load_checkpoint(os.path.join(path, "quantized_checkpoint.pth.tar"))
     assert ckpt["format_version"] == FORMAT_VERSION and ckpt["epoch"] == 0 and ckpt["optimizer_state_dict"] is None

@@ -33,8 +33,14 @@ INPUT_KEYS = ("bits_activations", "mode", "clip_acts", "clip_n_stds")
 # ops that move values without changing them: an input read through them is still quantized
 _PASS_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute", "transpose"}
 _PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-_PASS_MODULES = (torch.nn.Flatten, torch.nn.Identity, torch.nn.Dropout, torch.nn.MaxPool1d, torch.nn.MaxPool2d,
-                 torch.nn.MaxPool3d)
+_PASS_MODULES = (
+    torch.nn.Flatten,
+    torch.nn.Identity,
+    torch.nn.Dropout,
+    torch.nn.MaxPool1d,
+    torch.nn.MaxPool2d,
+    torch.nn.MaxPool3d,
+)
 
 
 class InputOverrideError(CompressorError):
@@ -108,7 +114,8 @@ def model_input_settings(quantizer, site):
         raise InputOverrideError(
             f"{name}: its input 0 (the model input) is not quantized by a previous layer and "
             "inputs_quant_auto_fallback is false: give it input_overrides {0: {from_output: true}} (or settings), "
-            "set inputs_quant_auto_fallback true, or quantize_inputs false")
+            "set inputs_quant_auto_fallback true, or quantize_inputs false"
+        )
     return input_settings(cfg, override)
 
 
@@ -119,7 +126,9 @@ def _source(node):
             node = node.args[0]
         elif node.op == "call_function" and node.target in _PASS_FUNCTIONS:
             node = node.args[0]
-        elif node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), _PASS_MODULES):
+        elif node.op == "call_module" and isinstance(
+            node.graph.owning_module.get_submodule(node.target), _PASS_MODULES
+        ):
             node = node.args[0]
         else:
             return node
@@ -141,14 +150,18 @@ def add_input_quantizers(quantizer, gm, make):
             continue
         extra = sorted(int(i) for i in cfg.input_overrides if int(i) != 0)
         if extra:
-            raise InputOverrideError(f"{node.target}: input_overrides for input {extra[0]}, but a "
-                                     f"{type(gm.get_submodule(node.target)).__name__} has one input (0)")
+            raise InputOverrideError(
+                f"{node.target}: input_overrides for input {extra[0]}, but a "
+                f"{type(gm.get_submodule(node.target)).__name__} has one input (0)"
+            )
         src = _source(node.args[0])
         if src.op == "call_module" and src.target.startswith("activation_quantizers."):
             if src.target == "activation_quantizers.input":
                 continue  # the model input: its site took these settings (model_input_settings)
-            raise InputOverrideError(f"{node.target}: input 0 is already quantized (by the output of the op "
-                                     f"before it); input_overrides apply only to inputs that are not (as in Distiller)")
+            raise InputOverrideError(
+                f"{node.target}: input 0 is already quantized (by the output of the op "
+                f"before it); input_overrides apply only to inputs that are not (as in Distiller)"
+            )
         settings = input_settings(cfg, override)
         module = make(settings)
         if module is None:
@@ -172,6 +185,7 @@ def _insert_on_input(gm, node, attr, module):
 def _recorder(observer):
     def record(module, args):
         observer(args[0])  # returns None: the input passes unchanged
+
     return record
 
 

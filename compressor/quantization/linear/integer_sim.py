@@ -62,7 +62,12 @@ class IntegerArithmetic:
     def active(self):
         quants = (self.in_quant, self.out_quant, self.weight_quant)
         # a dynamic output range is only known after the layer ran: keep the float path then
-        return self.enabled and all(q.enabled and q.observed for q in quants) and not self.out_quant.dynamic and not self.in_quant.dynamic
+        return (
+            self.enabled
+            and all(q.enabled and q.observed for q in quants)
+            and not self.out_quant.dynamic
+            and not self.in_quant.dynamic
+        )
 
     @torch.no_grad()
     def __call__(self, layer, inputs, output):

@@ -21,20 +21,25 @@ _LOW_BITS = dict(lo=1, hi=16, fp_values=(FP_BITS,))
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LowBitConfig(QuantizerConfig):
-    bits_activations: int | None = setting(Bits(FP_BITS, **_LOW_BITS), "bits of ReLU outputs; 32 or null keep FP32",
-                                           layer=True)
+    bits_activations: int | None = setting(
+        Bits(FP_BITS, **_LOW_BITS), "bits of ReLU outputs; 32 or null keep FP32", layer=True
+    )
     bits_weights: int | None = setting(Bits(FP_BITS, **_LOW_BITS), "bits of conv/linear weights", layer=True)
     bits_bias: int | None = setting(Bits(FP_BITS, **_LOW_BITS), "bits of biases", layer=True)
-    weights_method: str | None = setting(Choice(None, list(WEIGHT_METHODS)),
-                                         "DOREFA, WRPN, XNOR (binary: layers at 1 bit), TWN or TTQ (ternary: layers "
-                                         "at 2 bits); layers at other widths keep the class's own method", layer=True)
+    weights_method: str | None = setting(
+        Choice(None, list(WEIGHT_METHODS)),
+        "DOREFA, WRPN, XNOR (binary: layers at 1 bit), TWN or TTQ (ternary: layers "
+        "at 2 bits); layers at other widths keep the class's own method",
+        layer=True,
+    )
     binary_activations: bool = setting(Bool(False), "sign(x) in place of ReLU (XNOR-Net/BNN)", layer=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WRPNConfig(LowBitConfig):
-    width_multiplier: int = setting(Int(1, lo=1, hi=16), "widen conv/linear layers (Net2Net-style, "
-                                    "function-preserving)")
+    width_multiplier: int = setting(
+        Int(1, lo=1, hi=16), "widen conv/linear layers (Net2Net-style, function-preserving)"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +82,8 @@ class DorefaQuantizer(ClippedReLUQuantizer):
 
 
 class WRPNQuantizer(ClippedReLUQuantizer):
-    """WRPN (Mishra et al. 2018): weights clamped to [-1, 1], activations to [0, 1], layers ``width_multiplier`` wider."""
+    """WRPN (Mishra et al. 2018): weights clamped to [-1, 1], activations to [0, 1], layers
+    ``width_multiplier`` wider."""
 
     CONFIG = WRPNConfig
     WEIGHTS = "WRPN"
@@ -89,7 +95,7 @@ class WRPNQuantizer(ClippedReLUQuantizer):
             self.plan = widen_model(self.model, factor)
             new = dict(self.model.named_parameters())
             swap = {id(old[k]): new[k] for k in old if k in new and new[k] is not old[k]}
-            for group in (self.optimizer.param_groups if self.optimizer else []):
+            for group in self.optimizer.param_groups if self.optimizer else []:
                 group["params"] = [swap.get(id(p), p) for p in group["params"]]
             log.info("WRPN: conv/linear layers widened %dx", factor)
         return super().prepare_model()

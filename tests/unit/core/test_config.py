@@ -37,11 +37,16 @@ def test_alias_is_resolved_in_the_config_not_by_mutation():
 
 def test_layer_settings_are_one_object_with_the_override_applied():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
-    q = QuantAwareTrainRangeLinearQuantizer(model, bits_activations=8, bits_weights=8,
-                                            overrides={"2": {"bits_weights": 4, "per_channel_wts": True}})
+    q = QuantAwareTrainRangeLinearQuantizer(
+        model, bits_activations=8, bits_weights=8, overrides={"2": {"bits_weights": 4, "per_channel_wts": True}}
+    )
     assert q.layer_settings("0") is q.config
     layer = q.layer_settings("2")
-    assert isinstance(layer, QATConfig) and (layer.bits_weights, layer.per_channel_wts, layer.bits_activations) == (4, True, 8)
+    assert isinstance(layer, QATConfig) and (layer.bits_weights, layer.per_channel_wts, layer.bits_activations) == (
+        4,
+        True,
+        8,
+    )
     q.prepare_model()
     assert q.weight_quantizers["2.weight"].bits == 4 and q.weight_quantizers["2.weight"].per_channel
     assert q.weight_quantizers["0.weight"].bits == 8 and not q.weight_quantizers["0.weight"].per_channel
@@ -57,16 +62,22 @@ def test_checkpoint_config_is_plain_data_and_compares_on_resume():
 
 
 def test_cross_check_runs_in_validation_for_the_config_and_each_override(tmp_path):
-    text = ("quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n    clip_acts: N_STD\n"
-            "    overrides:\n      fc:\n        clip_acts: N_STD\n")
+    text = (
+        "quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n    clip_acts: N_STD\n"
+        "    overrides:\n      fc:\n        clip_acts: N_STD\n"
+    )
     with pytest.raises(RecipeError) as err:
         read_recipe(text, file="r.yaml")
     messages = [str(i) for i in err.value.issues]
-    assert messages == ["r.yaml:4: quantizers.q.clip_acts: N_STD needs clip_n_stds (the number of standard deviations kept)",
-                        "r.yaml:7: quantizers.q.overrides.fc.clip_acts: N_STD needs clip_n_stds (the number of "
-                        "standard deviations kept)"]
-    read_recipe(text.replace("    clip_acts: N_STD\n    overrides", "    clip_acts: N_STD\n    clip_n_stds: 3\n    overrides"),
-                file="r.yaml")
+    assert messages == [
+        "r.yaml:4: quantizers.q.clip_acts: N_STD needs clip_n_stds (the number of standard deviations kept)",
+        "r.yaml:7: quantizers.q.overrides.fc.clip_acts: N_STD needs clip_n_stds (the number of "
+        "standard deviations kept)",
+    ]
+    read_recipe(
+        text.replace("    clip_acts: N_STD\n    overrides", "    clip_acts: N_STD\n    clip_n_stds: 3\n    overrides"),
+        file="r.yaml",
+    )
 
 
 def test_recipe_docs_are_generated_from_the_configs(root):

@@ -22,8 +22,10 @@ from compressor.recipe.build import build_scheduler, read_recipe
 def calibration_data():
     g = torch.Generator().manual_seed(3)
     # samples with different means and scales, so per-batch and per-sample definitions would differ
-    return torch.randn(40, 3, 32, 32, generator=g) * torch.linspace(0.5, 3, 40)[:, None, None, None] + \
-        torch.linspace(-1, 1, 40)[:, None, None, None]
+    return (
+        torch.randn(40, 3, 32, 32, generator=g) * torch.linspace(0.5, 3, 40)[:, None, None, None]
+        + torch.linspace(-1, 1, 40)[:, None, None, None]
+    )
 
 
 def calibration_model():
@@ -67,7 +69,11 @@ def test_stats_do_not_depend_on_the_batch_split():
     relu = x.clamp_min(0)  # exact zeros, as after a ReLU
     for data in (x, relu):
         results = []
-        for parts in ([[x_ for x_ in data.split(40)]], [list(data.split(3))], [list(data[:11].split(5)), list(data[11:].split(2))]):
+        for parts in (
+            [[x_ for x_ in data.split(40)]],
+            [list(data.split(3))],
+            [list(data[:11].split(5)), list(data[11:].split(2))],
+        ):
             stats, hists = [], []
             for part in parts:
                 s, h = TensorStats(), Histogram()
@@ -84,11 +90,19 @@ def test_stats_do_not_depend_on_the_batch_split():
 
 
 # --- QAT activation ranges -----------------------------------------------------------------------------
-QAT = {"version": 1,
-       "quantizers": {"q": {"class": "QuantAwareTrainRangeLinearQuantizer", "bits_activations": 8,
-                            "bits_weights": 8, "mode": "ASYMMETRIC_UNSIGNED", "ema_decay": 0.9}},
-       "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 10,
-                     "frequency": 1}]}
+QAT = {
+    "version": 1,
+    "quantizers": {
+        "q": {
+            "class": "QuantAwareTrainRangeLinearQuantizer",
+            "bits_activations": 8,
+            "bits_weights": 8,
+            "mode": "ASYMMETRIC_UNSIGNED",
+            "ema_decay": 0.9,
+        }
+    },
+    "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 10, "frequency": 1}],
+}
 STEPS, GLOBAL_BATCH = 5, 8
 
 
@@ -105,14 +119,14 @@ def qat_model():
 def qat_data():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(STEPS * GLOBAL_BATCH, 1, 8, 8, generator=g)
-    x[GLOBAL_BATCH // 2::GLOBAL_BATCH] *= 3  # the second half of every global batch (rank 1's) is wider
+    x[GLOBAL_BATCH // 2 :: GLOBAL_BATCH] *= 3  # the second half of every global batch (rank 1's) is wider
     return x, torch.randint(0, 10, (STEPS * GLOBAL_BATCH,), generator=g)
 
 
 def train_steps(net, opt, x, y, part=slice(None)):
     net.train()
     for step in range(STEPS):
-        xs, ys = x[step * GLOBAL_BATCH:(step + 1) * GLOBAL_BATCH], y[step * GLOBAL_BATCH:(step + 1) * GLOBAL_BATCH]
+        xs, ys = x[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH], y[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH]
         loss = nn.functional.cross_entropy(net(xs[part]), ys[part])
         opt.zero_grad()
         loss.backward()
@@ -148,8 +162,8 @@ def test_qat_ranks_hold_identical_ranges_learned_from_all_data(tmp_path):
     maxs = [k for k in single if k.endswith("biased_max")]
     exact = [k for k in maxs if torch.equal(ranks[0][k], single[k])]
     assert exact, "no activation range bit-identical to the single-process one"
-    bias = 1 - 0.9 ** STEPS
-    rank0_max = x.view(STEPS, GLOBAL_BATCH, -1)[:, :GLOBAL_BATCH // 2].amax().item()
+    bias = 1 - 0.9**STEPS
+    rank0_max = x.view(STEPS, GLOBAL_BATCH, -1)[:, : GLOBAL_BATCH // 2].amax().item()
     assert any(ranks[0][k].item() / bias > 1.5 * rank0_max for k in exact)
 
 

@@ -23,8 +23,9 @@ class Functional(nn.Module):
 
 
 def prepared(model, **kw):
-    q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_weights=8, bits_activations=8,
-                                            mode="ASYMMETRIC_UNSIGNED", **kw)
+    q = QuantAwareTrainRangeLinearQuantizer(
+        model, None, bits_weights=8, bits_activations=8, mode="ASYMMETRIC_UNSIGNED", **kw
+    )
     return q, q.prepare_model()
 
 
@@ -106,7 +107,9 @@ def test_functional_op_never_takes_a_module_name():
     q, _ = prepared(FunctionalBeforeModule())
     assert "relu" in q.activation_quantizers and "relu_1" in q.activation_quantizers
     # the chain add -> relu module ends at the module, which keeps its own name
-    assert [n for n, chain in q.act_chains.items() if chain.endswith("->relu") and n in q.activation_quantizers] == ["relu"]
+    assert [n for n, chain in q.act_chains.items() if chain.endswith("->relu") and n in q.activation_quantizers] == [
+        "relu"
+    ]
 
 
 def test_torchvision_model_trains_under_qat():

@@ -28,8 +28,12 @@ class Functional(nn.Module):
 def prepare(cls, model=None, **args):
     model = model or Functional()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
-    recipe = read_recipe({"quantizers": {"q": {"class": cls, **args}},
-                          "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 3}]})
+    recipe = read_recipe(
+        {
+            "quantizers": {"q": {"class": cls, **args}},
+            "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 3}],
+        }
+    )
     sched = build_scheduler(recipe, model, opt)
     sched.on_epoch_begin(0, opt)
     return sched, opt
@@ -53,8 +57,9 @@ def test_dorefa_clips_every_relu_functional_or_module_and_nothing_else():
 
 
 def test_pact_clip_values_join_the_optimizer_with_their_decay_and_learn():
-    sched, opt = prepare("PACTQuantizer", bits_activations=4, bits_weights=4, act_clip_init_val=0.5,
-                         act_clip_decay=0.01)
+    sched, opt = prepare(
+        "PACTQuantizer", bits_activations=4, bits_weights=4, act_clip_init_val=0.5, act_clip_decay=0.01
+    )
     clips = [q.clip_val for q in sched.quantizer.activation_quantizers.values()]
     assert all(isinstance(q, LearnedClipQuant) for q in sched.quantizer.activation_quantizers.values())
     group = opt.param_groups[-1]
@@ -69,18 +74,23 @@ def test_pact_clip_values_join_the_optimizer_with_their_decay_and_learn():
 
 
 def test_wrpn_weights_and_overrides_choose_binary_and_ternary_per_layer():
-    sched, _ = prepare("WRPNQuantizer", bits_activations=4, bits_weights=4,
-                       overrides={"conv1": {"bits_weights": 1, "weights_method": "XNOR"},
-                                  "conv2": {"bits_weights": 2, "weights_method": "TTQ"},
-                                  "fc": {"bits_weights": 8}})
+    sched, _ = prepare(
+        "WRPNQuantizer",
+        bits_activations=4,
+        bits_weights=4,
+        overrides={
+            "conv1": {"bits_weights": 1, "weights_method": "XNOR"},
+            "conv2": {"bits_weights": 2, "weights_method": "TTQ"},
+            "fc": {"bits_weights": 8},
+        },
+    )
     w = sched.quantizer.weight_quantizers
     assert isinstance(w["conv1.weight"], XnorWeight) and isinstance(w["conv2.weight"], TrainedTernaryWeight)
     assert isinstance(w["fc.weight"], WRPNWeight) and w["fc.weight"].bits == 8
 
 
 def test_global_binary_method_covers_only_layers_at_its_width():
-    sched, _ = prepare("DorefaQuantizer", bits_weights=1, weights_method="XNOR",
-                       overrides={"fc": {"bits_weights": 8}})
+    sched, _ = prepare("DorefaQuantizer", bits_weights=1, weights_method="XNOR", overrides={"fc": {"bits_weights": 8}})
     w = sched.quantizer.weight_quantizers
     assert isinstance(w["conv1.weight"], XnorWeight) and isinstance(w["fc.weight"], DorefaWeight)
 
@@ -99,8 +109,13 @@ def test_binary_activations_replace_the_relu():
 
 
 def test_table_reports_methods_and_model_size():
-    sched, _ = prepare("DorefaQuantizer", bits_activations=4, bits_weights=2, weights_method="TWN",
-                       overrides={"fc": {"bits_weights": None, "bits_activations": None}})
+    sched, _ = prepare(
+        "DorefaQuantizer",
+        bits_activations=4,
+        bits_weights=2,
+        weights_method="TWN",
+        overrides={"fc": {"bits_weights": None, "bits_activations": None}},
+    )
     q = sched.quantizer
     table = q.table()
     assert "2 twn" in table and "4 clipped" in table and "Model size" in table
@@ -118,8 +133,18 @@ def test_wrpn_needs_two_bits():
 
 def test_bad_low_bit_keys_are_recipe_errors():
     with pytest.raises(RecipeError) as err:
-        read_recipe({"quantizers": {"q": {"class": "PACTQuantizer", "weights_method": "FOO", "act_clip_init_val": -1,
-                                          "overrides": {"conv1": {"act_clip_decay": 0.1}}}}})
+        read_recipe(
+            {
+                "quantizers": {
+                    "q": {
+                        "class": "PACTQuantizer",
+                        "weights_method": "FOO",
+                        "act_clip_init_val": -1,
+                        "overrides": {"conv1": {"act_clip_decay": 0.1}},
+                    }
+                }
+            }
+        )
     text = str(err.value)
     assert "weights_method" in text and "act_clip_init_val" in text and "unknown per-layer key" in text
 
@@ -141,19 +166,29 @@ def test_distiller_low_bit_examples_build_unchanged(root, name):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("lr", [{"class": "MultiStepMultiGammaLR", "milestones": [1], "gammas": [0.5]},
-                                {"class": "ExponentialLR", "gamma": 0.5}])
+@pytest.mark.parametrize(
+    "lr",
+    [{"class": "MultiStepMultiGammaLR", "milestones": [1], "gammas": [0.5]}, {"class": "ExponentialLR", "gamma": 0.5}],
+)
 def test_lr_schedulers_cover_the_quantizer_parameter_groups(lr):
     model = Functional()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    recipe = read_recipe({"quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4}},
-                          "lr_schedulers": {"lr": lr},
-                          "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 3},
-                                       {"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 3}]})
+    recipe = read_recipe(
+        {
+            "quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4}},
+            "lr_schedulers": {"lr": lr},
+            "policies": [
+                {"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 3},
+                {"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 3},
+            ],
+        }
+    )
     sched = build_scheduler(recipe, model, opt)
     assert len(opt.param_groups) == 2
     for epoch in range(2):
         sched.on_epoch_begin(epoch, opt)
         opt.step()
         sched.on_epoch_end(epoch, opt)
-    assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == pytest.approx(0.05 if "milestones" in lr else 0.025)
+    assert (
+        opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == pytest.approx(0.05 if "milestones" in lr else 0.025)
+    )

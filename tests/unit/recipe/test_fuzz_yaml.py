@@ -35,19 +35,57 @@ fc:
   output: {min: -3.0, max: 3.0, avg_min: -2.0, avg_max: 2.0, mean: 0.0, std: 1.0, b: 0.7}
 """
 MAX_GROWTH_KB = 256 * 1024
-FUZZ = settings(max_examples=100, deadline=3000, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=100,
+    deadline=3000,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-YAML_CHARS = st.sampled_from(list("abcxyz019 -:,.[]{}&*!|>'\"#%@`?\n\t") + ["  ", "\n  ", ".nan", ".inf", "~", "null",
-                                                                            "class", "quantizers", "policies"])
-KEYS = st.sampled_from(["quantizers", "lr_schedulers", "policies", "class", "bits_weights", "bits_activations",
-                        "mode", "overrides", "starting_epoch", "ending_epoch", "frequency", "epochs", "instance_name",
-                        "quantizer", "lr_scheduler", "gamma", "milestones", "step_size", "clip_acts", "min", "max",
-                        "output", "inputs", "conv1", "fc", 0, 1, "QuantAwareTrainRangeLinearQuantizer", "StepLR"])
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True),
-                    st.text(max_size=8), KEYS)
-TREES = st.recursive(SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                     st.dictionaries(KEYS, kids, max_size=4)), max_leaves=25)
+YAML_CHARS = st.sampled_from(
+    list("abcxyz019 -:,.[]{}&*!|>'\"#%@`?\n\t")
+    + ["  ", "\n  ", ".nan", ".inf", "~", "null", "class", "quantizers", "policies"]
+)
+KEYS = st.sampled_from(
+    [
+        "quantizers",
+        "lr_schedulers",
+        "policies",
+        "class",
+        "bits_weights",
+        "bits_activations",
+        "mode",
+        "overrides",
+        "starting_epoch",
+        "ending_epoch",
+        "frequency",
+        "epochs",
+        "instance_name",
+        "quantizer",
+        "lr_scheduler",
+        "gamma",
+        "milestones",
+        "step_size",
+        "clip_acts",
+        "min",
+        "max",
+        "output",
+        "inputs",
+        "conv1",
+        "fc",
+        0,
+        1,
+        "QuantAwareTrainRangeLinearQuantizer",
+        "StepLR",
+    ]
+)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=8), KEYS
+)
+TREES = st.recursive(
+    SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(KEYS, kids, max_size=4)), max_leaves=25
+)
 
 
 def mutate(text, edits):
@@ -56,7 +94,7 @@ def mutate(text, edits):
         if kind == 0:
             text = text[:i] + piece + text[i:]
         elif kind == 1:
-            text = text[:i] + text[i + len(piece):]
+            text = text[:i] + text[i + len(piece) :]
         else:
             lines = text.split("\n")
             j = at % len(lines)
@@ -65,8 +103,11 @@ def mutate(text, edits):
     return text
 
 
-EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10 ** 6), st.lists(YAML_CHARS, max_size=3).map("".join)),
-                 min_size=1, max_size=6)
+EDITS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.lists(YAML_CHARS, max_size=3).map("".join)),
+    min_size=1,
+    max_size=6,
+)
 
 
 def alias_chain(counts):
@@ -99,7 +140,9 @@ def splice(seed, tree, path_choice):
 TEXTS = st.one_of(
     st.lists(YAML_CHARS, max_size=80).map("".join),
     st.tuples(st.sampled_from(SEEDS), EDITS).map(lambda a: mutate(*a)),
-    st.tuples(st.sampled_from(SEEDS), TREES, st.lists(st.integers(0, 50), min_size=1, max_size=5)).map(lambda a: splice(*a)),
+    st.tuples(st.sampled_from(SEEDS), TREES, st.lists(st.integers(0, 50), min_size=1, max_size=5)).map(
+        lambda a: splice(*a)
+    ),
     TREES.map(lambda t: yaml.safe_dump(t, sort_keys=False)),
     st.lists(st.integers(1, 20), min_size=1, max_size=12).map(alias_chain),
 )
@@ -131,7 +174,9 @@ def test_recipe_text_is_accepted_or_a_located_error(memory, text):
 
 STATS_TEXTS = st.one_of(
     st.tuples(st.just(STATS_SEED), EDITS).map(lambda a: mutate(*a)),
-    st.tuples(st.just(STATS_SEED), TREES, st.lists(st.integers(0, 50), min_size=1, max_size=5)).map(lambda a: splice(*a)),
+    st.tuples(st.just(STATS_SEED), TREES, st.lists(st.integers(0, 50), min_size=1, max_size=5)).map(
+        lambda a: splice(*a)
+    ),
     TREES.map(lambda t: yaml.safe_dump(t, sort_keys=False)),
     st.lists(st.integers(1, 20), min_size=1, max_size=12).map(alias_chain),
     st.binary(max_size=60).map(lambda b: b.decode("latin-1")),

@@ -41,40 +41,57 @@ def test_good_recipe_validates():
 
 def test_each_error_names_file_line_and_key_path():
     errs = errors(GOOD.replace("bits_weights: 8", "bits_weights: 40"))
-    assert errs == ["r.yaml:5: quantizers.q.bits_weights: expected an integer bit width 2..16 or 32 or null "
-                    "(floating point), got 40"]
+    assert errs == [
+        "r.yaml:5: quantizers.q.bits_weights: expected an integer bit width 2..16 or 32 or null "
+        "(floating point), got 40"
+    ]
 
 
-@pytest.mark.parametrize("change, expected", [
-    (("version:", "foo:"), "r.yaml:1: foo: unknown top-level key"),
-    (("version:", "pruners:"), "r.yaml:1: pruners: section 'pruners' is not supported yet"),
-    (("bits_activations: 8", "bits_actvations: 8"), "r.yaml:4: quantizers.q.bits_actvations: unknown argument"),
-    (("bits_activations: 8", "bits_activations: eight"), "quantizers.q.bits_activations: expected an integer"),
-    (("bits_activations: 8", "bits_activations: 1"), "quantizers.q.bits_activations: expected an integer"),
-    (("bits_activations: 8", "mode: ROUND"), "quantizers.q.mode: expected one of"),
-    (("bits_activations: 8", "ema_decay: 1.5"), "quantizers.q.ema_decay: expected a number in [0.0, 1.0)"),
-    (("class: QuantAwareTrainRangeLinearQuantizer", "class: os.system"), "quantizers.q.class: unknown quantizer class 'os.system'"),
-    (("class: MultiStepLR", "class: StepLR"), "missing required argument 'step_size'"),
-    (("gamma: 0.1", "gama: 0.1"), "lr_schedulers.lr.gama: unknown argument of MultiStepLR"),
-    (("milestones: [2]", "milestones: 2"), "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
-    (("{instance_name: q}", "{instance_name: qq}"), "policies[0].quantizer.instance_name: undefined instance 'qq'"),
-    (("ending_epoch: 5", "ending_epoch: 0"), "policies[0].ending_epoch: ending_epoch (0) must be greater"),
-    (("frequency: 1", "frequency: 9"), "policies[0].frequency: frequency (9) exceeds"),
-    (("epochs: [0, 1, 2]", "epochs: [0, 1, 2]\n    starting_epoch: 0"), "mutually exclusive"),
-    (("epochs: [0, 1, 2]", "epochs: []"), "expected a non-empty list"),
-    (("    ending_epoch: 5\n", ""), "missing 'ending_epoch'"),
-    (("- quantizer:", "- pruner:"), "'pruner' policies are not supported yet"),
-    (("    class: QuantAwareTrainRangeLinearQuantizer\n", ""), "quantizers.q: missing 'class'"),
-    (("{instance_name: q}", "{name: q}"), "policies[0].quantizer: expected {instance_name: NAME}"),
-    (("{instance_name: q}", "{instance_name: [q]}"), "policies[0].quantizer.instance_name: expected an instance name"),
-    (("{instance_name: q}", "{instance_name: q, args: {a: 1}}"), "quantizer policies take no args"),
-    (("bits_activations: 8", "per_channel_wts: yes please"), "quantizers.q.per_channel_wts: expected true or false"),
-    (("bits_activations: 8", "ema_decay: .nan"), "quantizers.q.ema_decay: expected a finite number"),
-    (("gamma: 0.1", "gamma: '0.1'"), "lr_schedulers.lr.gamma: expected a number, got '0.1'"),
-    (("milestones: [2]", "milestones: [2]\n    last_epoch: 1.5"), "lr_schedulers.lr.last_epoch: expected an integer"),
-    (("quantizers:\n", "quantizers: 3\nx:\n"), "quantizers: expected a mapping of instance name"),
-    (("policies:\n", "policies: {a: 1}\nx:\n"), "policies: expected a list of policies"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("version:", "foo:"), "r.yaml:1: foo: unknown top-level key"),
+        (("version:", "pruners:"), "r.yaml:1: pruners: section 'pruners' is not supported yet"),
+        (("bits_activations: 8", "bits_actvations: 8"), "r.yaml:4: quantizers.q.bits_actvations: unknown argument"),
+        (("bits_activations: 8", "bits_activations: eight"), "quantizers.q.bits_activations: expected an integer"),
+        (("bits_activations: 8", "bits_activations: 1"), "quantizers.q.bits_activations: expected an integer"),
+        (("bits_activations: 8", "mode: ROUND"), "quantizers.q.mode: expected one of"),
+        (("bits_activations: 8", "ema_decay: 1.5"), "quantizers.q.ema_decay: expected a number in [0.0, 1.0)"),
+        (
+            ("class: QuantAwareTrainRangeLinearQuantizer", "class: os.system"),
+            "quantizers.q.class: unknown quantizer class 'os.system'",
+        ),
+        (("class: MultiStepLR", "class: StepLR"), "missing required argument 'step_size'"),
+        (("gamma: 0.1", "gama: 0.1"), "lr_schedulers.lr.gama: unknown argument of MultiStepLR"),
+        (("milestones: [2]", "milestones: 2"), "lr_schedulers.lr.milestones: expected a list of epoch numbers"),
+        (("{instance_name: q}", "{instance_name: qq}"), "policies[0].quantizer.instance_name: undefined instance 'qq'"),
+        (("ending_epoch: 5", "ending_epoch: 0"), "policies[0].ending_epoch: ending_epoch (0) must be greater"),
+        (("frequency: 1", "frequency: 9"), "policies[0].frequency: frequency (9) exceeds"),
+        (("epochs: [0, 1, 2]", "epochs: [0, 1, 2]\n    starting_epoch: 0"), "mutually exclusive"),
+        (("epochs: [0, 1, 2]", "epochs: []"), "expected a non-empty list"),
+        (("    ending_epoch: 5\n", ""), "missing 'ending_epoch'"),
+        (("- quantizer:", "- pruner:"), "'pruner' policies are not supported yet"),
+        (("    class: QuantAwareTrainRangeLinearQuantizer\n", ""), "quantizers.q: missing 'class'"),
+        (("{instance_name: q}", "{name: q}"), "policies[0].quantizer: expected {instance_name: NAME}"),
+        (
+            ("{instance_name: q}", "{instance_name: [q]}"),
+            "policies[0].quantizer.instance_name: expected an instance name",
+        ),
+        (("{instance_name: q}", "{instance_name: q, args: {a: 1}}"), "quantizer policies take no args"),
+        (
+            ("bits_activations: 8", "per_channel_wts: yes please"),
+            "quantizers.q.per_channel_wts: expected true or false",
+        ),
+        (("bits_activations: 8", "ema_decay: .nan"), "quantizers.q.ema_decay: expected a finite number"),
+        (("gamma: 0.1", "gamma: '0.1'"), "lr_schedulers.lr.gamma: expected a number, got '0.1'"),
+        (
+            ("milestones: [2]", "milestones: [2]\n    last_epoch: 1.5"),
+            "lr_schedulers.lr.last_epoch: expected an integer",
+        ),
+        (("quantizers:\n", "quantizers: 3\nx:\n"), "quantizers: expected a mapping of instance name"),
+        (("policies:\n", "policies: {a: 1}\nx:\n"), "policies: expected a list of policies"),
+    ],
+)
 def test_recipe_mistakes(change, expected):
     text = ("version: 1\n" + GOOD) if change[0] == "version:" else GOOD
     errs = errors(text.replace(*change))
@@ -90,8 +107,11 @@ def test_null_bits_are_allowed_and_override_keys_checked():
 
 
 def test_all_errors_reported_at_once():
-    text = GOOD.replace("bits_weights: 8", "bits_weights: 99").replace("gamma: 0.1", "gama: 0.1").replace(
-        "{instance_name: q}", "{instance_name: nope}")
+    text = (
+        GOOD.replace("bits_weights: 8", "bits_weights: 99")
+        .replace("gamma: 0.1", "gama: 0.1")
+        .replace("{instance_name: q}", "{instance_name: nope}")
+    )
     assert len(errors(text)) == 3
 
 

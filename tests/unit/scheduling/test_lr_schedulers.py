@@ -23,4 +23,6 @@ def test_multistep_multigamma_multiplies_each_milestone_gamma():
 
 def test_mismatched_gammas_are_a_recipe_error():
     with pytest.raises(RecipeError, match="one gamma per milestone"):
-        read_recipe({"lr_schedulers": {"lr": {"class": "MultiStepMultiGammaLR", "milestones": [1, 2], "gammas": [0.1]}}})
+        read_recipe(
+            {"lr_schedulers": {"lr": {"class": "MultiStepMultiGammaLR", "milestones": [1, 2], "gammas": [0.1]}}}
+        )

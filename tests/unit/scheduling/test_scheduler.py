@@ -62,7 +62,9 @@ def test_quantization_window_fp32_then_quantized_then_frozen():
         qmodel.get_submodule("0").parametrizations.weight.original.mul_(3.0)
     qmodel.train()
     qmodel(x * 5)
-    assert torch.equal(act.scale, frozen[0]) and act.observer.num_updates.item() == frozen[1], "ranges stop after ending_epoch"
+    assert torch.equal(act.scale, frozen[0]) and act.observer.num_updates.item() == frozen[1], (
+        "ranges stop after ending_epoch"
+    )
     assert torch.equal(wq.scale, w_scale), "weight scales stop after ending_epoch"
     qmodel.eval()
     assert not torch.equal(qmodel(x), ref), "still quantized after ending_epoch"
@@ -103,7 +105,9 @@ def test_before_backward_pass_returns_loss_components():
     assert out.overall_loss is loss and out.loss_components == []
 
 
-CALIBRATED = RECIPE.replace("policies:\n", """calibrators:
+CALIBRATED = RECIPE.replace(
+    "policies:\n",
+    """calibrators:
   c:
     class: ActivationCalibrator
     num_batches: 2
@@ -111,7 +115,8 @@ CALIBRATED = RECIPE.replace("policies:\n", """calibrators:
 policies:
   - calibrator: {{instance_name: c}}
     epochs: [2]
-""")
+""",
+)
 
 
 def test_calibration_stage_starts_ranges_from_statistics():
