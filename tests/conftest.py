@@ -75,6 +75,12 @@ def assert_same_state(a, b):
             assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key], key
 
 
+@pytest.fixture(scope="session")
+def same_state():
+    """``same_state(a, b)``: two model state dicts are equal (floats within 1e-6)."""
+    return assert_same_state
+
+
 def _whole_and_resumed(out, common, arch):
     whole = _classifier_app(out, "whole", "--epochs", "4", *common, arch=arch)
     half = _classifier_app(out, "half", "--epochs", "2", *common, arch=arch)

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,29 +10,8 @@ import torch
 from compressor.app.classifier import main
 from compressor.core.io import load_checkpoint
 
-QAT_RECIPE = """\
-quantizers:
-  q:
-    class: QuantAwareTrainRangeLinearQuantizer
-    bits_activations: 8
-    bits_weights: 8
-    mode: ASYMMETRIC_UNSIGNED
-    per_channel_wts: true
-lr_schedulers:
-  lr:
-    class: StepLR
-    step_size: 1
-    gamma: 0.7
-policies:
-  - quantizer: {instance_name: q}
-    starting_epoch: 1
-    ending_epoch: 3
-    frequency: 1
-  - lr_scheduler: {instance_name: lr}
-    starting_epoch: 0
-    ending_epoch: 4
-    frequency: 1
-"""
+# 8-bit QAT from epoch 1 to 3 with StepLR: the recipe the end-to-end tests train and resume with
+QAT_RECIPE = (Path(__file__).parents[1] / "data" / "qat_8bit_digits.yaml").read_text()
 FP32_RECIPE = (
     QAT_RECIPE.split("lr_schedulers:")[0].split("quantizers:")[0]
     + "lr_schedulers:"
