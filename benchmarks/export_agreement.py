@@ -52,6 +52,13 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--probe-images", type=int, default=512)
     ap.add_argument("--int8-target", default="auto")
+    ap.add_argument(
+        "--integer-arithmetic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="simulate conv/linear with integer sums and requantization, as the apps do (default: on)",
+    )
+    ap.add_argument("--pytorch", action="store_true", help="also check the PyTorch int8 model")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -65,19 +72,25 @@ def main():
         bits_parameters=8,
         per_channel_wts=True,
         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
-        integer_arithmetic=False,
+        integer_arithmetic=args.integer_arithmetic,
     )
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x, None) for x, _ in DataLoader(Subset(train, range(64)), batch_size=32)])
-    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    folder = tempfile.mkdtemp()
     report = export_quantized(
-        sim, DataLoader(test, batch_size=24), onnx_path=path, target=args.int8_target, accept_disagreement=True
+        sim,
+        DataLoader(test, batch_size=24),
+        onnx_path=os.path.join(folder, "m.onnx"),
+        pytorch_path=os.path.join(folder, "int8.pth.tar") if args.pytorch else None,
+        target=args.int8_target,
+        accept_disagreement=True,
     )
     report.pop("int8_model")
     result = {
         "command": "python " + " ".join(sys.argv),
         "arch": args.arch,
         "input": [3, args.size, args.size],
+        "integer_arithmetic": args.integer_arithmetic,
         "probe_train_top1": 100 * probe_top1,
         "export": report,
     }

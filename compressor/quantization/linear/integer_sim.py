@@ -86,13 +86,24 @@ class IntegerArithmetic:
         acc = self._conv(layer, q_x, q_w)
         channel = (1, -1) + (1,) * (acc.dim() - 2)
         if layer.bias is not None:
-            acc = acc + torch.round(layer.bias.double() / (s_x * s_w)).view(channel)
+            acc = acc + integer_bias(layer.bias, self.in_quant.scale, self.weight_quant.scale).view(channel)
         lim = 2 ** (self.bits_accum - 1)
         acc = acc.clamp(-lim, lim - 1)
         out = self.out_quant
-        q_y = torch.round(acc * self.multiplier().view(channel)) + out.zero_point.double()
+        if self.pow2 or self.mult_bits:
+            q_y = torch.round(acc * self.multiplier().view(channel))
+        else:  # float32, as onnxruntime (MLAS) and fbgemm requantize: float(acc) * float32 multiplier
+            m = self.in_quant.scale.float() * self.weight_quant.scale.float() / out.scale.float()
+            q_y = torch.round(acc.float() * m.view(channel)).double()
+        q_y = q_y + out.zero_point.double()
         q_y = q_y.clamp(out.qmin, out.qmax)
         return (q_y - out.zero_point.double()) * out.scale.double()
+
+
+def integer_bias(bias, in_scale, weight_scale):
+    """The int32 bias on the accumulator's grid (scale ``s_x * s_w``), rounded in float32 as a QDQ
+    runtime quantizes it (onnxruntime's BiasQuantization); the ONNX writer stores these integers."""
+    return torch.round(bias.detach().float() / (in_scale.float() * weight_scale.float())).double()
 
 
 def accumulator_bits(w_bits, a_bits, fan_in):

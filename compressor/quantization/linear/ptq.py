@@ -146,8 +146,8 @@ class PostTrainLinearQuantizer(Quantizer):
                 continue
             if len(site.chain) == 2 and graph.node_kind(gm, _node_named(gm, site.chain[1], calls)) != "act":
                 continue
-            src = nodes[0].args[0]
-            if not (hasattr(src, "op") and src.op == "call_module" and src.target.startswith("activation_quantizers.")):
+            src = _grid_source(gm, nodes[0].args[0])
+            if src is None:
                 continue
             layer = gm.get_submodule(layer_name)
             settings = self.layer_settings(layer_name)
@@ -274,6 +274,22 @@ class PostTrainLinearQuantizer(Quantizer):
         for name, _ in graph.weight_modules(self.prepared):
             out.setdefault(name, {}).setdefault("bits_weights", None)  # null: the layer's weights stay FP32
         return out
+
+
+_GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout)
+
+
+def _grid_source(gm, node):
+    """The activation-quantizer node whose integer grid ``node`` is on, through ops that keep values on it
+    (max pooling, identity, dropout in eval): resnet's layer1.0.conv1 reads the max pool of a quantized
+    ReLU. None when the value is not on a quantizer's grid."""
+    while hasattr(node, "op") and node.op == "call_module":
+        if node.target.startswith("activation_quantizers."):
+            return node
+        if not isinstance(gm.get_submodule(node.target), _GRID_PRESERVING):
+            return None
+        node = node.args[0]
+    return None
 
 
 def _node_named(gm, name, calls):
