@@ -5,8 +5,7 @@ Each test compares what 2 ranks compute on their shards with what 1 process comp
 
 import pytest
 import torch
-from distributed_harness import run_ranks
-from torch import nn
+from distributed_harness import GLOBAL_BATCH, STEPS, qat_data, qat_model, run_ranks, shard, train_steps
 from torch.multiprocessing import ProcessRaisedException
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -15,7 +14,6 @@ from compressor.core.errors import CompressorError
 from compressor.models import create_model
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph.fold_bn import fold_batchnorm
-from compressor.recipe.build import build_scheduler, read_recipe
 
 
 # --- calibration statistics and histograms -----------------------------------------------------------
@@ -103,51 +101,25 @@ QAT = {
     },
     "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 10, "frequency": 1}],
 }
-STEPS, GLOBAL_BATCH = 5, 8
-
-
-def qat_model():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = build_scheduler(read_recipe(QAT), model, opt)
-    opt = torch.optim.SGD(sched.model.parameters(), lr=0.1)
-    sched.on_epoch_begin(0, opt)
-    return sched.model, opt
-
-
-def qat_data():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(STEPS * GLOBAL_BATCH, 1, 8, 8, generator=g)
-    x[GLOBAL_BATCH // 2 :: GLOBAL_BATCH] *= 3  # the second half of every global batch (rank 1's) is wider
-    return x, torch.randint(0, 10, (STEPS * GLOBAL_BATCH,), generator=g)
-
-
-def train_steps(net, opt, x, y, part=slice(None)):
-    net.train()
-    for step in range(STEPS):
-        xs, ys = x[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH], y[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH]
-        loss = nn.functional.cross_entropy(net(xs[part]), ys[part])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 def _qat_on_shard(rank, world, out):
-    model, opt = qat_model()
+    sched, opt = qat_model(QAT)
     x, y = qat_data()
-    half = GLOBAL_BATCH // world
-    train_steps(DDP(model), opt, x, y, slice(rank * half, (rank + 1) * half))
-    torch.save(model.state_dict(), f"{out}/{rank}.pt")
+    net = DDP(sched.model)
+    sched.on_epoch_begin(0, opt)
+    train_steps(net, opt, x, y, shard(rank, world))
+    torch.save(sched.model.state_dict(), f"{out}/{rank}.pt")
 
 
 def test_qat_ranks_hold_identical_ranges_learned_from_all_data(tmp_path):
     run_ranks(_qat_on_shard, 2, (str(tmp_path),))
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
-    model, opt = qat_model()
+    sched, opt = qat_model(QAT)
     x, y = qat_data()
-    train_steps(model, opt, x, y)  # one process, the same global batches
-    single = model.state_dict()
+    sched.on_epoch_begin(0, opt)
+    train_steps(sched.model, opt, x, y)  # one process, the same global batches
+    single = sched.model.state_dict()
     assert set(ranks[0]) == set(single)
     counters = [k for k in single if k.endswith("num_updates")]
     assert counters and all(int(ranks[0][k]) == int(ranks[1][k]) == STEPS for k in counters)
