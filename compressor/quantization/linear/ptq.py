@@ -29,7 +29,12 @@ from compressor.quantization.linear.input_quant import (
     model_input_settings,
     observe_layer_inputs,
 )
-from compressor.quantization.linear.integer_sim import IntegerArithmetic, accumulator_bits
+from compressor.quantization.linear.integer_sim import (
+    IntegerArithmetic,
+    accumulator_bits,
+    grid_source,
+    install_integer_adds,
+)
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.linear.refine import RefineConfig
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
@@ -119,6 +124,7 @@ class PostTrainLinearQuantizer(Quantizer):
         self._add_input_quantizers(gm)
         self.set_state(True, False)  # post-training: quantized, nothing learns
         self.integer_layers = self._install_integer_arithmetic(gm) if self.config.integer_arithmetic else []
+        self.integer_adds = install_integer_adds(gm) if self.config.integer_arithmetic else []
         stats = self.config.model_activation_stats
         if stats is not None:
             records = load_stats(stats)
@@ -146,7 +152,7 @@ class PostTrainLinearQuantizer(Quantizer):
                 continue
             if len(site.chain) == 2 and graph.node_kind(gm, _node_named(gm, site.chain[1], calls)) != "act":
                 continue
-            src = _grid_source(gm, nodes[0].args[0])
+            src = grid_source(gm, nodes[0].args[0])
             if src is None:
                 continue
             layer = gm.get_submodule(layer_name)
@@ -274,22 +280,6 @@ class PostTrainLinearQuantizer(Quantizer):
         for name, _ in graph.weight_modules(self.prepared):
             out.setdefault(name, {}).setdefault("bits_weights", None)  # null: the layer's weights stay FP32
         return out
-
-
-_GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout)
-
-
-def _grid_source(gm, node):
-    """The activation-quantizer node whose integer grid ``node`` is on, through ops that keep values on it
-    (max pooling, identity, dropout in eval): resnet's layer1.0.conv1 reads the max pool of a quantized
-    ReLU. None when the value is not on a quantizer's grid."""
-    while hasattr(node, "op") and node.op == "call_module":
-        if node.target.startswith("activation_quantizers."):
-            return node
-        if not isinstance(gm.get_submodule(node.target), _GRID_PRESERVING):
-            return None
-        node = node.args[0]
-    return None
 
 
 def _node_named(gm, name, calls):

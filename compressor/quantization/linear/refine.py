@@ -43,7 +43,7 @@ from compressor.quantization.linear.adaround import (
     nearest_integers,
     reconstruction_error,
 )
-from compressor.quantization.linear.integer_sim import IntegerArithmetic
+from compressor.quantization.linear.integer_sim import IntegerAdd, IntegerArithmetic
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def refined_layers(quantizer):
 
 
 def _integer_hooks(gm):
-    return [h for m in gm.modules() for h in m._forward_hooks.values() if isinstance(h, IntegerArithmetic)]
+    hooks = (IntegerArithmetic, IntegerAdd)
+    return [h for m in gm.modules() for h in m._forward_hooks.values() if isinstance(h, hooks)]
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """The integer simulation computes, integer for integer, what onnxruntime's fused kernels compute.
 
-Every quantized activation of the exported QDQ model (QLinearConv after fusion) is read back from
-onnxruntime and compared with the simulation's integers: conv requantization uses a float32 multiplier
-and float32-rounded int32 biases, as onnxruntime (MLAS) does, and a conv reading a max pool of a
-quantized activation runs in integer arithmetic too (resnet's layer1.0.conv1).
+Every quantized activation of the exported QDQ model (QLinearConv and QLinearAdd after fusion) is read
+back from onnxruntime and compared with the simulation's integers: conv requantization uses a float32
+multiplier and float32-rounded int32 biases, as onnxruntime (MLAS) does; a conv reading a max pool of a
+quantized activation runs in integer arithmetic too (resnet's layer1.0.conv1); a residual add follows
+MLAS's QLinearAdd formula.
 """
 
 import numpy as np
@@ -12,30 +13,35 @@ import onnxruntime
 import torch
 from torch import nn
 
+from compressor.deploy.convert import to_torch_int8
 from compressor.deploy.onnx_export import export_onnx
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
 
-class ConvPoolConv(nn.Module):
+class ConvPoolResidual(nn.Module):
+    """conv-bn-relu, max pool, then a residual block: conv-bn-relu, conv-bn, add the block's input, relu."""
+
     def __init__(self):
         super().__init__()
         self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.conv2, self.bn2, self.relu2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()
-        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(32, 10)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
+        self.conv3, self.bn3, self.relu3 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
+        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
 
     def forward(self, x):
-        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.fc(torch.flatten(self.gap(x), 1))
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))  # the block's input: a max pool, as resnet's layer1.0
+        y = self.relu2(self.bn2(self.conv2(x)))
+        y = self.relu3(self.bn3(self.conv3(y)) + x)
+        return self.fc(torch.flatten(self.gap(y), 1))
 
 
 def simulated(seed=0):
     torch.manual_seed(seed)
-    model = ConvPoolConv()
+    model = ConvPoolResidual()
     with torch.no_grad():  # trained-looking batch-norm statistics, so the ranges are not trivial
-        for bn in (model.bn1, model.bn2):
+        for bn in (model.bn1, model.bn2, model.bn3):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
             bn.weight.uniform_(-1.5, 1.5)  # negative scales too: folding negates those channels
@@ -82,9 +88,10 @@ def onnxruntime_integers(path, x):
     return {site.replace("_", "."): values[t].astype(np.float64) for site, t in sources.items()}
 
 
-def test_conv_after_max_pool_runs_in_integer_arithmetic():
+def test_conv_after_max_pool_and_the_residual_add_run_in_integer_arithmetic():
     quantizer, _ = simulated()
-    assert quantizer.integer_layers == ["conv1", "conv2"]
+    assert quantizer.integer_layers == ["conv1", "conv2", "conv3"]
+    assert quantizer.integer_adds == ["relu3"]  # add(conv3-bn3, max pool) -> relu3, quantized once
 
 
 def test_every_quantized_activation_equals_onnxruntime_integers(tmp_path):
@@ -94,7 +101,7 @@ def test_every_quantized_activation_equals_onnxruntime_integers(tmp_path):
     export_onnx(sim, x[:1], path, weights="int8")
     ours = simulated_integers(sim, x)
     theirs = onnxruntime_integers(path, x)
-    assert set(theirs) == {"input", "relu1", "relu2", "fc"}
+    assert set(theirs) == {"input", "relu1", "relu2", "conv3", "relu3", "fc"}
     # the logits come from a float Gemm (its input, an average of quantized values, is not quantized in
     # the simulation either): float sums in another order, so one step is allowed there
     assert np.abs(ours["fc"] - theirs.pop("fc")).max() <= 1
@@ -106,3 +113,23 @@ def test_every_quantized_activation_equals_onnxruntime_integers(tmp_path):
         assert int((mine != q).sum()) == 0, f"{site}: {int((mine != q).sum())} of {q.size} integers differ"
         values += q.size
     assert values > 1_500_000
+
+
+def test_pytorch_int8_convolutions_compute_the_simulation_integers():
+    """The PyTorch int8 model (x86 engine) takes the simulation's integer weights (rounded from the simulated
+    values, as torch's fake-quant kernel made them) and its biases on the accumulator grid (oneDNN adds a float
+    bias after scaling): before both, 0.8 % of resnet18's conv1 outputs were a step off."""
+    _, sim = simulated()
+    x = torch.randn(64, 3, 32, 32) * 1.3
+    ours = simulated_integers(sim, x)
+    int8, converted = to_torch_int8(sim, "x86")
+    assert converted == ["conv1", "conv2", "conv3", "fc"]
+    outputs = {}
+    for name, module in int8.named_modules():
+        if name.startswith(("conv1", "conv2")):
+            module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name[:5], o.int_repr()))
+    with torch.no_grad():
+        int8(x)
+    for layer, site in (("conv1", "relu1"), ("conv2", "relu2")):
+        differ = int((outputs[layer].double().numpy() != ours[site]).sum())
+        assert differ <= ours[site].size * 1e-5, f"{layer}: {differ} of {ours[site].size} integers differ"
