@@ -105,7 +105,20 @@ class ClassifierRun:
         self.model = self.scheduler.model if self.scheduler else model
         if self.scheduler:
             self.scheduler.set_calibration_data(self.train_loader, self.device)
+            self.warn_unapplied_quantizers()
         self.model.to(self.device)
+
+    def warn_unapplied_quantizers(self):
+        """A recipe whose quantizers no policy applies trains FP32 (Distiller's rule): say so. A PTQ recipe
+        (quantizers, no policies) handed to this app trained a 'W4' run in FP32 without a word."""
+        declared = list(self.recipe.data.get("quantizers") or {})
+        if declared and self.scheduler.quantizer is None:
+            log.warning(
+                "WARNING: %s declares quantizers (%s) but no policy applies one: this run trains in FP32. Add a "
+                "policy ('- quantizer: {instance_name: %s}' with starting_epoch/ending_epoch/frequency), or "
+                "quantize after training with apps/post_train_quant.py",
+                self.recipe.file, ", ".join(declared), declared[0],
+            )
 
     def maybe_load_weights(self):
         path, state, self.weights = self.args.exp_load_weights_from, self.weights, None  # not kept for the run

@@ -117,6 +117,20 @@ def test_distiller_recipe_runs_unchanged(tmp_path, root, app):
 
 
 @pytest.mark.slow
+def test_recipe_whose_quantizers_no_policy_applies_warns_that_it_trains_fp32(tmp_path, root, app):
+    recipe = os.path.join(root, "schedules", "post_train_quant", "w4a8_rtn.yaml")  # PTQ: no policies
+    path = app(tmp_path, "ptq_recipe", "--epochs", "1", "--etrs", "0.1", "--compress", recipe)
+    warning = [line for line in open(os.path.join(path, "ptq_recipe.log")) if "no policy applies one" in line]
+    assert len(warning) == 1 and "w4a8_rtn.yaml declares quantizers (post_train_quantizer)" in warning[0]
+    assert "trains in FP32" in warning[0]
+    state = load_checkpoint(os.path.join(path, "checkpoint.pth.tar"))["state_dict"]
+    assert not any("quantizer" in k for k in state)  # indeed FP32: the warning tells the truth
+    qat = app(tmp_path, "qat_recipe", "--epochs", "1", "--etrs", "0.1", "--compress",
+              os.path.join(root, "schedules", "distiller", "quant_aware_train_linear_quant.yaml"))
+    assert "no policy applies one" not in open(os.path.join(qat, "qat_recipe.log")).read()
+
+
+@pytest.mark.slow
 def test_resume_with_other_recipe_is_a_clear_error(tmp_path, root, app):
     recipe = tmp_path / "qat.yaml"
     recipe.write_text(QAT_RECIPE)
