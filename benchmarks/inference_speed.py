@@ -14,8 +14,12 @@ Threads: as the environment says
 symmetric weights, 8-bit asymmetric activations calibrated on two random batches (ours:
 PostTrainLinearQuantizer; torch.ao: its default x86 qconfig, prepare_fx/convert_fx).
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/inference_speed.py --rounds 2 \
-        --out docs/benchmarks/inference_speed_vnni.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/inference_speed.py --rounds 3 --same-process \
+        --configs resnet20_cifar:128:32,resnet18:8:224 --out docs/benchmarks/inference_speed_vnni_quiet.json
+
+``--same-process`` adds a paired comparison: every variant built in one process and timed batch by batch in
+turn, reported as the median ratio to torch.ao's batch of the same turn (steadier on a virtual machine,
+where one process's latency moves by up to 40 % against another's).
 
 ``ours_onnx_u8s8``: int8 weights (exact and fast where u8 x s8 accumulates in 32 bits: VNNI, AMX, ARM
 dot product; saturates on AVX2-only CPUs with 8-bit activations); ``ours_onnx_u8u8``: uint8 weights
@@ -141,6 +145,32 @@ def measure(arch, batch, size, variant, iters, warmup):
     }
 
 
+def interleaved(arch, batch, size, variants, iters, warmup):
+    """Every variant built in this one process, then timed batch by batch in turn (A, B, C, A, B, C, ...).
+
+    A paired comparison: on a noisy (virtual) machine one process's latency moves by up to 40 % against
+    another's (page placement, neighbours), while consecutive batches in one process see the same
+    conditions. Reports each variant's median CPU time and, per variant, the median over iterations of
+    its time divided by torch.ao's in the same turn. Peak memory is not measured here (one process)."""
+    if any("qnnpack" in v for v in variants):
+        raise SystemExit("--same-process: the quantized engine is process-wide; leave out the qnnpack variants")
+    fns = {v: build(arch, batch, size, v) for v in variants}
+    cpu = {v: [] for v in variants}
+    with torch.no_grad():
+        for i in range(warmup + iters):
+            for v, fn in fns.items():
+                torch.backends.quantized.engine = "x86"
+                start = time.process_time()
+                fn()
+                if i >= warmup:
+                    cpu[v].append(time.process_time() - start)
+    out = {v: {"median_ms": 1000 * statistics.median(t), "min_ms": 1000 * min(t)} for v, t in cpu.items()}
+    if "torch_ao_x86" in cpu:
+        for v, t in cpu.items():
+            out[v]["vs_torch_ao"] = statistics.median(a / b for a, b in zip(t, cpu["torch_ao_x86"]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=20)
@@ -151,6 +181,11 @@ def main():
     ap.add_argument("--configs", default=None, help="ARCH:BATCH:SIZE,... in this order (default: all)")
     ap.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated; also: {', '.join(EXTRA_VARIANTS)}"
+    )
+    ap.add_argument(
+        "--same-process",
+        action="store_true",
+        help="also time the variants of each configuration in turn inside one process (paired comparison)",
     )
     ap.add_argument("--one", nargs=4, metavar=("ARCH", "BATCH", "SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,6 +254,12 @@ def main():
                 "wall_median_ms": statistics.median(o["wall_median_ms"] for o in ok),
                 "peak_rss_mib": max(o["peak_rss_mib"] for o in ok),
             }
+        if args.same_process:
+            same = interleaved(arch, batch, size, variants, args.iters, args.warmup)
+            results.setdefault("same_process", {})[key] = same
+            for variant, r in same.items():
+                print(f"{key:24s} same process {variant:24s} {r['median_ms']:9.2f} ms CPU "
+                      f"{r.get('vs_torch_ao', float('nan')):6.3f} x torch.ao", flush=True)
         fp32 = results["runs"][key].get("fp32", {}).get("median_ms")
         for r in results["runs"][key].values():
             if "median_ms" in r and fp32:
