@@ -7,9 +7,6 @@ NaN run that goes on to the end only wastes the time and writes a meaningless re
 """
 
 import math
-import signal
-import threading
-from contextlib import contextmanager
 
 import torch
 
@@ -23,46 +20,10 @@ def resume_hint(run_dir):
     return "; no checkpoint was written yet"
 
 
-_INTERRUPT = threading.Event()
-
-
-@contextmanager
-def remember_interrupts():
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered until ``check_interrupted``.
-
-    Python drops a KeyboardInterrupt raised while a ``__del__`` or a weakref callback runs (it only prints
-    "Exception ignored"); a training loop then carries on to its last epoch. Once in ~20 CI runs a SIGINT
-    sent right after the first checkpoint ended a 200-epoch run with exit 0. The loop checks the flag
-    at every step, so a dropped interrupt stops the run one step later. Main thread only (signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        _INTERRUPT.set()
-        raise KeyboardInterrupt
-
-    _INTERRUPT.clear()
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _INTERRUPT.clear()
-
-
-def check_interrupted():
-    """Raise the KeyboardInterrupt that Python may have dropped (see ``remember_interrupts``)."""
-    if _INTERRUPT.is_set():
-        raise KeyboardInterrupt
-
-
 def resumable(run_dir, fn, *args):
     """``fn(*args)``; Ctrl-C, a full disk and divergence become one-line errors with the resume hint."""
     try:
-        with remember_interrupts():
-            return fn(*args)
+        return fn(*args)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted (Ctrl-C){resume_hint(run_dir)}") from None
     except DiskFullError as exc:

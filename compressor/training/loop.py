@@ -12,7 +12,7 @@ import torch
 
 from compressor.core import distributed
 from compressor.core.progress import progress
-from compressor.training.faults import check_interrupted, check_loss, check_model, first_non_finite
+from compressor.training.faults import check_loss, check_model, first_non_finite
 from compressor.training.metrics import AverageMeter, confusion_matrix, topk_correct
 
 log = logging.getLogger("compressor")
@@ -28,7 +28,6 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
     steps = len(loader)
     bar = progress(loader, f"train {epoch}")
     for i, (inputs, target) in enumerate(bar):
-        check_interrupted()
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
@@ -100,7 +99,6 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
     correct1 = correct5 = seen = 0
     confusion = None
     for inputs, target in progress(loader, desc):
-        check_interrupted()
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inputs)
         loss_meter.update(criterion(output, target).item(), inputs.size(0))
