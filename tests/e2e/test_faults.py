@@ -18,11 +18,18 @@ DIGITS = ["-a", "simplenet_digits", "--dataset", "digits", "-b", "64", "-p", "0"
 START_TIMEOUT_S = 300  # a busy CI core may take a while to import torch
 
 
+def _ctrl_c_as_in_a_terminal():
+    # a test run launched in the background ignores SIGINT (the shell sets SIG_IGN for '&' jobs) and a
+    # child inherits that: the SIGINT test's 200-epoch run then went on and ended with exit 0
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(root, out, name, epochs):
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, os.path.join(root, "apps", "compress_classifier.py"), *DIGITS,
                              "--epochs", str(epochs), "-o", str(out), "-n", name],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
 
 
 def wait_for_checkpoint(proc, out, name):
