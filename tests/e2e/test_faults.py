@@ -20,7 +20,9 @@ START_TIMEOUT_S = 300  # a busy CI core may take a while to import torch
 
 def _ctrl_c_as_in_a_terminal():
     # a test run launched in the background ignores SIGINT (the shell sets SIG_IGN for '&' jobs) and a
-    # child inherits that: the SIGINT test's 200-epoch run then went on and ended with exit 0
+    # child inherits that disposition. One such run saw the SIGINT test's 200-epoch child end with exit 0;
+    # the cause is not proven (a child started with SIGINT ignored still exited 130 in a later check), so
+    # the child gets the terminal's default explicitly and the test no longer depends on how it was launched
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
