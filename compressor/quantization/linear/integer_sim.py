@@ -51,14 +51,16 @@ class IntegerArithmetic:
         return fn(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def multiplier(self):
+        """``s_x * s_w / s_y``: in float32 as onnxruntime (MLAS) and fbgemm requantize (float(acc) times a float32
+        multiplier), or in float64 rounded to a fixed-point multiplier or a power of two."""
+        if not (self.pow2 or self.mult_bits):
+            return self.in_quant.scale.float() * self.weight_quant.scale.float() / self.out_quant.scale.float()
         s_x, s_w, s_y = (q.scale.double() for q in (self.in_quant, self.weight_quant, self.out_quant))
         m = s_x * s_w / s_y
         if self.pow2:
             return power_of_two(m)
-        if self.mult_bits:
-            mult, shift = approx_multiplier(m, self.mult_bits)
-            return mult / torch.pow(2.0, shift)
-        return m
+        mult, shift = approx_multiplier(m, self.mult_bits)
+        return mult / torch.pow(2.0, shift)
 
     def active(self):
         quants = (self.in_quant, self.out_quant, self.weight_quant)
@@ -91,12 +93,8 @@ class IntegerArithmetic:
         lim = 2 ** (self.bits_accum - 1)
         acc = acc.clamp(-lim, lim - 1)
         out = self.out_quant
-        if self.pow2 or self.mult_bits:
-            q_y = torch.round(acc * self.multiplier().view(channel))
-        else:  # float32, as onnxruntime (MLAS) and fbgemm requantize: float(acc) * float32 multiplier
-            m = self.in_quant.scale.float() * self.weight_quant.scale.float() / out.scale.float()
-            q_y = torch.round(acc.float() * m.view(channel)).double()
-        q_y = q_y + out.zero_point.double()
+        m = self.multiplier()
+        q_y = torch.round(acc.to(m.dtype) * m.view(channel)).double() + out.zero_point.double()
         q_y = q_y.clamp(out.qmin, out.qmax)
         return (q_y - out.zero_point.double()) * out.scale.double()
 
