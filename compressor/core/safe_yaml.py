@@ -103,9 +103,11 @@ def load_yaml(text, file):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
-        raise RecipeError(
-            [RecipeIssue(file, line, (), f"invalid YAML: {getattr(exc, 'problem', None) or exc}")]
-        ) from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml >= 0.2.5 (PyYAML 6.0.4's wheels) stops deep flow
+            # collections while scanning, before our event check sees depth MAX_DEPTH + 1: same refusal, our words
+            problem = f"nesting deeper than {MAX_DEPTH} levels (the YAML parser's own limit: {problem})"
+        raise RecipeError([RecipeIssue(file, line, (), f"invalid YAML: {problem}")]) from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -2,7 +2,8 @@
 
 Fashion-MNIST installs without internet (Debian's ``dataset-fashion-mnist`` puts the four
 ``*-idx?-ubyte.gz`` files in ``/usr/share/datasets/fashion-mnist``); ``DATASET_DIR`` in torchvision's
-layout (``FashionMNIST/raw/``, ``MNIST/raw/``) takes precedence. Files may be gzipped or not.
+layout (``FashionMNIST/raw/``, ``MNIST/raw/``), when given, is the only place looked at (a mistyped one is an
+error, not a silent fall-back). Files may be gzipped or not.
 
 The 28x28 images go to a CIFAR arch (3x32x32) by zero-padding 2 pixels on each side (the
 background is 0, so this adds only background) and repeating the grey channel 3 times: the
@@ -13,6 +14,7 @@ a horizontal flip (clothes are mirror-symmetric; digits are not).
 """
 
 import gzip
+import logging
 import os
 
 import numpy as np
@@ -28,6 +30,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+log = logging.getLogger(__name__)
 SHIFT = 2  # pixels of random translation in training
 
 
@@ -59,12 +62,9 @@ def _find(folder, name):
 
 def idx_folders(dataset, data_dir):
     """The folders searched for ``dataset``, in order."""
-    folders = []
-    if data_dir:
-        folders.append(os.path.join(data_dir, RAW_FOLDER[dataset], "raw"))
-    if dataset == "fashion_mnist":
-        folders.append(DEBIAN_FASHION_MNIST)
-    return folders
+    if data_dir:  # a given DATASET_DIR is the only place looked at: a typo must not train on another copy
+        return [os.path.join(data_dir, RAW_FOLDER[dataset], "raw")]
+    return [DEBIAN_FASHION_MNIST] if dataset == "fashion_mnist" else []
 
 
 def load_idx_arrays(dataset, data_dir):
@@ -82,6 +82,7 @@ def load_idx_arrays(dataset, data_dir):
                 if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                     raise DataError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
                 out.append((images, labels.astype(np.int64)))
+            log.info("%s: %d training and %d test images read from %s", dataset, len(out[0][1]), len(out[1][1]), folder)
             return tuple(out)
     wanted = ", ".join(n + "[.gz]" for names in FILES.values() for n in names)
     where = " and ".join(folders)

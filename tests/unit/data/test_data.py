@@ -54,30 +54,54 @@ def test_missing_dataset_names_where_it_looked(tmp_path):
         load_data("imagenet", str(tmp_path), None, 8)
 
 
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """A DATASET_DIR in torchvision's layout holding a small Fashion-MNIST-shaped set: 1,000 training and 200
+    test images of random pixels, 10 balanced classes (the loader's logic needs no real clothes)."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 1000), ("test", 200)):
+        images, labels = FILES[split]
+        _write_idx(raw / (images + ".gz"), rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(raw / (labels + ".gz"), np.repeat(np.arange(10), count // 10))
+    return str(root)
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST), reason=(
+    f"the real Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST}): `apt-get install dataset-fashion-mnist` "
+    "(Debian/Ubuntu; .ci/run installs it); the loader's own tests below run on generated idx files"))
 def test_fashion_mnist_from_the_debian_package_has_the_official_splits():
     (x_train, y_train), (x_test, y_test) = load_idx_arrays("fashion_mnist", None)
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28) and x_train.dtype == np.uint8
     assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
 
 
-def test_fashion_mnist_loaders_split_sizes_and_shapes():
-    train, val, test = load_data("fashion_mnist", None, (3, 32, 32), 256, validation_split=0.1)
-    assert (len(train.sampler), len(val.dataset), len(test.dataset)) == (54000, 6000, 10000)
+def test_fashion_mnist_loaders_split_sizes_and_shapes(fashion_dir):
+    train, val, test = load_data("fashion_mnist", fashion_dir, (3, 32, 32), 64, validation_split=0.1)
+    assert (len(train.sampler), len(val.dataset), len(test.dataset)) == (900, 100, 200)
     x, y = next(iter(test))
-    assert x.shape == (256, 3, 32, 32) and y.dtype == torch.int64
+    assert x.shape == (64, 3, 32, 32) and y.dtype == torch.int64
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])  # grey channel repeated
     # the 2-pixel border added around the 28x28 image is background (pixel value 0)
     background = x[0, 0, 0, 0].item()
     assert torch.all(x[:, :, :2, :] == background) and torch.all(x[:, :, :, -2:] == background)
     labels = torch.cat([y for _, y in test])
-    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert torch.bincount(labels).tolist() == [20] * 10
     # MNIST-shaped archs get the images as they are
-    _, _, test28 = load_data("fashion_mnist", None, (1, 28, 28), 8)
+    _, _, test28 = load_data("fashion_mnist", fashion_dir, (1, 28, 28), 8)
     assert next(iter(test28))[0].shape == (8, 1, 28, 28)
 
 
-def test_fashion_mnist_training_augmentation_shifts_and_flips_only_training_images():
-    train_set, test_set, eval_set = idx_datasets("fashion_mnist", None, (1, 32, 32))
+def test_fashion_mnist_training_augmentation_shifts_and_flips_only_training_images(fashion_dir):
+    train_set, test_set, eval_set = idx_datasets("fashion_mnist", fashion_dir, (1, 32, 32))
     torch.manual_seed(0)
     views = torch.stack([train_set[7][0] for _ in range(16)])
     assert views.shape == (16, 1, 32, 32) and len({v.sum().item() for v in views}) > 1  # random shifts
@@ -86,27 +110,30 @@ def test_fashion_mnist_training_augmentation_shifts_and_flips_only_training_imag
     assert torch.allclose(views.sum(dim=(1, 2, 3)).mean(), eval_set[7][0].sum(), rtol=0.05)
 
 
-def test_calibration_images_come_from_the_training_split_only():
-    loader = load_calibration_data("fashion_mnist", None, (1, 28, 28), 64, 128)
+def test_calibration_images_come_from_the_training_split_only(fashion_dir):
+    loader = load_calibration_data("fashion_mnist", fashion_dir, (1, 28, 28), 64, 128)
     x = torch.cat([b for b, _ in loader]).flatten(1)
-    _, _, test = load_data("fashion_mnist", None, (1, 28, 28), 1000)
+    _, _, test = load_data("fashion_mnist", fashion_dir, (1, 28, 28), 1000)
     x_test = next(iter(test))[0].flatten(1)
     assert len(x) == 128 and torch.cdist(x, x_test).min() > 0
 
 
-def test_dataset_dir_in_torchvision_layout_wins_and_takes_gzip_or_raw(tmp_path):
+def test_dataset_dir_in_torchvision_layout_takes_gzip_or_raw_and_is_never_ignored(tmp_path, fashion_dir):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for names in FILES.values():
         for name in names:
-            src = os.path.join(DEBIAN_FASHION_MNIST, name + ".gz")
+            src = os.path.join(fashion_dir, "FashionMNIST", "raw", name + ".gz")
             if "images" in name:  # unpacked, as torchvision leaves them
                 with gzip.open(src) as f, open(raw / name, "wb") as out:
                     shutil.copyfileobj(f, out)
             else:
                 shutil.copy(src, raw / (name + ".gz"))
     (x_train, _), (x_test, _) = load_idx_arrays("fashion_mnist", str(tmp_path))
-    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert x_train.shape == (1000, 28, 28) and x_test.shape == (200, 28, 28)
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not an idx file")
     with pytest.raises(DataError, match="is not an idx file"):
         load_idx_arrays("fashion_mnist", str(tmp_path))
+    # a DATASET_DIR that does not hold the dataset is an error, never a silent fall-back to Debian's copy
+    with pytest.raises(DataError, match=f"fashion_mnist not found: .* in {tmp_path}/typo/FashionMNIST/raw\\. "):
+        load_idx_arrays("fashion_mnist", str(tmp_path / "typo"))
