@@ -5,6 +5,8 @@ parametrization naming) and its activation quantizers under ``activation_quantiz
 model has neither. Every module that maps between the two names uses these constants.
 """
 
+from collections import OrderedDict
+
 from compressor.core.errors import CheckpointError
 
 ACT_QUANT_PREFIX = "activation_quantizers."
@@ -65,5 +67,8 @@ def is_quant_state(key):
 
 def load_weights(model, state):
     """Load weights (plain or prepared naming) into ``model``; quantizer state absent on one side is left as is."""
-    state = adapt_state_dict(state, model)
-    model.load_state_dict(state, strict=False)
+    adapted = OrderedDict(adapt_state_dict(state, model))
+    # Module versions pick load formats (torchvision's MNASNet refuses a state without its version): the file's
+    # own record when it kept one, else this model's (a plain dict, or one read back without the attribute)
+    adapted._metadata = getattr(state, "_metadata", None) or model.state_dict()._metadata
+    model.load_state_dict(adapted, strict=False)

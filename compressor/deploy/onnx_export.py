@@ -71,11 +71,15 @@ class _Writer:
         self.weights = weights
         self.nodes, self.initializers = [], []
         self.count = 0
+        self.reserved = set()  # the reference graph's value names
         self.clamped = 0
         self.varying_zero_points = []  # layers whose weight zero points differ per channel
 
     def name(self, base):
+        """A fresh value name, never one of the reference graph's own (fx names such as ``mul_19``)."""
         self.count += 1
+        while f"{base}_{self.count}" in self.reserved:
+            self.count += 1
         return f"{base}_{self.count}"
 
     def const(self, base, array):
@@ -136,7 +140,14 @@ class _Writer:
                              dilations=a["dilation"], group=a["groups"])
         if op.kind == "linear":
             bias = self.const(f"{op.output}_bias", a["bias"].numpy().astype(np.float32))
-            return self.node("Gemm", [x[0], self.weight(op), bias], op.output, transB=1)
+            if a.get("out_shape") is None:
+                return self.node("Gemm", [x[0], self.weight(op), bias], op.output, transB=1)
+            # tokens: (batch, ..., features) -> 2-D for Gemm and back (onnxruntime moves Q/DQ across Reshape)
+            flat = self.node("Reshape", [x[0], self.ints("flat", [-1, int(a["weight"].q.shape[1]
+                                                                        if isinstance(a["weight"], IntWeight)
+                                                                        else a["weight"].shape[1])])])
+            gemm = self.node("Gemm", [flat, self.weight(op), bias], transB=1)
+            return self.node("Reshape", [gemm, self.ints("tokens", a["out_shape"])], op.output)
         if op.kind == "batchnorm":
             params = [self.const(f"{op.output}_{k}", a[k].numpy()) for k in ("weight", "bias", "mean", "var")]
             return self.node("BatchNormalization", [x[0], *params], op.output, epsilon=a["eps"])
@@ -155,7 +166,97 @@ class _Writer:
             return self.node("MaxPool" if op.kind == "maxpool" else "AveragePool", x, op.output,
                              kernel_shape=a["kernel"], strides=a["stride"], pads=list(a["padding"]) * 2,
                              ceil_mode=int(a["ceil_mode"]), **extra)
+        return self.lower_float_op(op)
+
+    def scalar(self, base, value):
+        return self.const(base, np.array(value, dtype=np.float32))
+
+    def ints(self, base, values):
+        return self.const(base, np.array(values, dtype=np.int64))
+
+    def lower_float_op(self, op):
+        """Ops that run in float between DequantizeLinear and QuantizeLinear (opset 13 ops only)."""
+        a, x, out = op.attrs, op.inputs, op.output
+        binary = {"mul": "Mul", "sub": "Sub", "div": "Div", "matmul": "MatMul"}
+        if op.kind == "const":
+            name = self.const(out, a["value"].numpy().astype(np.float32))
+            return self.node("Identity", [name], out)
+        if op.kind in binary:
+            return self.node(binary[op.kind], x, out)
+        if op.kind == "unary":
+            return self.unary(a["fn"], x[0], out)
+        if op.kind == "einsum":
+            return self.node("Einsum", x, out, equation=a["equation"])
+        if op.kind == "softmax":
+            return self.node("Softmax", x, out, axis=a["axis"])
+        if op.kind == "transpose":
+            return self.node("Transpose", x, out, perm=a["perm"])
+        if op.kind == "reshape":
+            return self.node("Reshape", [x[0], self.ints(f"{out}_shape", a["shape"])], out)
+        if op.kind == "expand":
+            return self.expand(op)
+        if op.kind == "mean":
+            return self.node("ReduceMean", x, out, axes=a["axes"], keepdims=int(a["keepdim"]))
+        if op.kind == "layernorm":
+            return self.layernorm(op)
+        if op.kind == "slice":
+            return self.slice(op)
         raise ExportError(f"no ONNX lowering for reference op {op.kind!r}")
+
+    def unary(self, fn, x, out):
+        if fn in ("sigmoid", "tanh"):
+            return self.node(fn.capitalize(), [x], out)
+        if fn == "hardsigmoid":  # relu6(x + 3) / 6
+            return self.node("HardSigmoid", [x], out, alpha=1.0 / 6, beta=0.5)
+        if fn == "hardswish":
+            return self.node("Mul", [x, self.node("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)], out)
+        if fn == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x])], out)
+        if fn == "mish":
+            return self.node("Mul", [x, self.node("Tanh", [self.node("Softplus", [x])])], out)
+        if fn == "gelu":  # x * (1 + erf(x / sqrt(2))) / 2
+            erf = self.node("Erf", [self.node("Mul", [x, self.scalar("rsqrt2", 2**-0.5)])])
+            half_x = self.node("Mul", [x, self.scalar("half", 0.5)])
+            return self.node("Mul", [half_x, self.node("Add", [erf, self.scalar("one", 1.0)])], out)
+        if fn == "gelu_tanh":  # x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) / 2
+            cube = self.node("Mul", [self.node("Mul", [x, x]), x])
+            inner = self.node("Add", [x, self.node("Mul", [cube, self.scalar("c", 0.044715)])])
+            t = self.node("Tanh", [self.node("Mul", [inner, self.scalar("k", (2 / np.pi) ** 0.5)])])
+            half_x = self.node("Mul", [x, self.scalar("half", 0.5)])
+            return self.node("Mul", [half_x, self.node("Add", [t, self.scalar("one", 1.0)])], out)
+        raise ExportError(f"no ONNX lowering for {fn}")
+
+    def layernorm(self, op):
+        a, x = op.attrs, op.inputs[0]
+        mean = self.node("ReduceMean", [x], axes=a["axes"], keepdims=1)
+        centred = self.node("Sub", [x, mean])
+        var = self.node("ReduceMean", [self.node("Mul", [centred, centred])], axes=a["axes"], keepdims=1)
+        std = self.node("Sqrt", [self.node("Add", [var, self.scalar("eps", a["eps"])])])
+        normed = self.node("Div", [centred, std])
+        weight = self.const(f"{op.output}_weight", a["weight"].numpy().astype(np.float32))
+        bias = self.const(f"{op.output}_bias", a["bias"].numpy().astype(np.float32))
+        return self.node("Add", [self.node("Mul", [normed, weight]), bias], op.output)
+
+    def expand(self, op):
+        """Expand to the op's shape with the batch of the model input (dim 0)."""
+        batch = self.node("Slice", [self.node("Shape", [self.model_input]), self.ints("b0", [0]),
+                                    self.ints("b1", [1])])
+        shape = self.node("Concat", [batch, self.ints("rest", op.attrs["shape"][1:])], axis=0)
+        return self.node("Expand", [op.inputs[0], shape], op.output)
+
+    def slice(self, op):
+        a = op.attrs
+        x = op.inputs[0]
+        last = not a["gather"]
+        if a["axes"]:
+            x = self.node("Slice", [x, self.ints("starts", a["starts"]), self.ints("ends", a["ends"]),
+                                    self.ints("axes", a["axes"])], op.output if last else None)
+        for k, (axis, index) in enumerate(sorted(a["gather"], reverse=True)):  # highest axis first
+            done = k == len(a["gather"]) - 1
+            x = self.node("Gather", [x, self.ints("index", index)], op.output if done else None, axis=axis)
+        if not a["axes"] and not a["gather"]:
+            x = self.node("Identity", [x], op.output)
+        return x
 
 
 def _without_redundant_relus(ops):
@@ -185,8 +286,10 @@ def build_onnx(model, example_input, weights="int8", metadata=None, opset=OPSET)
     onnx = _onnx()
     if weights not in _RANGES:
         raise ExportError(f"weights must be int8 or uint8, not {weights!r}")
-    graph = reference_graph(model)
+    graph = reference_graph(model, example_input[:1])
     writer = _Writer(onnx, weights)
+    writer.model_input = graph.input
+    writer.reserved = {graph.input} | {op.output for op in graph.ops}
     for op in _without_redundant_relus(graph.ops):
         writer.lower(op)
     with torch.no_grad():

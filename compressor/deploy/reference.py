@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from compressor.core.errors import ConversionError
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from compressor.quantization.graph import capture
 from compressor.quantization.graph.sites import NORM_TYPES
 from compressor.quantization.quant_module import QuantModule
 
@@ -45,7 +46,9 @@ class IntWeight:
 
 @dataclass
 class RefOp:
-    kind: str  # quantize, conv, linear, add, relu, clip, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm
+    kind: str  # quantize, conv, linear, add, relu, clip, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm,
+    # const, unary (attrs fn), mul, sub, div, matmul, einsum, layernorm, softmax, transpose, reshape, expand, mean,
+    # slice
     inputs: list
     output: str
     attrs: dict = field(default_factory=dict)
@@ -94,16 +97,81 @@ def _base_type(module):
     return type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
 
 
-class _Builder:
+class _Recorder(fx.Interpreter):
+    """Runs the graph once, keeping every node's value and whether it depends on the model input."""
+
     def __init__(self, gm):
+        super().__init__(gm)
+        self.values, self.varying = {}, set()
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        self.values[node] = value
+        if node.op == "placeholder" or any(a in self.varying for a in node.all_input_nodes):
+            self.varying.add(node)
+        return value
+
+
+def _record(gm, example_input):
+    """({node: value at batch 1}, {node: shape at batch 2}, nodes depending on the input)."""
+    shapes = []
+    for batch in (1, 2):
+        recorder = _Recorder(gm)
+        recorder.run(example_input[:1].expand(batch, *example_input.shape[1:]).clone())
+        shapes.append({n: tuple(v.shape) for n, v in recorder.values.items() if isinstance(v, torch.Tensor)})
+    return recorder.values, shapes, recorder.varying
+
+
+@dataclass
+class _Chunks:
+    """``torch.chunk``/``split`` output: pieces of ``source`` along ``dim``, read one by one through getitem."""
+
+    source: str
+    dim: int
+    bounds: list  # (start, end) per piece
+
+
+class _Builder:
+    def __init__(self, gm, example_input=None):
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.ops = []
         self.env = {}  # fx node -> value name
         self.absorbed = {}  # fx node -> fx node whose value it is (batch-norm folded into a conv)
         self.input = None
+        self.values, self.shapes, self.varying = {}, ({}, {}), None
+        if example_input is not None:
+            self.values, self.shapes, self.varying = _record(gm, example_input)
+
+    def shape(self, node):
+        """The node's output shape at batch 1 (needs the example input)."""
+        if node not in self.shapes[0]:
+            raise ConversionError(f"{node.name}: its shape is unknown (export needs an example input)")
+        return self.shapes[0][node]
+
+    def batch_shape(self, node):
+        """The node's output shape with -1 at dim 0, which must be the only dim that grows with the batch."""
+        one, two = self.shape(node), self.shapes[1][node]
+        if one[1:] != two[1:] or not one or two[0] != 2 * one[0]:
+            raise ConversionError(
+                f"{node.name}: its output shape {one} at batch 1 is {two} at batch 2; export needs the batch in "
+                "dim 0 alone")
+        return [-1, *one[1:]]
+
+    def const(self, node, value):
+        self.env[node] = node.name
+        self.ops.append(RefOp("const", [], node.name, {"value": value.detach().float().clone()}))
+
+    def _constant(self, node):
+        """A node computed from parameters and buffers alone (ViT's class token, a relative position bias)."""
+        value = self.values[node]
+        if isinstance(value, torch.Tensor):
+            return self.const(node, value)
+        self.env[node] = None
 
     def value(self, node):
+        if isinstance(node, str):  # a value emitted without an fx node (a constant operand)
+            return node
         if not isinstance(node, fx.Node):
             raise ConversionError(f"expected a tensor, got {node!r}")
         return self.env[node]
@@ -135,9 +203,19 @@ class _Builder:
                 if not isinstance(out, fx.Node):
                     raise ConversionError("export takes models with one output tensor")
                 return RefGraph(self.input, self.value(out), self.ops)
+            elif self.varying is not None and node not in self.varying and node in self.values:
+                self._constant(node)  # computed from parameters and buffers alone: folded
+            elif node in self.values and not _holds_tensor(self.values[node]):
+                self.env[node] = None  # a size or a check on sizes (x.shape[0] // p, torch._assert): no tensor
             else:
                 _handler(self, node)(self, node)
         raise ConversionError("the model's graph has no output")
+
+
+def _holds_tensor(value):
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    return isinstance(value, torch.Tensor)
 
 
 def _describe(builder, node):
@@ -157,8 +235,11 @@ def _handler(builder, node):
     elif node.op == "call_method" and node.target in _METHOD_HANDLERS:
         return _METHOD_HANDLERS[node.target]
     raise ConversionError(
-        f"no export handler for {_describe(builder, node)}; exportable ops: conv, linear, "
-        "batch-norm, ReLU, ReLU6/hardtanh, add, cat, max/avg pooling, global average pooling, flatten, dropout"
+        f"no export handler for {_describe(builder, node)}: the simulation computes it in FP32, but no ONNX or "
+        "PyTorch int8 lowering exists for it; evaluate the quantized model in simulation (no --export-onnx), or "
+        "report the op. Exportable: conv, linear, batch/layer norm, ReLU/ReLU6/hardtanh, hardswish, hardsigmoid, "
+        "SiLU, sigmoid, tanh, GELU, softmax, add, sub, mul, div, matmul, einsum, cat, pooling, mean, reshape/view/"
+        "flatten/permute/transpose, chunk/split/indexing, dropout, stochastic depth"
     )
 
 
@@ -240,7 +321,9 @@ def _conv_or_linear(b, node, layer=None):
         weight, bias = _fold_norm(weight, bias, b.modules[norm.target])
         b.absorbed[norm] = node
     if isinstance(layer, nn.Linear):
-        return b.emit(node, "linear", [node.args[0]], weight=weight, bias=bias)
+        tokens = b.shapes[0] and len(b.shape(node.args[0])) > 2  # (batch, tokens, features): Gemm takes 2-D
+        return b.emit(node, "linear", [node.args[0]], weight=weight, bias=bias,
+                      out_shape=b.batch_shape(node) if tokens else None)
     if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         raise ConversionError(
             f"{node.target}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
@@ -383,11 +466,17 @@ def _avgpool_function(b, node):
 
 
 def _global_pool(b, node, size):
-    if _pair(size) != [1, 1]:
+    if _pair(size) == [1, 1]:
+        return b.emit(node, "global_avgpool", [node.args[0]])
+    out = [o if o is not None else i for o, i in zip(_pair(size), b.shape(node.args[0])[-2:])] \
+        if b.shapes[0] else None
+    have = list(b.shape(node.args[0])[-2:]) if out else None
+    if out is None or any(i % o for i, o in zip(have, out)):
         raise ConversionError(
-            f"{_describe(b, node)}: adaptive average pooling to {size} cannot be exported (to 1x1 only)"
-        )
-    b.emit(node, "global_avgpool", [node.args[0]])
+            f"{_describe(b, node)}: adaptive average pooling from {have} to {size} cannot be exported "
+            "(to 1x1, or to a size that divides the input's: VGG and AlexNet at 224x224)")
+    kernel = [i // o for i, o in zip(have, out)]
+    b.emit(node, "avgpool", [node.args[0]], count_include_pad=False, **_pool_attrs(kernel, kernel, 0, False))
 
 
 @_for_modules(nn.AdaptiveAvgPool2d)
@@ -419,8 +508,6 @@ def _flatten(b, node):
     _flatten_to(b, node, x, start, end)
 
 
-@_for_methods("view", "reshape")
-@_for_functions(torch.reshape)
 def _view(b, node):
     """x.view(x.size(0), -1) (the classic classifier flatten) -> flatten from dim 1."""
     x, *shape = node.args
@@ -453,11 +540,271 @@ def _pass(b, node):
     b.alias(node, node.args[0])
 
 
-def reference_graph(model):
-    """The reference graph of a simulated (prepared) GraphModule, or of a plain FP32 module (traced here)."""
+
+# -- ops beyond conv nets: element-wise nonlinearities, normalization, attention, tensor plumbing -------------
+# They run in float between dequantize and quantize in the integer model (the quantizer at their output gives
+# the next layer integer inputs); onnxruntime fuses what it has kernels for (QLinearMatMul, QLinearSigmoid...).
+
+_UNARY_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+                  nn.SiLU: "silu", nn.Mish: "mish"}
+_UNARY_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+                    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu", F.mish: "mish"}
+
+
+@_for_modules(*_UNARY_MODULES)
+def _unary_module(b, node):
+    b.emit(node, "unary", [node.args[0]], fn=_UNARY_MODULES[_base_type(b.modules[node.target])])
+
+
+@_for_functions(*_UNARY_FUNCTIONS)
+def _unary_function(b, node):
+    b.emit(node, "unary", [node.args[0]], fn=_UNARY_FUNCTIONS[node.target])
+
+
+@_for_methods("sigmoid", "tanh")
+def _unary_method(b, node):
+    b.emit(node, "unary", [node.args[0]], fn=node.target)
+
+
+def _gelu(b, node, x, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ConversionError(f"{node.name}: GELU approximation {approximate!r} cannot be exported")
+    b.emit(node, "unary", [x], fn="gelu" if approximate == "none" else "gelu_tanh")
+
+
+@_for_modules(nn.GELU)
+def _gelu_module(b, node):
+    _gelu(b, node, node.args[0], b.modules[node.target].approximate)
+
+
+@_for_functions(F.gelu)
+def _gelu_function(b, node):
+    x, approximate = _call_args(node, ["input", "approximate"], {"approximate": "none"})
+    _gelu(b, node, x, approximate)
+
+
+def _operand(b, node, value):
+    """The value name of a binary op's operand: a tensor node, or a Python number made a constant."""
+    if isinstance(value, fx.Node):
+        return value
+    if isinstance(value, (int, float)):
+        name = f"{node.name}_const{len(b.ops)}"
+        b.ops.append(RefOp("const", [], name, {"value": torch.tensor(float(value))}))
+        return name
+    raise ConversionError(f"{node.name}: operand {value!r} cannot be exported")
+
+
+def _binary(kind):
+    def handler(b, node):
+        if node.kwargs or len(node.args) != 2:
+            raise ConversionError(f"{node.name}: only {kind}(a, b) is exported (no alpha, no out)")
+        b.emit(node, kind, [_operand(b, node, a) for a in node.args])
+    return handler
+
+
+_for_functions(operator.mul, torch.mul)(_for_methods("mul", "mul_")(_binary("mul")))
+_for_functions(operator.sub, torch.sub)(_for_methods("sub")(_binary("sub")))
+_for_functions(operator.truediv, torch.div)(_for_methods("div")(_binary("div")))
+_for_functions(torch.matmul, operator.matmul, torch.bmm)(_for_methods("matmul", "bmm")(_binary("matmul")))
+
+
+@_for_functions(torch.einsum)
+def _einsum(b, node):
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    b.emit(node, "einsum", operands, equation=equation.replace(" ", ""))
+
+
+def _layernorm(b, node, x, normalized_shape, weight, bias, eps):
+    dims = len(normalized_shape) if isinstance(normalized_shape, (list, tuple)) else 1
+    size = [int(d) for d in (normalized_shape if dims > 1 or isinstance(normalized_shape, (list, tuple))
+                             else [normalized_shape])]
+    ones = torch.ones(size)
+    b.emit(node, "layernorm", [x], axes=list(range(-dims, 0)), eps=float(eps),
+           weight=ones if weight is None else weight.detach().float().clone(),
+           bias=torch.zeros(size) if bias is None else bias.detach().float().clone())
+
+
+@_for_modules(nn.LayerNorm)
+def _layernorm_module(b, node):
+    m = b.modules[node.target]
+    _layernorm(b, node, node.args[0], m.normalized_shape, m.weight, m.bias, m.eps)
+
+
+@_for_functions(F.layer_norm)
+def _layernorm_function(b, node):
+    x, shape, weight, bias, eps = _call_args(node, ["input", "normalized_shape", "weight", "bias", "eps"],
+                                             {"weight": None, "bias": None, "eps": 1e-5})
+    weight, bias = (_parameter(b, node, t) for t in (weight, bias))
+    _layernorm(b, node, x, shape, weight, bias, eps)
+
+
+def _parameter(b, node, value):
+    """A weight given to a functional op: a get_attr node's tensor (folded), or None."""
+    if value is None:
+        return None
+    if isinstance(value, fx.Node) and isinstance(b.values.get(value), torch.Tensor):
+        return b.values[value]
+    raise ConversionError(f"{node.name}: a weight computed from the input cannot be exported")
+
+
+def _softmax(b, node, x, dim):
+    if dim is None:
+        raise ConversionError(f"{node.name}: softmax without dim cannot be exported")
+    b.emit(node, "softmax", [x], axis=int(dim))
+
+
+@_for_modules(nn.Softmax)
+def _softmax_module(b, node):
+    _softmax(b, node, node.args[0], b.modules[node.target].dim)
+
+
+@_for_functions(F.softmax, torch.softmax)
+@_for_methods("softmax")
+def _softmax_function(b, node):
+    x, dim = _call_args(node, ["input", "dim"], {"dim": None})
+    _softmax(b, node, x, dim)
+
+
+def _rank(b, node):
+    return len(b.shape(node))
+
+
+@_for_methods("permute")
+@_for_functions(torch.permute)
+def _permute(b, node):
+    x, *dims = node.args
+    dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else list(dims or node.kwargs["dims"])
+    rank = _rank(b, x)
+    b.emit(node, "transpose", [x], perm=[d % rank for d in dims])
+
+
+@_for_methods("transpose", "swapaxes")
+@_for_functions(torch.transpose, torch.swapaxes)
+def _transpose(b, node):
+    x, d0, d1 = node.args
+    rank = _rank(b, x)
+    perm = list(range(rank))
+    perm[d0 % rank], perm[d1 % rank] = perm[d1 % rank], perm[d0 % rank]
+    b.emit(node, "transpose", [x], perm=perm)
+
+
+def _reshape_to(b, node, x):
+    b.emit(node, "reshape", [x], shape=b.batch_shape(node))
+
+
+@_for_methods("unsqueeze", "squeeze")
+@_for_functions(torch.unsqueeze, torch.squeeze)
+def _unsqueeze(b, node):
+    _reshape_to(b, node, node.args[0])
+
+
+@_for_methods("expand")
+def _expand(b, node):
+    b.emit(node, "expand", [node.args[0]], shape=b.batch_shape(node))
+
+
+@_for_methods("mean")
+@_for_functions(torch.mean)
+def _mean(b, node):
+    x, dim, keepdim = _call_args(node, ["input", "dim", "keepdim"], {"dim": None, "keepdim": False})
+    if dim is None:
+        raise ConversionError(f"{node.name}: a mean over every dim (batch included) cannot be exported")
+    dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
+    rank = _rank(b, x)
+    b.emit(node, "mean", [x], axes=[d % rank for d in dims], keepdim=bool(keepdim))
+
+
+@_for_methods("chunk")
+@_for_functions(torch.chunk)
+def _chunk(b, node):
+    x, chunks, dim = _call_args(node, ["input", "chunks", "dim"], {"dim": 0})
+    size = b.shape(x)[dim]
+    step = -(-size // chunks)
+    b.env[node] = _Chunks(b.value(x), dim % _rank(b, x), [(i, min(i + step, size)) for i in range(0, size, step)])
+
+
+@_for_methods("split")
+@_for_functions(torch.split)
+def _split(b, node):
+    x, split, dim = _call_args(node, ["input", "split_size_or_sections", "dim"], {"dim": 0})
+    size = b.shape(x)[dim]
+    sizes = list(split) if isinstance(split, (list, tuple)) else [split] * -(-size // split)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    b.env[node] = _Chunks(b.value(x), dim % _rank(b, x), [(s, min(s + n, size)) for s, n in zip(starts, sizes)])
+
+
+@_for_functions(operator.getitem)
+def _getitem(b, node):
+    src, index = node.args
+    pieces = b.env.get(src)
+    if isinstance(pieces, _Chunks):
+        start, end = pieces.bounds[index]
+        b.env[node] = node.name
+        b.ops.append(RefOp("slice", [pieces.source], node.name,
+                           {"starts": [start], "ends": [end], "axes": [pieces.dim], "gather": []}))
+        return
+    index = index if isinstance(index, tuple) else (index,)
+    rank = _rank(b, src)
+    if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, list, torch.Tensor)) for i in index) or \
+            len(index) > rank:
+        raise ConversionError(f"{node.name}: indexing with {index!r} cannot be exported (ints and slices only)")
+    starts, ends, axes, gather = [], [], [], []
+    for axis, i in enumerate(index):
+        if isinstance(i, int):
+            gather.append((axis, i))
+        elif isinstance(i, slice):
+            if i == slice(None):
+                continue
+            if i.step not in (None, 1):
+                raise ConversionError(f"{node.name}: a slice with a step cannot be exported")
+            starts.append(0 if i.start is None else i.start)
+            ends.append(2**62 if i.stop is None else i.stop)
+            axes.append(axis)
+    b.emit(node, "slice", [src], starts=starts, ends=ends, axes=axes, gather=gather)
+
+
+@_for_methods("view", "reshape")
+@_for_functions(torch.reshape)
+def _view_or_reshape(b, node):
+    try:
+        return _view(b, node)
+    except ConversionError:
+        if not b.shapes[0]:
+            raise
+    _reshape_to(b, node, node.args[0])
+
+
+def _stochastic_depth_types():
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:
+        return ()
+    return (StochasticDepth,)
+
+
+@_for_modules(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, *_stochastic_depth_types())
+def _pass_in_eval(b, node):
+    """Identity in evaluation (dropout, stochastic depth)."""
+    b.alias(node, node.args[0])
+
+
+@_for_modules(nn.AdaptiveAvgPool1d)
+def _adaptive_1d(b, node):
+    _global_pool(b, node, [b.modules[node.target].output_size] * 2)
+
+
+def reference_graph(model, example_input=None):
+    """The reference graph of a simulated (prepared) GraphModule, or of a plain FP32 module (traced here).
+
+    ``example_input`` (one batch or one image) gives the shapes that reshapes, transposes and slices need and
+    folds what is computed from parameters alone; without it, only models of conv/linear/pooling/flatten ops
+    convert."""
     if not isinstance(model, fx.GraphModule):
         try:
-            model = fx.symbolic_trace(model)
+            capture.swap_attention(model)
+            model = capture.symbolic_trace(model)
         except Exception as exc:  # noqa: BLE001 (torch.fx raises many types; its first line names the construct)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConversionError(f"torch.fx cannot trace the model for export: {first}") from None
@@ -472,6 +819,6 @@ def reference_graph(model):
     model.eval()
     try:
         with torch.no_grad():
-            return _Builder(model).run()
+            return _Builder(model, example_input).run()
     finally:
         model.train(was_training)

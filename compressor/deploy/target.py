@@ -88,3 +88,9 @@ def choose_format(target, activation_bits):
                       f"{target}: with 8-bit activations the fast u8 x s8 kernels saturate their 16-bit pair sums "
                       f"(98.1 % agreement measured), so the exact format was chosen: uint8 weights (u8u8, "
                       f"about 1.1x slower); simulate with 7-bit activations (--qe-bits-acts 7) for the fast one")
+
+
+def format_here(activation_bits=8):
+    """The exact format for THIS CPU (what ``--int8-target auto`` picks): onnxruntime and PyTorch compute with
+    this CPU's kernels, so an agreement measured here is exact only in this format."""
+    return choose_format(resolve_target("auto")[0], activation_bits)

@@ -45,6 +45,8 @@ def arch_family(arch):
 
 def create_model(arch, dataset, pretrained=False):
     """Build ``arch`` for ``dataset`` (its number of classes and, for ImageNet archs, its image size)."""
+    if dataset not in NUM_CLASSES:
+        raise ModelError(f"unknown dataset '{dataset}'; known: {', '.join(NUM_CLASSES)}")
     num_classes = NUM_CLASSES[dataset]
     in_shape = arch_family(arch)[1]
     channels = DATASET_CHANNELS.get(dataset)

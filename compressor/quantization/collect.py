@@ -10,6 +10,7 @@ import torch
 
 from compressor.calibration.stats import Histogram, StatsObserver, TensorStats
 from compressor.core import distributed
+from compressor.core.errors import RangeError
 from compressor.core.progress import progress
 from compressor.quantization.graph import sites as graph
 
@@ -37,6 +38,12 @@ def collect_stats(model, loader, device="cpu", max_batches=None, histograms=Fals
     gm, observers = instrument(model, quantize_inputs, histograms, bins)
     _run(gm, loader, device, max_batches)
     stats, hists = merge_across_processes(observers)
+    unseen = [name for name, s in stats.items() if not s.count]
+    if unseen:
+        raise RangeError(
+            f"{len(unseen)} activation site(s) saw no data in calibration: {', '.join(unseen[:5])}. The op is in the "
+            "traced graph but never ran (a branch not taken?); leave it in FP32 with an override "
+            f"{{'{unseen[0]}': {{bits_activations: null}}}} or report the model")
     records = {name: s.record() for name, s in stats.items()}
     return records, (hists if histograms else None)
 

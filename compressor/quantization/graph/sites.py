@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compressor.core.errors import TraceError
+from compressor.quantization.graph import capture
 from compressor.quantization.quant_module import QuantModule
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -30,10 +31,18 @@ ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.leaky_relu, torch.re
 ACT_METHODS = {"relu", "relu_"}
 JOIN_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.concat, operator.mul, torch.mul}
 JOIN_METHODS = {"add", "add_", "mul", "mul_"}
+# Ops whose output is a new value, quantized at its own site and fused with nothing: a deployed integer model
+# runs them in float between dequantize and quantize (or on kernels such as QLinearSigmoid / QLinearMatMul),
+# while the conv before them keeps its own integer kernel (conv -> bn is a site, then hardswish is one).
+OP_TYPES = (nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh, nn.Mish, nn.LayerNorm,
+            nn.GroupNorm, nn.Softmax)
+OP_FUNCTIONS = {F.hardswish, F.hardsigmoid, F.silu, F.sigmoid, torch.sigmoid, F.gelu, F.tanh, torch.tanh, F.mish,
+                F.layer_norm, F.group_norm, F.softmax, torch.softmax, torch.matmul, operator.matmul, torch.bmm,
+                torch.einsum, F.scaled_dot_product_attention}
+OP_METHODS = {"sigmoid", "tanh", "softmax", "matmul", "bmm"}
 
 # kind of producer -> kinds it may be fused into
 _FUSES_INTO = {"layer": {"norm", "act"}, "norm": {"act"}, "join": {"act"}}
-
 
 
 def trace(model):
@@ -42,8 +51,9 @@ def trace(model):
     Calls of ``nn.Identity`` (e.g. a batch-norm folded away) are dropped from the graph, so
     the ops around them fuse as if it were not there.
     """
+    capture.swap_attention(model)
     try:
-        gm = fx.symbolic_trace(model)
+        gm = capture.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx to find what to quantize: {exc}. "
@@ -64,15 +74,24 @@ def trace(model):
 _SHAPE_METHODS = {"size", "dim", "numel", "shape"}
 
 
+_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+               operator.neg, operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, torch.add,
+               torch.mul, operator.iadd}
+
+
 def is_shape_value(node):
-    """True for values computed from sizes (``x.size(0) * x.size(1)``), which are not activations."""
+    """True for values computed from sizes (``x.size(0) * x.size(1)``, ``x.shape[2] // p``), not activations."""
+    if isinstance(node, (list, tuple)):
+        return all(is_shape_value(a) for a in node)
     if not isinstance(node, fx.Node):
         return not isinstance(node, torch.Tensor)
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
     if node.op == "call_function" and node.target in (getattr, len):
         return True
-    if node.op == "call_function" and node.target in JOIN_FUNCTIONS and node.target not in (torch.cat, torch.concat):
+    if node.op == "call_function" and node.target is operator.getitem:
+        return is_shape_value(node.args[0])
+    if node.op == "call_function" and node.target in _ARITHMETIC:
         return all(is_shape_value(a) for a in node.args)
     return False
 
@@ -88,17 +107,23 @@ def node_kind(gm, node):
             return "norm"
         if isinstance(mod, ACT_TYPES):
             return "act"
+        if isinstance(mod, OP_TYPES):
+            return "op"
         return None
     if node.op == "call_function":
         if node.target in ACT_FUNCTIONS:
             return "act"
         if node.target in JOIN_FUNCTIONS and not is_shape_value(node):
             return "join"
+        if node.target in OP_FUNCTIONS:
+            return "op"
     if node.op == "call_method":
         if node.target in ACT_METHODS:
             return "act"
         if node.target in JOIN_METHODS and not is_shape_value(node):
             return "join"
+        if node.target in OP_METHODS:
+            return "op"
     return None
 
 

@@ -87,7 +87,8 @@ class IntegerArithmetic:
         q_w = torch.round(w.double() / s_w.view(shape))  # q_w - z_w
         q_x = torch.round(x.double() / s_x)  # q_x - z_x
         acc = self._conv(layer, q_x, q_w)
-        channel = (1, -1) + (1,) * (acc.dim() - 2)
+        # output channels: dim 1 of a conv's output, the last dim of a linear's (tokens keep their dims before it)
+        channel = (1,) * (acc.dim() - 1) + (-1,) if isinstance(layer, nn.Linear) else (1, -1) + (1,) * (acc.dim() - 2)
         if layer.bias is not None:
             acc = acc + integer_bias(layer.bias, self.in_quant.scale, self.weight_quant.scale).view(channel)
         lim = 2 ** (self.bits_accum - 1)

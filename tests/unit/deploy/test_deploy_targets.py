@@ -14,7 +14,7 @@ from compressor.data.digits import digits_datasets
 from compressor.deploy import export as export_module
 from compressor.deploy.export import export_quantized
 from compressor.deploy.onnx_export import export_onnx
-from compressor.deploy.target import choose_format, detect_capability, resolve_target
+from compressor.deploy.target import choose_format, cpu_flags, detect_capability, format_here, resolve_target
 from compressor.deploy.verify import onnx_runner
 from compressor.models import create_model
 from compressor.recipe.build import build_scheduler, read_recipe
@@ -100,20 +100,27 @@ def _weight_types(path):
 def test_forced_target_exports_its_format_exactly(tmp_path, digits, target, bits, fmt, dtype):
     sim = _simulated(digits, bits)
     path = str(tmp_path / "m.onnx")
-    report = export_quantized(sim, digits[2], onnx_path=path, target=target)
+    # onnxruntime computes with THIS CPU's kernels: u8 x s8 with 8-bit activations is exact only where products
+    # accumulate in 32 bits (AVX2 alone saturates 16-bit pair sums: 98.6 % agreement measured on an AVX2 EPYC)
+    exact_here = fmt == "u8u8" or bits <= 7 or detect_capability(*cpu_flags()) in ("vnni", "amx", "arm")
+    report = export_quantized(sim, digits[2], onnx_path=path, target=target, accept_disagreement=not exact_here)
     assert (report["int8_target"], report["format"]) == (target, fmt)
     assert report["int8_target_source"] == "named by --int8-target"
     assert _weight_types(path) == {dtype}
     props = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert props["int8_target"] == target and props["int8_format"] == fmt and props["int8_format_reason"]
-    assert report["onnx"]["agreement"] >= 99.5 and report["onnx"]["images"] == 360
-    assert report["onnx"]["exported_top1"] == pytest.approx(report["onnx"]["simulated_top1"], abs=0.3)
+    assert report["onnx"]["images"] == 360
+    if exact_here:
+        assert report["onnx"]["agreement"] >= 99.5
+        assert report["onnx"]["exported_top1"] == pytest.approx(report["onnx"]["simulated_top1"], abs=0.3)
 
 
 def test_auto_target_follows_the_cpu_flags(tmp_path, digits):
     sim = _simulated(digits)
+    # flags of another CPU pick its format; the agreement is measured on this one (u8s8 is inexact on AVX2 alone)
     avx2 = export_quantized(sim, digits[2], onnx_path=str(tmp_path / "a.onnx"), flags={"avx2"})
-    vnni = export_quantized(sim, digits[2], onnx_path=str(tmp_path / "v.onnx"), flags=VNNI_FLAGS)
+    vnni = export_quantized(sim, digits[2], onnx_path=str(tmp_path / "v.onnx"), flags=VNNI_FLAGS,
+                            accept_disagreement=True)
     assert (avx2["int8_target"], avx2["format"], avx2["engine"]) == ("avx2", "u8u8", "qnnpack")
     assert (vnni["int8_target"], vnni["format"], vnni["engine"]) == ("vnni", "u8s8", "x86")
     assert "detected" in vnni["int8_target_source"]
@@ -141,7 +148,7 @@ def test_asymmetric_weights_export_exactly(tmp_path, digits, weights, per_channe
 
     sim = _simulated(digits, weights=weights, per_channel=per_channel)
     path = str(tmp_path / "m.onnx")
-    export_onnx(sim, torch.zeros(1, 1, 8, 8), path, weights="int8")
+    export_onnx(sim, torch.zeros(1, 1, 8, 8), path, weights=format_here().weights)  # int8 where exact here
     model = onnx.load(path)
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and "_weight_q_" in n.input[0]}
@@ -179,7 +186,7 @@ def test_qat_asymmetric_weights_with_negative_batch_norm_scales_fold_exactly(tmp
         bn.weight[0] = -bn.weight[0]
         bn.weight[1] = 0.0
     path = str(tmp_path / "m.onnx")
-    export_onnx(sim, torch.zeros(1, 3, 16, 16), path)
+    export_onnx(sim, torch.zeros(1, 3, 16, 16), path, weights=format_here().weights)
     x = test_deploy._batches(1, seed=5)[0][0]
     with torch.no_grad():
         expected = sim(x)
@@ -235,9 +242,9 @@ def test_fp32_export_covers_relu6_and_hardtanh_and_refuses_unknown_ops_by_name(t
     with torch.no_grad():
         assert (onnx_runner(str(tmp_path / "c.onnx"))(x) - model(x)).abs().max().item() < 1e-5
 
-    class Gelu(nn.Module):
+    class Cumsum(nn.Module):
         def forward(self, x):
-            return torch.nn.functional.gelu(x)
+            return torch.cumsum(x, 1)
 
-    with pytest.raises(ConversionError, match="no export handler for gelu"):
-        export_onnx(Gelu(), x[:1], str(tmp_path / "g.onnx"))
+    with pytest.raises(ConversionError, match="no export handler for cumsum .*report the op"):
+        export_onnx(Cumsum(), x[:1], str(tmp_path / "g.onnx"))

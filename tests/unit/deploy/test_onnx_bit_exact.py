@@ -15,6 +15,7 @@ from torch import nn
 
 from compressor.deploy.convert import to_torch_int8
 from compressor.deploy.onnx_export import export_onnx
+from compressor.deploy.target import format_here
 from compressor.quantization.fake_quant import ActivationFakeQuant
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 
@@ -98,7 +99,7 @@ def test_every_quantized_activation_equals_onnxruntime_integers(tmp_path):
     _, sim = simulated()
     path = str(tmp_path / "m.onnx")
     x = torch.randn(64, 3, 32, 32) * 1.3
-    export_onnx(sim, x[:1], path, weights="int8")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)  # int8 on VNNI/AMX/Arm, uint8 on AVX2 alone
     ours = simulated_integers(sim, x)
     theirs = onnxruntime_integers(path, x)
     assert set(theirs) == {"input", "relu1", "relu2", "conv3", "relu3", "fc"}
@@ -122,7 +123,7 @@ def test_pytorch_int8_convolutions_compute_the_simulation_integers():
     _, sim = simulated()
     x = torch.randn(64, 3, 32, 32) * 1.3
     ours = simulated_integers(sim, x)
-    int8, converted = to_torch_int8(sim, "x86")
+    int8, converted = to_torch_int8(sim, format_here().engine)  # x86 where u8 x s8 is exact here, else qnnpack
     assert converted == ["conv1", "conv2", "conv3", "fc"]
     outputs = {}
     for name, module in int8.named_modules():
