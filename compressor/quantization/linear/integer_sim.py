@@ -169,14 +169,26 @@ _RELUS = (F.relu, torch.relu)
 GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout)
 
 
+# ops that move or select values without computing new ones (ShuffleNet's channel shuffle and chunk)
+GRID_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "transpose", "permute", "squeeze", "unsqueeze",
+                           "chunk", "split"}
+GRID_PRESERVING_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute,
+                             torch.squeeze, torch.unsqueeze, torch.chunk, torch.split}
+
+
 def grid_source(gm, node):
-    """The activation-quantizer node whose integer grid ``node`` is on, through modules that keep values on
-    it (max pooling, identity, dropout in eval): resnet's layer1.0.conv1 reads the max pool of a quantized
-    ReLU. None when the value is not on a quantizer's grid."""
-    while isinstance(node, fx.Node) and node.op == "call_module":
-        if node.target.startswith("activation_quantizers."):
-            return node
-        if not isinstance(gm.get_submodule(node.target), GRID_PRESERVING):
+    """The activation-quantizer node whose integer grid ``node`` is on, through ops that keep values on it (max
+    pooling, identity, dropout in eval, reshapes, transposes, chunks): resnet's layer1.0.conv1 reads the max pool
+    of a quantized ReLU, ShuffleNet's branches a chunk of a shuffled quantized concat. None when the value is
+    not on a quantizer's grid."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            if node.target.startswith("activation_quantizers."):
+                return node
+            if not isinstance(gm.get_submodule(node.target), GRID_PRESERVING):
+                return None
+        elif not ((node.op == "call_method" and node.target in GRID_PRESERVING_METHODS)
+                  or (node.op == "call_function" and node.target in GRID_PRESERVING_FUNCTIONS)):
             return None
         node = node.args[0]
     return None
@@ -213,7 +225,8 @@ def install_integer_adds(gm):
             continue
         a, b = prev.args
         sources = [grid_source(gm, arg) for arg in (a, b)]
-        if None in sources or a is b or calls[a.target] != 1 or calls[b.target] != 1:
+        if None in sources or a is b or any(arg.op != "call_module" for arg in (a, b)) or \
+                calls[a.target] != 1 or calls[b.target] != 1:  # the hooks keep module outputs
             continue
         a_quant, b_quant = (modules[src.target] for src in sources)
         out.register_forward_hook(IntegerAdd(modules[a.target], a_quant, modules[b.target], b_quant, out, relu))

@@ -143,14 +143,16 @@ class PostTrainLinearQuantizer(Quantizer):
             if node.op == "call_module":
                 calls.setdefault(node.target, []).append(node)
         installed = []
-        for site in graph.find_activation_sites(graph.trace(self.model), self.config.quantize_inputs):
+        traced = graph.trace(self.model)
+        for site in graph.find_activation_sites(traced, self.config.quantize_inputs):
             layer_name = site.head_name
             nodes = calls.get(layer_name, [])
             out_q = self.activation_quantizers.get(site.name)
             w_q = self.weight_quantizers.get(f"{layer_name}.weight")
             if len(nodes) != 1 or out_q is None or w_q is None or len(site.chain) > 2:
                 continue
-            if len(site.chain) == 2 and graph.node_kind(gm, _node_named(gm, site.chain[1], calls)) != "act":
+            # conv -> ReLU (a module or F.relu, as GoogLeNet's BasicConv2d) ends on the chain's last node
+            if len(site.chain) == 2 and graph.node_kind(traced, site.node) != "act":
                 continue
             src = grid_source(gm, nodes[0].args[0])
             if src is None:
@@ -281,8 +283,3 @@ class PostTrainLinearQuantizer(Quantizer):
             out.setdefault(name, {}).setdefault("bits_weights", None)  # null: the layer's weights stay FP32
         return out
 
-
-def _node_named(gm, name, calls):
-    """The graph node of a site name in a chain (module calls only; functional ops have no module)."""
-    nodes = calls.get(name.split("@")[0], [])
-    return nodes[0] if nodes else None
