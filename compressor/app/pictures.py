@@ -85,7 +85,10 @@ def histogram_figure(entries, title):
     for i, (name, tensor, limits, bits) in enumerate(entries):
         ax = fig.add_subplot(rows, GRID_COLUMNS, i + 1)
         values = tensor.detach().float().flatten().cpu().numpy()
-        ax.hist(values, bins=80, color="#1f77b4", log=True)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        # a near-constant tensor (a random-init MobileNet-V3 site spans 1e-9) has no room for 80 float32 bins
+        bins = 80 if hi - lo > 1e-4 * max(abs(lo), abs(hi), 1e-30) else 1
+        ax.hist(values, bins=bins, color="#1f77b4", log=True)
         if limits is not None:
             for v in limits:
                 ax.axvline(v, color="red", linewidth=1)
