@@ -42,7 +42,8 @@ import torch
 
 CONFIGS = [("resnet18", 1, 224), ("resnet18", 8, 224), ("resnet20_cifar", 128, 32)]
 VARIANTS = ["fp32", "fp32_onnxruntime", "ours_onnx_u8s8", "torch_ao_x86", "ours_onnx_u8u8", "ours_torch_int8_x86"]
-EXTRA_VARIANTS = ["ours_simulated", "ours_torch_int8_qnnpack", "ours_torch_int8_x86_a7", "ours_onnx_u8s8_a7"]
+EXTRA_VARIANTS = ["ours_simulated", "ours_torch_int8_qnnpack", "ours_torch_int8_x86_a7", "ours_onnx_u8s8_a7",
+                  "ours_onnx", "ort_quantize_static"]
 
 
 def machine():
@@ -88,6 +89,30 @@ def build(arch, batch, size, variant):
         export_onnx(model, x[:1], path)
         run = onnx_runner(path, threads=torch.get_num_threads())
         return lambda: run(x)
+    if variant == "ort_quantize_static":  # ONNX Runtime's own quantizer on the same FP32 ONNX and calibration images
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        export_onnx(model, x[:1], path)
+        name = onnx.load(path).graph.input[0].name
+        batches = iter([{name: c.numpy()} for c in calib])
+
+        class Reader(CalibrationDataReader):
+            def get_next(self):
+                return next(batches, None)
+
+        quantized = path.replace(".onnx", "_ort_int8.onnx")
+        quantize_static(path, quantized, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        run = onnx_runner(quantized, threads=torch.get_num_threads())
+        return lambda: run(x)
     if variant == "torch_ao_x86":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -119,8 +144,15 @@ def build(arch, batch, size, variant):
 
         int8, _ = to_torch_int8(sim, "x86" if "x86" in variant else "qnnpack")
         return lambda: int8(x)
-    # int8 weights (u8s8) or uint8 weights (u8u8), written from our quantizer's parameters
-    export_onnx(sim, x[:1], path, weights="uint8" if "u8u8" in variant else "int8")
+    # int8 weights (u8s8) or uint8 weights (u8u8), written from our quantizer's parameters; ours_onnx: the format
+    # --int8-target auto exports for this CPU (exact here)
+    if variant == "ours_onnx":
+        from compressor.deploy.target import format_here
+
+        weights = format_here().weights
+    else:
+        weights = "uint8" if "u8u8" in variant else "int8"
+    export_onnx(sim, x[:1], path, weights=weights)
     run = onnx_runner(path, threads=torch.get_num_threads())
     return lambda: run(x)
 
@@ -165,9 +197,11 @@ def interleaved(arch, batch, size, variants, iters, warmup):
                 if i >= warmup:
                     cpu[v].append(time.process_time() - start)
     out = {v: {"median_ms": 1000 * statistics.median(t), "min_ms": 1000 * min(t)} for v, t in cpu.items()}
-    if "torch_ao_x86" in cpu:
-        for v, t in cpu.items():
-            out[v]["vs_torch_ao"] = statistics.median(a / b for a, b in zip(t, cpu["torch_ao_x86"]))
+    for reference, key in (("torch_ao_x86", "vs_torch_ao"), ("ort_quantize_static", "vs_ort_quantize_static"),
+                           ("fp32_onnxruntime", "vs_fp32_onnxruntime")):
+        if reference in cpu:
+            for v, t in cpu.items():
+                out[v][key] = statistics.median(a / b for a, b in zip(t, cpu[reference]))
     return out
 
 

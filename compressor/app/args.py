@@ -2,7 +2,15 @@
 
 import argparse
 
-from compressor.app.common import add_weight_sources, common_parser, fraction, non_negative, positive_int
+from compressor.app.common import (
+    DefaultsHelpFormatter,
+    add_weight_sources,
+    common_parser,
+    fraction,
+    non_negative,
+    positive_int,
+    with_defaults_shown,
+)
 from compressor.app.deploy_args import add_deploy_arguments
 from compressor.app.kd_args import add_kd_arguments
 from compressor.app.qe_args import add_qe_arguments
@@ -14,12 +22,15 @@ def classifier_parser():
     p = argparse.ArgumentParser(
         prog="compress_classifier.py",
         parents=[common_parser(batch_size=256)],
+        formatter_class=DefaultsHelpFormatter,
         description="Train or fine-tune an image classifier under a compression recipe (Distiller-compatible flags).",
     )
     p.add_argument("--epochs", type=positive_int("--epochs"), default=90, help="number of epochs (default: 90)")
-    p.add_argument("--lr", "--learning-rate", type=non_negative("--lr"), default=0.1, dest="lr")
-    p.add_argument("--momentum", type=non_negative("--momentum"), default=0.9)
-    p.add_argument("--wd", "--weight-decay", type=non_negative("--wd"), default=1e-4, dest="weight_decay")
+    p.add_argument("--lr", "--learning-rate", type=non_negative("--lr"), default=0.1, dest="lr",
+                   help="initial learning rate")
+    p.add_argument("--momentum", type=non_negative("--momentum"), default=0.9, help="SGD momentum")
+    p.add_argument("--wd", "--weight-decay", type=non_negative("--wd"), default=1e-4, dest="weight_decay",
+                   help="weight decay")
     p.add_argument(
         "-p",
         "--print-freq",
@@ -63,4 +74,4 @@ def classifier_parser():
     add_qe_arguments(p)
     add_kd_arguments(p)
     add_deploy_arguments(p)
-    return p
+    return with_defaults_shown(p)

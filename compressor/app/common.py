@@ -72,6 +72,26 @@ def non_negative(flag, kind=float, hi=None):
     return number(flag, kind, hi=hi if hi is not None else (MAX_COUNT if kind is int else None))
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default (``--lr``, ``--momentum``, ``--wd``, ``-p``, ``--vs``... said nothing),
+    unless the help already states it or there is none to state (a switch, a flag that is off by default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def with_defaults_shown(parser):
+    """``parser`` with a help line on every flag that has a default but no help (argparse hides flags without
+    help text from the defaults list): used with ``DefaultsHelpFormatter``."""
+    for action in parser._actions:
+        if action.option_strings and action.help is None and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "default: %(default)s"
+    return parser
+
+
 def common_parser(batch_size=256):
     """A fresh parent parser (argparse ``parents=``) of the flags both apps take.
 

@@ -7,7 +7,15 @@ import math
 import torch
 from tabulate import tabulate
 
-from compressor.app.common import add_weight_sources, common_parser, count_or_fraction, fraction, one_weight_source
+from compressor.app.common import (
+    DefaultsHelpFormatter,
+    add_weight_sources,
+    common_parser,
+    count_or_fraction,
+    fraction,
+    one_weight_source,
+    with_defaults_shown,
+)
 from compressor.app.context import RunContext
 from compressor.app.deploy_args import add_deploy_arguments, run_exports
 from compressor.app.errors import run_guarded
@@ -31,6 +39,7 @@ log = logging.getLogger("compressor")
 
 def post_train_parser():
     p = argparse.ArgumentParser(prog="post_train_quant.py", parents=[common_parser(batch_size=128)],
+                                formatter_class=DefaultsHelpFormatter,
                                 description="Calibrate and quantize a trained FP32 classifier (no training).")
     add_weight_sources(p, "FP32 checkpoint to quantize", "FP32 weights (checkpoint or state dict)")
     p.add_argument("--compress", metavar="RECIPE", default=None,
@@ -45,7 +54,7 @@ def post_train_parser():
     add_qe_arguments(p, with_switch=False)
     add_deploy_arguments(p)
     add_sensitivity_arguments(p)
-    return p
+    return with_defaults_shown(p)
 
 
 def ptq_recipe(args):

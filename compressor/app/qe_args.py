@@ -33,14 +33,16 @@ class _PytorchBackend(argparse.Action):
 def add_qe_arguments(parser, with_switch=True):
     """Every flag of Distiller's post-training guide, with its short form (``--qem`` for ``--qe-mode``, ...)."""
     g = parser.add_argument_group("post-training quantization (Distiller's --qe flags)")
-    if with_switch:
-        g.add_argument(
-            "--quantize-eval",
-            "--qe",
-            action="store_true",
-            dest="qe",
-            help="quantize the model after loading it, then evaluate it",
-        )
+    # post_train_quant.py always quantizes: there the switch is accepted so Distiller's command lines run as typed
+    # (without it argparse took --qe for an ambiguous prefix of the --qe-* flags and exited 2)
+    g.add_argument(
+        "--quantize-eval",
+        "--qe",
+        action="store_true",
+        dest="qe",
+        help="quantize the model after loading it, then evaluate it" if with_switch
+        else "accepted for Distiller's command lines; this app always quantizes",
+    )
     g.add_argument("--qe-mode", "--qem", choices=list(MODES), default="sym", help="quantization mode (default: sym)")
     g.add_argument(
         "--qe-mode-acts", "--qema", choices=list(MODES), default=None, help="mode of activations (default: --qe-mode)"

@@ -149,3 +149,21 @@ def test_run_context_leaves_args_as_given():
     assert vars(args) == before and args.seed is None
     assert ctx.seed == 0 and ctx.dataset == "digits" and ctx.device == torch.device("cpu")
     torch.use_deterministic_algorithms(False)
+
+
+def test_distillers_qe_switch_is_accepted_by_both_apps():
+    # post_train_quant.py used to exit 2: argparse took --qe for an ambiguous prefix of --qe-mode, --qe-bits-acts...
+    for parser in (classifier_parser(), post_train_parser()):
+        args = parser.parse_args(["--qe", "--qe-mode", "asym_u", "--qe-per-channel"])
+        assert args.qe and args.qe_mode == "asym_u" and args.qe_per_channel
+
+
+def test_help_shows_every_default():
+    import argparse
+
+    for parser in (classifier_parser(), post_train_parser()):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"default: {action.default}" in text or "default" in (action.help or ""), action.option_strings
+        assert "(default: 0.1)" in text  # --lr / --vs said nothing of their defaults before
