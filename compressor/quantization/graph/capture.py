@@ -12,9 +12,13 @@ Two things hide computation from a symbolic trace:
   which a trace records as a constant: a model traced in training would drop paths at evaluation too.
   ``StochasticDepth`` is kept a leaf module, so the flag is read at run time.
 
-``swap_attention`` replaces modules in place (the parameters stay the same objects); the replaced module takes
-the original's state-dict names too (``in_proj_weight``, ``in_proj_bias``), so a plain torchvision state dict
-still loads.
+- ``nn.Hardswish`` and ``nn.SiLU`` are split into gate and product (``split_gated_activations``): the gate gets its
+  own quantizer and the product runs on onnxruntime's integer QLinearMul, as in ONNX Runtime's own quantizer
+  (MobileNet-V3 small at 224x224 on an AVX2 EPYC: 19 float Mul nodes between dequantize and quantize before).
+
+``swap_attention`` and ``split_gated_activations`` replace modules in place (the parameters stay the same
+objects); the attention module takes the original's state-dict names too (``in_proj_weight``, ``in_proj_bias``),
+so a plain torchvision state dict still loads.
 """
 
 import logging
@@ -98,6 +102,35 @@ def _original_projection_names(module, state, prefix, local_metadata):
         if prefix + mine in state:
             state[prefix + original] = state.pop(prefix + mine)
     return state
+
+
+class HardswishProduct(nn.Module):
+    """``x * hardsigmoid(x)``, which is hardswish: as two ops, the gate is quantized on its own and the product
+    runs on onnxruntime's integer QLinearMul, as its own ``quantize_static`` does (MobileNet-V3)."""
+
+    def forward(self, x):
+        return x * F.hardsigmoid(x)
+
+
+class SiLUProduct(nn.Module):
+    """``x * sigmoid(x)``, which is SiLU: the gate quantized on its own, the product on QLinearMul (EfficientNet)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+_GATED = {nn.Hardswish: HardswishProduct, nn.SiLU: SiLUProduct}
+
+
+def split_gated_activations(model):
+    """Replace hardswish and SiLU modules by their gate-times-input form; returns the names replaced."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        product = _GATED.get(type(module))
+        if product is not None:
+            model.set_submodule(name, product())
+            replaced.append(name)
+    return replaced
 
 
 def _swappable(mha):

@@ -40,6 +40,11 @@ OP_FUNCTIONS = {F.hardswish, F.hardsigmoid, F.silu, F.sigmoid, torch.sigmoid, F.
                 F.layer_norm, F.group_norm, F.softmax, torch.softmax, torch.matmul, operator.matmul, torch.bmm,
                 torch.einsum, F.scaled_dot_product_attention}
 OP_METHODS = {"sigmoid", "tanh", "softmax", "matmul", "bmm"}
+# Average pooling inside the network (squeeze-excitation: pool -> conv) is quantized so that the convs after it run
+# on integer kernels (QLinearGlobalAveragePool -> QLinearConv); the classifier's pooling (pool -> flatten -> fc)
+# stays as it was (docs/distiller.md: Distiller quantizes that input only through input_overrides).
+POOL_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_avg_pool1d}
 
 # kind of producer -> kinds it may be fused into
 _FUSES_INTO = {"layer": {"norm", "act"}, "norm": {"act"}, "join": {"act"}}
@@ -52,6 +57,7 @@ def trace(model):
     the ops around them fuse as if it were not there.
     """
     capture.swap_attention(model)
+    capture.split_gated_activations(model)
     try:
         gm = capture.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
@@ -107,7 +113,7 @@ def node_kind(gm, node):
             return "norm"
         if isinstance(mod, ACT_TYPES):
             return "act"
-        if isinstance(mod, OP_TYPES):
+        if isinstance(mod, OP_TYPES) or (isinstance(mod, POOL_TYPES) and _feeds_convs(gm, node)):
             return "op"
         return None
     if node.op == "call_function":
@@ -115,7 +121,7 @@ def node_kind(gm, node):
             return "act"
         if node.target in JOIN_FUNCTIONS and not is_shape_value(node):
             return "join"
-        if node.target in OP_FUNCTIONS:
+        if node.target in OP_FUNCTIONS or (node.target in POOL_FUNCTIONS and _feeds_convs(gm, node)):
             return "op"
     if node.op == "call_method":
         if node.target in ACT_METHODS:
@@ -125,6 +131,13 @@ def node_kind(gm, node):
         if node.target in OP_METHODS:
             return "op"
     return None
+
+
+def _feeds_convs(gm, node):
+    """True when every user of ``node`` is a convolution module (a squeeze-excitation block's pooling)."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return bool(node.users) and all(u.op == "call_module" and isinstance(gm.get_submodule(u.target), convs)
+                                    for u in node.users)
 
 
 @dataclass

@@ -162,7 +162,79 @@ class IntegerAdd:
         return ((c - z_c) * out.scale.double()).to(output.dtype)
 
 
+class IntegerMul(IntegerAdd):
+    """Forward hook of the quantizer after ``mul(a, b)`` of two quantized tensors (squeeze-excitation's scale times
+    its input, hardswish's and SiLU's gate times their input): the output as onnxruntime's QLinearMul computes it
+    on x86 (MLAS's SSE2 kernel), not as a float product quantized again.
+
+    MLAS multiplies the zero-point-free 8-bit integers exactly (``(q_a - z_a) * (q_b - z_b)``, at most 255^2, exact
+    in float32), then ``c = round(float32(p * r) + z_c)`` with ``r = float32(float32(s_a * s_b) / s_c)``, a
+    multiply and an add each rounded to float32 (no fused multiply-add), rounding to nearest even, saturated.
+    """
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        if not self.active():
+            return None
+        a, z_a = self._stored(self.inputs["a"], self.a_quant)
+        b, z_b = self._stored(self.inputs["b"], self.b_quant)
+        out = self.out_quant
+        z_c = float(int(out.zero_point) - out.qmin)
+        f32 = torch.float32
+        ratio = (self.a_quant.scale.to(f32) * self.b_quant.scale.to(f32)) / out.scale.to(f32)
+        product = ((a - z_a) * (b - z_b)).to(f32)  # exact: |product| <= 255 * 255
+        c = torch.round((product * ratio) + torch.tensor(z_c, dtype=f32)).double().clamp(0, 255)
+        return ((c - z_c) * out.scale.double()).to(output.dtype)
+
+
+class IntegerGlobalAvgPool:
+    """Forward hook of the quantizer after a global average pooling (to 1x1) of a quantized tensor: the output as
+    onnxruntime's QLinearGlobalAveragePool computes it (MLAS), not as a float mean quantized again.
+
+    MLAS sums the stored 8-bit integers minus the input zero point per channel, ``acc = sum(q) - z_in * n``, and
+    requantizes with the float32 ``m = s_in / (s_out * n)`` taken apart into a 24-bit integer mantissa ``M`` and a
+    shift (``m = M / 2^shift`` exactly): ``round(acc * M / 2^shift)``, halves away from zero, plus ``z_out``,
+    saturated. The float mean rounded once put 0.03 % of EfficientNet-B0's squeeze-excitation pools a step off.
+    """
+
+    def __init__(self, source, in_quant, out_quant):
+        self.in_quant, self.out_quant = in_quant, out_quant
+        self.enabled = True
+        self.input = None
+        source.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.input = output
+
+    def active(self):
+        quants = (self.in_quant, self.out_quant)
+        return (self.enabled and self.input is not None
+                and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
+                and all(q.scale.numel() == 1 for q in quants))
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        if not self.active():
+            return None
+        x = self.input
+        n = x[0, 0].numel()
+        stored, z_in = IntegerAdd._stored(x, self.in_quant)
+        acc = (stored.flatten(2).sum(-1) - z_in * n).long()
+        f32 = torch.float32
+        m = self.in_quant.scale.to(f32) / (self.out_quant.scale.to(f32) * torch.tensor(float(n), dtype=f32))
+        mantissa, exponent = torch.frexp(m.double())  # m = mantissa * 2^exponent, mantissa in [0.5, 1)
+        multiplier = int(mantissa.item() * 2**24)  # the float32's 24 significant bits, exactly
+        shift = 24 - int(exponent.item())
+        product = acc * multiplier - (acc < 0).long()
+        q = (product + (1 << (shift - 1))) >> shift
+        z_out = int(self.out_quant.zero_point) - self.out_quant.qmin
+        c = (q + z_out).clamp(0, 255).double()
+        return ((c - z_out) * self.out_quant.scale.double()).view(output.shape).to(output.dtype)
+
+
 _ADDS = (operator.add, operator.iadd, torch.add)
+_MULS = (operator.mul, torch.mul)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d,)
 _RELUS = (F.relu, torch.relu)
 
 
@@ -195,8 +267,9 @@ def grid_source(gm, node):
 
 
 def install_integer_adds(gm):
-    """Hook ``IntegerAdd`` onto every quantizer that reads add(a, b) [-> ReLU] of two values on quantizer
-    grids (a quantizer's output or a max pool of one). Returns the names of the output quantizers."""
+    """Hook ``IntegerAdd`` onto every quantizer that reads add(a, b) [-> ReLU], and ``IntegerMul`` onto every one
+    that reads mul(a, b), of two values on quantizer grids (a quantizer's output or a max pool of one). Returns
+    the names of the output quantizers."""
     modules = dict(gm.named_modules())
     calls = {}
     for node in gm.graph.nodes:
@@ -214,14 +287,19 @@ def install_integer_adds(gm):
         if out is None or not node.args:
             continue
         prev, relu = node.args[0], False
+        if _install_global_pool(gm, modules, calls, prev, out):
+            installed.append(node.target.removeprefix("activation_quantizers."))
+            continue
         if isinstance(prev, fx.Node) and len(prev.users) == 1 and (
                 (prev.op == "call_module" and isinstance(modules[prev.target], nn.ReLU))
                 or (prev.op == "call_function" and prev.target in _RELUS)):
             prev, relu = prev.args[0], True
-        is_add = isinstance(prev, fx.Node) and len(prev.users) == 1 and not prev.kwargs and len(prev.args) == 2 and (
-            (prev.op == "call_function" and prev.target in _ADDS)
-            or (prev.op == "call_method" and prev.target in ("add", "add_")))
-        if not is_add:
+        binary = isinstance(prev, fx.Node) and len(prev.users) == 1 and not prev.kwargs and len(prev.args) == 2
+        is_add = binary and ((prev.op == "call_function" and prev.target in _ADDS)
+                             or (prev.op == "call_method" and prev.target in ("add", "add_")))
+        is_mul = binary and not relu and ((prev.op == "call_function" and prev.target in _MULS)
+                                          or (prev.op == "call_method" and prev.target in ("mul", "mul_")))
+        if not (is_add or is_mul):
             continue
         a, b = prev.args
         sources = [grid_source(gm, arg) for arg in (a, b)]
@@ -229,9 +307,24 @@ def install_integer_adds(gm):
                 calls[a.target] != 1 or calls[b.target] != 1:  # the hooks keep module outputs
             continue
         a_quant, b_quant = (modules[src.target] for src in sources)
-        out.register_forward_hook(IntegerAdd(modules[a.target], a_quant, modules[b.target], b_quant, out, relu))
+        join = IntegerAdd if is_add else IntegerMul
+        out.register_forward_hook(join(modules[a.target], a_quant, modules[b.target], b_quant, out, relu))
         installed.append(node.target.removeprefix("activation_quantizers."))
     return installed
+
+
+def _install_global_pool(gm, modules, calls, node, out):
+    """Hook ``IntegerGlobalAvgPool`` when ``node`` pools a quantizer's output (directly) to 1x1."""
+    pool = isinstance(node, fx.Node) and node.op == "call_module" and \
+        isinstance(modules[node.target], _GLOBAL_POOLS) and modules[node.target].output_size in (1, (1, 1))
+    if not pool or len(node.users) != 1:
+        return False
+    src = node.args[0]
+    if not (isinstance(src, fx.Node) and src.op == "call_module" and src.target.startswith("activation_quantizers.")
+            and calls[src.target] == 1):
+        return False
+    out.register_forward_hook(IntegerGlobalAvgPool(modules[src.target], modules[src.target], out))
+    return True
 
 
 def integer_bias(bias, in_scale, weight_scale):

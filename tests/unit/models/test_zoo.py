@@ -97,6 +97,28 @@ def test_every_family_quantizes_exports_and_agrees(tmp_path, family):
     assert (exported.argmax(1) == simulated.argmax(1)).float().mean() >= 0.9
 
 
+# MobileNet-V2 is not here: on an AVX2-only EPYC, 4e-5 of one residual add's outputs (features.13) land a step away
+# from IntegerAdd's emulation of QLinearAdd (exact on the VNNI machine it was written on): a named gap, docs/zoo.md
+@pytest.mark.parametrize("family", ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "googlenet",
+                                    "regnet_y_400mf"])
+def test_conv_nets_export_integer_for_integer(tmp_path, family):
+    """Where every quantized op has an integer kernel (conv, add, concat, squeeze-excitation's pooling and product,
+    hardswish's and SiLU's gate product), the simulation computes what onnxruntime computes: before the emulation
+    of QLinearMul and QLinearGlobalAveragePool, EfficientNet-B0 and MobileNet-V3 had values a step apart."""
+    build, size = FAMILIES[family]
+    model, x = _prepared_model(build, size)
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
+    sim = quantizer.prepare_model().eval()
+    quantizer.calibrate([(x[:8], None)])
+    path = str(tmp_path / "m.onnx")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)
+    with torch.no_grad():
+        simulated = sim(x)
+    # the classifier's float Gemm (its input, a pooled value, is not quantized) sums in another order: 1e-5 at most
+    assert (onnx_runner(path)(x) - simulated).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("family", ["mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit", "maxvit"])
 def test_every_family_takes_a_qat_step_and_resumes_exactly(family):
     build, size = FAMILIES[family]

@@ -62,8 +62,7 @@ def test_dynamic_quantization_refuses_histogram_methods():
 
 def parse(*argv):
     p = argparse.ArgumentParser()
-    p.add_argument("--qe", action="store_true")
-    add_qe_arguments(p, with_switch=False)
+    add_qe_arguments(p, with_switch=False)  # --qe is accepted there too
     return p.parse_args(list(argv))
 
 
