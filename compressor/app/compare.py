@@ -90,6 +90,10 @@ def _export_agreement(s):
     return min(found) if found else None
 
 
+class AnalysisFolder(Exception):
+    """A folder an app wrote that holds no trained or quantized model to compare (``--sensitivity``)."""
+
+
 def load_row(run_dir):
     """One table row from ``run_dir``/summary.json; UsageError naming the file when it is not a summary."""
     path = os.path.join(run_dir, SUMMARY)
@@ -100,6 +104,8 @@ def load_row(run_dir):
         raise UsageError(f"{path}: cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: broken JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
+    if isinstance(s, dict) and (s.get("kind") == "sensitivity" or ("sensitivity" in s and _test(s) is None)):
+        raise AnalysisFolder(f"{run_dir}: a sensitivity analysis, not a run (skipped)")
     test = _test(s) if isinstance(s, dict) else None
     if not isinstance(test, dict) or not isinstance(test.get("top1"), (int, float)):
         raise UsageError(f"{path}: not a run summary (expected a 'test' or 'quantized' result with 'top1')")
@@ -123,13 +129,17 @@ def load_row(run_dir):
     }
 
 
-def load_rows(paths):
-    """(rows, problems): a row per readable run, a message per path or summary that could not be used."""
+def load_rows(paths, notes=None):
+    """(rows, problems): a row per readable run, a message per path or summary that could not be used; analysis
+    folders (a sensitivity run) are skipped with a message in ``notes`` when given."""
     runs, problems = find_runs(paths)
     rows = []
     for run in runs:
         try:
             rows.append(load_row(run))
+        except AnalysisFolder as exc:
+            if notes is not None:
+                notes.append(str(exc))
         except UsageError as exc:
             problems.append(str(exc))
     return rows, problems
@@ -259,7 +269,10 @@ def compare_parser():
 
 
 def compare(args):
-    rows, problems = load_rows(args.runs)
+    notes = []
+    rows, problems = load_rows(args.runs, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not rows:

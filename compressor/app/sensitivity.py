@@ -395,7 +395,7 @@ def analyze(args, model, config, dataset, shape, run_dir, device):
     """Sensitivity (measured or loaded), then the mixed-precision recipe when a budget is given."""
     w_bits = _bit_list("--sensitivity-bits")(args.sensitivity_bits)
     a_bits = _bit_list("--sensitivity-act-bits", allow_empty=True)(args.sensitivity_act_bits)
-    summary = {"arch": args.arch, "dataset": dataset, "run_dir": run_dir.path}
+    summary = {"kind": "sensitivity", "arch": args.arch, "dataset": dataset, "run_dir": run_dir.path}
     if args.sensitivity_from:
         table = load_sensitivity(args.sensitivity_from)
         w_bits = sorted(int(b) for b in next(iter(table["layers"].values()))["weights"])

@@ -139,3 +139,14 @@ def test_module_and_console_entry_points(logdir, root):
         assert len(json.loads(out.stdout)) == 3
     out = subprocess.run([sys.executable, "-m", "compressor.cli", "nope"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "unknown command 'nope'" in out.stderr
+
+
+def test_a_sensitivity_folder_is_skipped_with_a_note_not_an_error(logdir, capsys):
+    # the README's --sensitivity command writes a run folder with its own summary: compare used to exit 2 on it
+    write(logdir / "sens___2026.01.01-000300", {"kind": "sensitivity", "arch": "simplenet_digits",
+                                                 "dataset": "digits", "sensitivity": "s/sensitivity.yaml"})
+    write(logdir / "old_sens___2026.01.01-000400", {"arch": "simplenet_digits", "sensitivity": "x.yaml"})
+    assert main([str(logdir)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("3 runs") and "sens___" not in out
+    assert err.count("a sensitivity analysis, not a run (skipped)") == 2 and "error" not in err
