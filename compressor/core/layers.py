@@ -18,7 +18,7 @@ LAYERS = (
     ("compressor.training",),
     ("compressor.deploy",),
     ("compressor.app",),
-    ("compressor.compare", "compressor.cli"),  # command-line entry points (python -m compressor.compare)
+    ("compressor.compare", "compressor.cli", "compressor.api"),  # entry points: commands and the Python API
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,7 +25,8 @@ def test_the_check_catches_an_upward_import_and_a_cycle():
     assert check(imports) == ["compressor.core (layer 0) imports compressor.app (layer 7)"]
     modules = module_imports()
     modules["compressor.core.errors"] = {"compressor.core.io"}
-    assert ["compressor.core.errors", "compressor.core.io", "compressor.core.errors"] in module_cycles(modules)
+    # the cycle is reported from wherever the search met it first (which module is visited first decides)
+    assert any({"compressor.core.errors", "compressor.core.io"} <= set(c) for c in module_cycles(modules))
 
 
 def test_layers_cover_every_package():
