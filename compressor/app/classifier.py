@@ -25,6 +25,7 @@ from compressor.training.loop import evaluate, train_one_epoch
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 
 log = logging.getLogger("compressor")
+PTQ_ONLY_KEYS = ("adaround", "bias_correction")  # refine.py: run by the post-training app after calibration
 
 
 def _quant_bits(scheduler):
@@ -187,6 +188,11 @@ class ClassifierRun:
         log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
 
     def _warn_idle_policies(self):
+        quantizer = self.scheduler.quantizer if self.scheduler else None
+        unused = [k for k in PTQ_ONLY_KEYS if quantizer is not None and quantizer.config.get(k)]
+        if unused:
+            log.warning("WARNING: the recipe's %s act only in post_train_quant.py (after its calibration); "
+                        "compress_classifier.py does not run them", " and ".join(unused))
         for policy in self.scheduler.policies if self.scheduler else []:
             if policy.epochs and policy.epochs[0] >= self.args.epochs:
                 log.warning(

@@ -272,3 +272,18 @@ def test_export_of_a_low_bit_training_quantizer_is_a_clear_error(tmp_path, root)
         cwd=root,
     )
     assert proc.returncode == 2 and "linear quantizers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_post_training_only_keys_in_a_training_run_are_named_in_a_warning(tmp_path, root, app):
+    import yaml
+
+    with open(os.path.join(root, "schedules", "post_train_quant", "w4a8_adaround.yaml")) as f:
+        recipe = yaml.safe_load(f)
+    recipe["policies"] = [{"quantizer": {"instance_name": "post_train_quantizer"}, "starting_epoch": 0,
+                           "ending_epoch": 1, "frequency": 1}]
+    path_recipe = tmp_path / "ptq_policy.yaml"
+    path_recipe.write_text(yaml.safe_dump(recipe))
+    path = app(tmp_path, "ptq_keys", "--epochs", "1", "--etrs", "0.1", "--compress", str(path_recipe))
+    log_text = open(os.path.join(path, "ptq_keys.log")).read()
+    assert "the recipe's adaround and bias_correction act only in post_train_quant.py" in log_text
