@@ -232,7 +232,78 @@ class IntegerGlobalAvgPool:
         return ((c - z_out) * self.out_quant.scale.double()).view(output.shape).to(output.dtype)
 
 
+# MLAS's logistic: Eigen's rational approximation p(x) / q(x) + 1/2 on [-18, 18], in float32
+_LOGISTIC_ALPHA = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
+                   2.48287947061529e-01)
+_LOGISTIC_BETA = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+                  1.16817656904453e-01, 9.93151921023180e-01)
+
+
+def _f32(x):
+    return x.to(torch.float32).to(torch.float64)
+
+
+def mlas_logistic(x, fused=True):
+    """MLAS's float32 logistic of ``x`` (float64 tensor of float32 values), operation by operation: each
+    multiply-add rounded once to float32 (``fused``: the FMA3 kernel x86-64 CPUs with AVX2 run) or twice."""
+    def madd(a, b, c):
+        return _f32(a * b + c) if fused else _f32(_f32(a * b) + c)
+
+    v = x.clamp(-18.0, 18.0)
+    sq = _f32(v * v)
+    alpha = [_f32(torch.tensor(a, dtype=torch.float64)) for a in _LOGISTIC_ALPHA]
+    beta = [_f32(torch.tensor(b, dtype=torch.float64)) for b in _LOGISTIC_BETA]
+    p = madd(sq, alpha[0], alpha[1])
+    for a in alpha[2:]:
+        p = madd(p, sq, a)
+    p = _f32(p * v)
+    q = madd(sq, beta[0], beta[1])
+    for b in beta[2:]:
+        q = madd(q, sq, b)
+    return _f32(_f32(p / q) + 0.5).clamp(0.0, 1.0)
+
+
+class IntegerSigmoid:
+    """Forward hook of the quantizer after a sigmoid of a quantized tensor: the output of onnxruntime's
+    QLinearSigmoid, a 256-entry table of MLAS's logistic of each dequantized input, quantized (round half to even
+    of ``y / s_out`` in float32). torch's exact sigmoid quantized again put EfficientNet-B7's squeeze-excitation
+    and SiLU gates a step apart often enough to change 25 % of its random-weight decisions (docs/zoo.md)."""
+
+    def __init__(self, source, in_quant, out_quant):
+        self.in_quant, self.out_quant = in_quant, out_quant
+        self.enabled = True
+        self.input = None
+        self.fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        source.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.input = output
+
+    active = IntegerGlobalAvgPool.active
+
+    def table(self):
+        q = self.in_quant
+        levels = torch.arange(q.qmin, q.qmax + 1, dtype=torch.float64)
+        x = _f32((levels - float(int(q.zero_point))) * _f32(q.scale.double()))
+        y = mlas_logistic(x, self.fused)
+        out = self.out_quant
+        z = float(int(out.zero_point))
+        stored = torch.round(_f32(y / _f32(out.scale.double()))) + z  # round half to even, as cvtps2dq
+        return stored.clamp(out.qmin, out.qmax)
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        if not self.active():
+            return None
+        q = self.in_quant
+        index = (torch.round(self.input.double() / q.scale.double()) + float(int(q.zero_point))).clamp(
+            q.qmin, q.qmax) - q.qmin
+        c = self.table()[index.long()]
+        return ((c - float(int(self.out_quant.zero_point))) * self.out_quant.scale.double()).to(output.dtype)
+
+
 _ADDS = (operator.add, operator.iadd, torch.add)
+_SIGMOIDS = (torch.sigmoid, F.sigmoid)
 _MULS = (operator.mul, torch.mul)
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d,)
 _RELUS = (F.relu, torch.relu)
@@ -287,7 +358,7 @@ def install_integer_adds(gm):
         if out is None or not node.args:
             continue
         prev, relu = node.args[0], False
-        if _install_global_pool(gm, modules, calls, prev, out):
+        if _install_global_pool(gm, modules, calls, prev, out) or _install_sigmoid(gm, modules, calls, prev, out):
             installed.append(node.target.removeprefix("activation_quantizers."))
             continue
         if isinstance(prev, fx.Node) and len(prev.users) == 1 and (
@@ -324,6 +395,20 @@ def _install_global_pool(gm, modules, calls, node, out):
             and calls[src.target] == 1):
         return False
     out.register_forward_hook(IntegerGlobalAvgPool(modules[src.target], modules[src.target], out))
+    return True
+
+
+def _install_sigmoid(gm, modules, calls, node, out):
+    """Hook ``IntegerSigmoid`` when ``node`` is a sigmoid of a quantizer's output."""
+    sigmoid = isinstance(node, fx.Node) and len(node.users) == 1 and (
+        (node.op == "call_function" and node.target in _SIGMOIDS)
+        or (node.op == "call_method" and node.target == "sigmoid")
+        or (node.op == "call_module" and isinstance(modules[node.target], nn.Sigmoid)))
+    src = node.args[0] if sigmoid else None
+    if not (isinstance(src, fx.Node) and src.op == "call_module" and src.target.startswith("activation_quantizers.")
+            and calls[src.target] == 1):
+        return False
+    out.register_forward_hook(IntegerSigmoid(modules[src.target], modules[src.target], out))
     return True
 
 
