@@ -98,3 +98,39 @@ def test_accumulator_saturates():
     # 4 * 100 * 127 = 50800 > 2**15 - 1: a 16-bit accumulator saturates at 32767
     assert wide.item() == pytest.approx(400.0, rel=0.02)
     assert narrow.item() == pytest.approx(32767 / 127, rel=0.02)
+
+
+@pytest.mark.parametrize("sx, zx, sy, zy", [(0.05, 128, 1 / 255, 0), (0.11, 40, 0.0039, 0), (0.023, 200, 0.0041, 3)])
+def test_sigmoid_table_is_onnxruntimes_qlinearsigmoid(sx, zx, sy, zy):
+    """Every one of the 256 levels as onnxruntime computes DequantizeLinear -> Sigmoid -> QuantizeLinear (fused to
+    QLinearSigmoid, MLAS's logistic): torch's exact sigmoid missed one level of the first pair."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compressor.quantization.fake_quant import ActivationFakeQuant
+    from compressor.quantization.linear.integer_sim import IntegerSigmoid
+
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]), helper.make_node("Sigmoid", ["f"], ["s"]),
+         helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])],
+        [const("sx", sx, np.float32), const("zx", zx, np.uint8), const("sy", sy, np.float32),
+         const("zy", zy, np.uint8)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.arange(256, dtype=np.uint8)})[0]
+
+    def quantizer(scale, zero_point):
+        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+        q.scale.fill_(scale)
+        q.zero_point.fill_(zero_point)
+        return q
+
+    hook = IntegerSigmoid(torch.nn.Identity(), quantizer(sx, zx), quantizer(sy, zy))
+    assert hook.table().numpy().astype(np.uint8).tolist() == theirs.tolist()
