@@ -776,15 +776,7 @@ def _view_or_reshape(b, node):
     _reshape_to(b, node, node.args[0])
 
 
-def _stochastic_depth_types():
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        return ()
-    return (StochasticDepth,)
-
-
-@_for_modules(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, *_stochastic_depth_types())
+@_for_modules(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, *capture.leaf_types())
 def _pass_in_eval(b, node):
     """Identity in evaluation (dropout, stochastic depth)."""
     b.alias(node, node.args[0])

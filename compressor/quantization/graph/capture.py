@@ -30,7 +30,7 @@ from torch import fx, nn
 log = logging.getLogger(__name__)
 
 
-def _leaf_types():
+def leaf_types():
     try:
         from torchvision.ops import StochasticDepth
     except ImportError:  # torchvision is a dependency; a model without it has no such module
@@ -42,7 +42,7 @@ class Tracer(fx.Tracer):
     """torch.fx's tracer that keeps modules whose behaviour depends on ``training`` as calls."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, _leaf_types()) or super().is_leaf_module(m, qualname)
+        return isinstance(m, leaf_types()) or super().is_leaf_module(m, qualname)
 
 
 def symbolic_trace(model):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from compressor.quantization.graph import capture
+
 
 def approx_multiplier(m, mult_bits):
     """(mult, shift) with mult / 2**shift ~= m and mult < 2**mult_bits (Distiller's formula)."""
@@ -107,7 +109,7 @@ class IntegerAdd:
 
     MLAS works on the stored 8-bit integers: ``c = round(a * r_ac + (b * r_bc + fixed))`` in float32 with
     two fused multiply-adds, ``r_ac = s_a / s_c``, ``r_bc = s_b / s_c`` and
-    ``fixed = z_c - (r_ac * z_a + r_bc * z_b)``, rounded to nearest even and saturated to [0, 255]. The
+    ``fixed = z_c - fma(r_ac, z_a, r_bc * z_b)``, rounded to nearest even and saturated to [0, 255]. The
     float sum ``(q_a - z_a) s_a + (q_b - z_b) s_b`` quantized with ``s_c`` rounds a different value: on a
     random-init resnet18 at 224x224, 4 of 1.6M outputs of an add landed one step apart, and deep networks
     amplify such steps. Each fused multiply-add is one rounding of an exact value: computed in float64
@@ -156,7 +158,9 @@ class IntegerAdd:
         f32 = torch.float32
         r_ac = (self.a_quant.scale.to(f32) / out.scale.to(f32)).double()
         r_bc = (self.b_quant.scale.to(f32) / out.scale.to(f32)).double()
-        zero = torch.tensor(z_c, dtype=f32) - ((r_ac.to(f32) * z_a) + (r_bc.to(f32) * z_b))
+        # the compiler contracts the scalar r_ac * z_a + r_bc * z_b into fma(r_ac, z_a, r_bc * z_b): measured against
+        # onnxruntime on all 65,536 input pairs of 30 random scale sets, separate roundings missed 5 pairs, this 0
+        zero = torch.tensor(z_c, dtype=f32) - (r_ac * z_a + (r_bc.to(f32) * z_b).double()).to(f32)
         inner = (b * r_bc + zero.double()).to(f32).double()  # fma(b, r_bc, fixed)
         c = torch.round((a * r_ac + inner).to(f32)).double().clamp(0, 255)  # fma(a, r_ac, .), cvtps: nearest even
         return ((c - z_c) * out.scale.double()).to(output.dtype)
@@ -309,7 +313,8 @@ _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d,)
 _RELUS = (F.relu, torch.relu)
 
 
-GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout)
+GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout) + capture.leaf_types()
+# (StochasticDepth: the identity in evaluation, as dropout; EfficientNet's residual adds read it)
 
 
 # ops that move or select values without computing new ones (ShuffleNet's channel shuffle and chunk)
