@@ -292,8 +292,9 @@ def main():
             same = interleaved(arch, batch, size, variants, args.iters, args.warmup)
             results.setdefault("same_process", {})[key] = same
             for variant, r in same.items():
-                print(f"{key:24s} same process {variant:24s} {r['median_ms']:9.2f} ms CPU "
-                      f"{r.get('vs_torch_ao', float('nan')):6.3f} x torch.ao", flush=True)
+                ratios = "  ".join(f"{r[k]:6.3f} x {k[3:]}" for k in ("vs_torch_ao", "vs_ort_quantize_static",
+                                                                      "vs_fp32_onnxruntime") if k in r)
+                print(f"{key:24s} same process {variant:24s} {r['median_ms']:9.2f} ms CPU  {ratios}", flush=True)
         fp32 = results["runs"][key].get("fp32", {}).get("median_ms")
         for r in results["runs"][key].values():
             if "median_ms" in r and fp32:
