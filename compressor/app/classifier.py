@@ -28,11 +28,21 @@ log = logging.getLogger("compressor")
 PTQ_ONLY_KEYS = ("adaround", "bias_correction")  # refine.py: run by the post-training app after calibration
 
 
+def _enabled_bits(modules):
+    """(min, max, mean) bits of the enabled quantizers among ``modules`` (32s when none is on)."""
+    bits = [int(m.bits) for m in modules if getattr(m, "enabled", False) and getattr(m, "bits", None)]
+    return (min(bits), max(bits), round(sum(bits) / len(bits), 3)) if bits else (32, 32, 32.0)
+
+
 def _quant_bits(scheduler):
+    """Bits the run's model computes with at its end, from the live quantizers (not the recipe's defaults): a
+    quantizer that never started gives 32/32, a mixed-precision recipe its per-layer range. Returns
+    ((weights min, max, mean), (activations min, max, mean))."""
     if scheduler is None or scheduler.quantizer is None:
-        return 32, 32
-    cfg = scheduler.quantizer.config
-    return cfg.get("bits_weights") or 32, cfg.get("bits_activations") or 32
+        return (32, 32, 32.0), (32, 32, 32.0)
+    q = scheduler.quantizer
+    weights = [m for name, m in q.weight_quantizers.items() if name.endswith(".weight")]
+    return _enabled_bits(weights), _enabled_bits(q.activation_quantizers.values())
 
 
 class ClassifierRun:
@@ -303,7 +313,7 @@ class ClassifierRun:
         )
 
     def summary(self, epochs_run, test):
-        bits_w, bits_a = _quant_bits(self.scheduler)
+        (w_min, bits_w, w_mean), (a_min, bits_a, a_mean) = _quant_bits(self.scheduler)
         best = {"epoch": self.best[0][2], "top1": self.best[0][0]} if self.best else None
         data = {
             "arch": self.args.arch,
@@ -313,12 +323,15 @@ class ClassifierRun:
             "epochs": self.args.epochs,
             "best": best,
             "test": {k: test[k] for k in ("top1", "top5", "loss", "images")},
-            "bits_weights": bits_w,
+            "bits_weights": bits_w,  # the widest layer's; the range below when layers differ
             "bits_activations": bits_a,
+            "bits_range": {"weights": {"min": w_min, "max": bits_w, "mean": w_mean},
+                           "activations": {"min": a_min, "max": bits_a, "mean": a_mean}},
+            "quantized": self._quantized(),
             "run_dir": self.run.path,
         }
         quantizer = self.scheduler.quantizer if self.scheduler else None
-        if quantizer is not None and quantizer.prepared is not None:
+        if quantizer is not None and quantizer.prepared is not None and self._quantized():
             data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}
         main, active = self.ctx.procs.is_main, self.ctx.procs.active
         exported = main and run_exports(

@@ -74,9 +74,10 @@ def _quantizer_spec(recipe_data):
     return specs[0] if specs else None
 
 
-def _kind(quantizer_class, has_kd):
+def _kind(quantizer_class, has_kd, trained=False):
+    """What the run did: a recipe's post-training quantizer applied by a policy during training is QAT."""
     kind = "fp32" if quantizer_class is None else (
-        "ptq" if quantizer_class == "PostTrainLinearQuantizer" else
+        "ptq" if quantizer_class == "PostTrainLinearQuantizer" and not trained else
         "qat" if quantizer_class in LINEAR else "low-bit")
     if has_kd:
         kind = "kd" if kind == "fp32" else f"{kind}+kd"
@@ -87,7 +88,10 @@ def _method(spec):
     if spec is None:
         return None
     if spec["class"] in LINEAR:
-        return str(spec.get("mode") or "SYMMETRIC").upper()
+        mode = spec.get("mode") or "SYMMETRIC"
+        if isinstance(mode, dict):  # {activations: ..., weights: ...}: one text, not a Python dict
+            return "/".join(f"{k[0].upper()}:{str(v).upper()}" for k, v in sorted(mode.items()))
+        return str(mode).upper()
     return str(spec.get("weights_method") or spec["class"].replace("Quantizer", "")).upper()
 
 
@@ -124,6 +128,8 @@ def training_record(args, dataset, recipe_data, bits, summary, model=None, sampl
         summary["model_size_bits"] = {"quantized": fp32, "fp32": fp32}
     _add_compute(summary, model, sample)
     spec = _quantizer_spec(recipe_data)
+    if spec is not None and summary.get("quantized") is False:
+        spec = None  # the recipe's quantizer never acted (its policy starts after the last epoch): an FP32 run
     distillers = list(((recipe_data or {}).get("distillers") or {}).values())
     teacher = None
     if distillers:  # "arch:run" of the teacher checkpoint's run folder
@@ -131,14 +137,14 @@ def training_record(args, dataset, recipe_data, bits, summary, model=None, sampl
         folder = os.path.basename(os.path.dirname(os.path.abspath(str(spec_kd.get("teacher_checkpoint")))))
         teacher = f"{spec_kd.get('teacher_arch') or args.arch}:{folder.split('___')[0]}"
     hparams = {
-        "kind": _kind(spec["class"] if spec else None, bool(distillers)),
+        "kind": _kind(spec["class"] if spec else None, bool(distillers), trained=summary.get("epochs_run", 0) > 0),
         "arch": args.arch, "dataset": dataset,
         "recipe": os.path.basename(args.compress) if args.compress else None,
         "quantizer": spec["class"] if spec else None, "method": _method(spec),
         "bits_weights": bits[0], "bits_activations": bits[1],
         "clip_acts": spec.get("clip_acts") if spec else None, "per_channel_wts": _per_channel(spec),
-        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": resolved_seed(args),
-        "teacher": teacher,
+        "lr": args.lr, "epochs": summary.get("epochs_run", args.epochs), "batch_size": args.batch_size,
+        "seed": resolved_seed(args), "teacher": teacher,
     }
     test = summary["test"]
     metrics = {"Performance/Test/Top1": test["top1"], "Performance/Test/Top5": test["top5"],

@@ -130,3 +130,36 @@ def test_real_fp32_qat_and_ptq_runs_share_the_schema(tmp_path, root):
         assert compute["macs"] > 0 and compute["vs_fp32"]["weight_bytes"] <= 1.0
         assert {r["w_bits"] for r in summary["compute"]["layers"]} == {bits}
     assert read["qat"][2]["recipe"] == "quant_aware_train_8bit.yaml" and read["qat"][2]["lr"] == pytest.approx(0.1)
+
+
+def test_records_say_what_the_run_did(tmp_path, root):
+    """A QAT recipe whose quantizer never starts is an FP32 run; --evaluate ran 0 epochs; a mode given per tensor
+    kind reads as text; a post-training quantizer that a policy applies while training is QAT."""
+    common = ["-a", "simplenet_digits", "--dataset", "digits", "-b", "64", "-p", "0", "--etrs", "0.2",
+              "-o", str(tmp_path)]
+    warmup = os.path.join(root, "schedules", "quant_aware_train_fp32_warmup.yaml")  # quantizer from epoch 4
+    assert classifier(common + ["--epochs", "2", "-n", "idle", "--compress", warmup]) == 0
+    idle = json.load(open(glob.glob(os.path.join(tmp_path, "idle___*", "summary.json"))[0]))
+    assert idle["hparams"]["kind"] == "fp32" and idle["quantized"] is False
+    assert (idle["bits_weights"], idle["bits_activations"]) == (32, 32)
+    assert idle["hparams"]["quantizer"] == "none" and idle["metrics"]["Model/SizeVsFP32"] == 1.0
+    assert idle["hparams"]["epochs"] == 2
+
+    recipe = {"quantizers": {"q": {"class": "PostTrainLinearQuantizer", "bits_activations": 8, "bits_parameters": 8,
+                                   "mode": {"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                   "overrides": {"fc2": {"bits_weights": 4}}}},
+              "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 2,
+                            "frequency": 1}]}
+    path = tmp_path / "ptq_in_training.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe))
+    assert classifier(common + ["--epochs", "1", "-n", "mixed", "--compress", str(path)]) == 0
+    mixed_dir = glob.glob(os.path.join(tmp_path, "mixed___*"))[0]
+    mixed = json.load(open(os.path.join(mixed_dir, "summary.json")))
+    assert mixed["hparams"]["kind"] == "qat" and mixed["hparams"]["method"] == "A:ASYMMETRIC_UNSIGNED/W:SYMMETRIC"
+    assert mixed["bits_range"]["weights"]["min"] == 4 and mixed["bits_range"]["weights"]["max"] == 8
+    assert classifier(common + ["-n", "evaluated", "--evaluate", "--resume-from",
+                                os.path.join(mixed_dir, "checkpoint.pth.tar"), "--compress", str(path)]) == 0
+    evaluated = json.load(open(glob.glob(os.path.join(tmp_path, "evaluated___*", "summary.json"))[0]))
+    assert evaluated["hparams"]["epochs"] == 0 and evaluated["epochs_run"] == 0
