@@ -14,6 +14,7 @@ simulation; one that agrees on fewer than ``REQUIRED_AGREEMENT`` % of the predic
 
 import logging
 import os
+import tempfile
 
 import torch
 
@@ -21,9 +22,10 @@ from compressor.core.errors import ExportError
 from compressor.deploy.artifact import save_artifact
 from compressor.deploy.convert import to_torch_int8
 from compressor.deploy.onnx_export import export_onnx
-from compressor.deploy.target import choose_format, resolve_target
-from compressor.deploy.verify import REQUIRED_AGREEMENT, agreement, onnx_runner
+from compressor.deploy.target import choose_format, cpu_flags, detect_capability, resolve_target
+from compressor.deploy.verify import REQUIRED_AGREEMENT, agreement, median_ms, onnx_runner
 from compressor.quantization.fake_quant import ActivationFakeQuant
+from compressor.quantization.quant_module import QuantModule
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,13 @@ def plan_export(model, target="auto", engine="auto", flags=None):
 
 
 def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="auto", example=None,
-                     metadata=None, target="auto", accept_disagreement=False, flags=None):
+                     metadata=None, target="auto", accept_disagreement=False, flags=None, measure_speed=True):
     """Export ``model`` (a prepared, quantized GraphModule) and check each export on ``loader``.
 
     Returns a report (written by the apps to summary.json under ``export``): the target and format
     with the reason, per export the path, file size, agreement with the simulation, both top-1s,
-    the largest logit difference. ``flags``: CPU flags for ``--int8-target auto`` (tests).
+    the largest logit difference, and (``measure_speed``) the INT8 ONNX model's time against FP32 onnxruntime on one
+    test batch. ``flags``: CPU flags for ``--int8-target auto`` (tests).
     """
     target, how, fmt, engine = plan_export(model, target, engine, flags)
     log.info("INT8 target: %s (%s); format %s: %s", target, how, fmt.name, fmt.reason)
@@ -86,9 +89,38 @@ def export_quantized(model, loader, onnx_path=None, pytorch_path=None, engine="a
         check = agreement(model, onnx_runner(onnx_path), loader, device)
         report["onnx"] = {"path": onnx_path, "bytes": os.path.getsize(onnx_path), **check}
         _log(f"ONNX QDQ {fmt.name} (onnxruntime)", report["onnx"])
+        if measure_speed:
+            report["onnx"]["speed"] = _speed(model, next(iter(loader))[0].cpu(), onnx_path, device)
     report["int8_model"] = int8
     _enforce_agreement(report, accept_disagreement)
     return report
+
+
+def _speed(model, batch, onnx_path, device):
+    """What the export bought on this CPU: the INT8 ONNX model against the same model exported in FP32 (every
+    quantizer off), both on onnxruntime with its default threads, median of 10 runs of one test batch."""
+    quantizers = [m for m in model.modules() if isinstance(m, QuantModule)]
+    states = [m.enabled for m in quantizers]
+    with tempfile.TemporaryDirectory() as folder:
+        fp32_path = os.path.join(folder, "fp32.onnx")
+        try:
+            for m in quantizers:
+                m.enabled = False
+            export_onnx(model.cpu(), batch[:1], fp32_path, metadata={"note": "FP32 reference for the speed check"})
+        finally:
+            for m, on in zip(quantizers, states):
+                m.enabled = on
+            model.to(device)
+        fp32_ms = median_ms(onnx_runner(fp32_path), batch)
+    int8_ms = median_ms(onnx_runner(onnx_path), batch)
+    result = {"fp32_onnxruntime_ms": round(fp32_ms, 3), "int8_onnxruntime_ms": round(int8_ms, 3),
+              "speedup": round(fp32_ms / int8_ms, 3), "batch": int(batch.shape[0]),
+              "cpu_capability": detect_capability(*cpu_flags())}
+    log.info("Speed on this CPU (%s), batch %d: INT8 ONNX %.2f ms, FP32 ONNX %.2f ms: %.2fx %s (onnxruntime, median of "
+             "10 runs; benchmarks/inference_speed.py measures more carefully)", result["cpu_capability"],
+             result["batch"], int8_ms, fp32_ms, max(result["speedup"], 1 / result["speedup"]),
+             "faster" if result["speedup"] >= 1 else "SLOWER")
+    return result
 
 
 def _enforce_agreement(report, accept):

@@ -72,6 +72,7 @@ class _Writer:
         self.nodes, self.initializers = [], []
         self.count = 0
         self.reserved = set()  # the reference graph's value names
+        self.quantized = False  # a QuantizeLinear was written
         self.clamped = 0
         self.varying_zero_points = []  # layers whose weight zero points differ per channel
 
@@ -95,6 +96,7 @@ class _Writer:
         return output
 
     def quantize(self, op):
+        self.quantized = True
         a = op.attrs
         zp = a["zero_point"] - a["qmin"]
         hi = a["qmax"] - a["qmin"]
@@ -326,6 +328,6 @@ def export_onnx(model, example_input, path, weights="int8", metadata=None, opset
                  "are; onnxruntime 1.32 fuses them into QLinearConv, tested): %s",
                  len(writer.varying_zero_points), ", ".join(writer.varying_zero_points[:5]))
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
-    log.info("ONNX (QDQ, opset %d, %s weights) written to %s (%.1f KiB)", opset, weights, path,
-             os.path.getsize(path) / 1024)
+    kind = f"QDQ, opset {opset}, {weights} weights" if writer.quantized else f"FP32: no quantizer, opset {opset}"
+    log.info("ONNX (%s) written to %s (%.1f KiB)", kind, path, os.path.getsize(path) / 1024)
     return path

@@ -148,6 +148,12 @@ def test_export_report_agreement_and_sizes(tmp_path):
     qweights = [v for v in values if torch.is_tensor(v) and v.dtype == torch.qint8]
     assert sum(v.numel() for v in qweights) == weights
     assert all(v.element_size() == 1 for v in qweights)
+    # what the export bought on this CPU: the INT8 ONNX model against the same model exported in FP32, one batch
+    speed = report["onnx"]["speed"]
+    assert speed["batch"] == 8 and speed["fp32_onnxruntime_ms"] > 0 and speed["int8_onnxruntime_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_onnxruntime_ms"] / speed["int8_onnxruntime_ms"], rel=0.01)
+    assert speed["cpu_capability"] in ("avx2", "vnni", "amx", "arm", "generic")
+    assert all(q.enabled for q in sim.modules() if hasattr(q, "enabled"))  # the FP32 reference left them on
 
 
 def test_dynamic_ranges_cannot_be_exported():
