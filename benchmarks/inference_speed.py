@@ -21,6 +21,9 @@ PostTrainLinearQuantizer; torch.ao: its default x86 qconfig, prepare_fx/convert_
 turn, reported as the median ratio to torch.ao's batch of the same turn (steadier on a virtual machine,
 where one process's latency moves by up to 40 % against another's).
 
+Your own exported files: ``python benchmarks/inference_speed.py --onnx model.onnx fp32.onnx --batch 8`` times each
+file in turn on random inputs of its input shape (paired), the first as the reference.
+
 ``ours_onnx_u8s8``: int8 weights (exact and fast where u8 x s8 accumulates in 32 bits: VNNI, AMX, ARM
 dot product; saturates on AVX2-only CPUs with 8-bit activations); ``ours_onnx_u8u8``: uint8 weights
 (exact on any x86 CPU). ``--int8-target auto`` picks between them per CPU.
@@ -205,6 +208,39 @@ def interleaved(arch, batch, size, variants, iters, warmup):
     return out
 
 
+def time_onnx_files(paths, batch, iters, warmup, out=None):
+    """Median CPU time per batch of each ONNX file, timed in turn (paired), with the first file as the reference."""
+    import onnx
+
+    from compressor.deploy.verify import onnx_runner
+
+    runs, shapes = {}, set()
+    for path in paths:
+        dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+        shapes.add(tuple(d.dim_value for d in dims[1:]))
+        runs[path] = onnx_runner(path, threads=torch.get_num_threads())
+    if len(shapes) != 1:
+        raise SystemExit(f"--onnx: the files take different input shapes {sorted(shapes)}")
+    x = torch.randn(batch, *shapes.pop())
+    times = {p: [] for p in paths}
+    for i in range(warmup + iters):
+        for path, run in runs.items():
+            start = time.process_time()
+            run(x)
+            if i >= warmup:
+                times[path].append(time.process_time() - start)
+    result = {"command": "python " + " ".join(sys.argv), "machine": machine(), "batch": batch,
+              "files": {p: {"median_ms": 1000 * statistics.median(t),
+                            "vs_first": statistics.median(a / b for a, b in zip(t, times[paths[0]]))}
+                        for p, t in times.items()}}
+    for path, r in result["files"].items():
+        print(f"{path}: {r['median_ms']:.2f} ms per batch of {batch} ({r['vs_first']:.3f}x the first file)")
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=20)
@@ -222,7 +258,12 @@ def main():
         help="also time the variants of each configuration in turn inside one process (paired comparison)",
     )
     ap.add_argument("--one", nargs=4, metavar=("ARCH", "BATCH", "SIZE", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--onnx", nargs="+", metavar="FILE", help="time these ONNX files (yours: an --export-onnx output "
+                    "and, say, an FP32 export of the same model) on random inputs of their own shape, paired")
+    ap.add_argument("--batch", type=int, default=1, help="batch size for --onnx (default: 1)")
     args = ap.parse_args()
+    if args.onnx:
+        return time_onnx_files(args.onnx, args.batch, args.iters, args.warmup, args.out)
     if args.one:
         arch, batch, size, variant = args.one
         print(json.dumps(measure(arch, int(batch), int(size), variant, args.iters, args.warmup)))
