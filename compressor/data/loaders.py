@@ -104,6 +104,11 @@ def load_data(dataset, data_dir, input_shape, batch_size, workers=0, validation_
         train_set = Subset(train_set, perm[n_val:])
     else:
         val_set = test_set
+    for flag, fraction, size in (("--etrs", effective_train_size, len(train_set)),
+                                 ("--evs", effective_valid_size, len(val_set)),
+                                 ("--etes", effective_test_size, len(test_set))):
+        if int(round(size * fraction)) < 1:  # once: a whole "run" on one image (or none), exit 0
+            raise DataError(f"{flag} {fraction:g} leaves no image of the {size} (needs at least {1 / size:.2g})")
     val_set = _fraction_subset(val_set, effective_valid_size, SPLIT_SEED + 1)
     test_set = _fraction_subset(test_set, effective_test_size, SPLIT_SEED + 2)
 

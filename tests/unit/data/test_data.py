@@ -137,3 +137,14 @@ def test_dataset_dir_in_torchvision_layout_takes_gzip_or_raw_and_is_never_ignore
     # a DATASET_DIR that does not hold the dataset is an error, never a silent fall-back to Debian's copy
     with pytest.raises(DataError, match=f"fashion_mnist not found: .* in {tmp_path}/typo/FashionMNIST/raw\\. "):
         load_idx_arrays("fashion_mnist", str(tmp_path / "typo"))
+
+
+@pytest.mark.parametrize("flag, key", [("--etrs", "effective_train_size"), ("--evs", "effective_valid_size"),
+                                       ("--etes", "effective_test_size")])
+def test_an_effective_size_that_leaves_no_image_is_an_error(flag, key):
+    # --etrs 0 (or 1e-9) used to train on one image and exit 0
+    for fraction in (0.0, 1e-9):
+        with pytest.raises(DataError, match=f"{flag} {fraction:g} leaves no image of the"):
+            load_data("digits", None, (1, 8, 8), 64, **{key: fraction})
+    train, val, test = load_data("digits", None, (1, 8, 8), 64, **{key: 0.01})
+    assert min(len(train.sampler), len(val.dataset), len(test.dataset)) >= 1
