@@ -369,6 +369,9 @@ def run_classifier(args):
             if run.ctx.procs.is_main:
                 print_summary(run.model, args.summary, run.train_loader)
             return
+        if args.evaluate and not (args.resume_from or args.exp_load_weights_from or getattr(args, "pretrained", False)):
+            log.warning("WARNING: --evaluate without --resume-from, --exp-load-weights-from or --pretrained: these are "
+                        "the model's random initial weights")
         epochs_run = 0 if args.evaluate else resumable(run.run, run.train)
         run.summary(epochs_run, run.test())
     finally:

@@ -287,3 +287,10 @@ def test_post_training_only_keys_in_a_training_run_are_named_in_a_warning(tmp_pa
     path = app(tmp_path, "ptq_keys", "--epochs", "1", "--etrs", "0.1", "--compress", str(path_recipe))
     log_text = open(os.path.join(path, "ptq_keys.log")).read()
     assert "the recipe's adaround and bias_correction act only in post_train_quant.py" in log_text
+
+
+@pytest.mark.slow
+def test_evaluate_without_weights_says_the_weights_are_random(tmp_path, app):
+    path = app(tmp_path, "random_eval", "--evaluate")
+    assert "--evaluate without --resume-from, --exp-load-weights-from or --pretrained" in \
+        open(os.path.join(path, "random_eval.log")).read()
