@@ -56,6 +56,8 @@ def trace(model):
     Calls of ``nn.Identity`` (e.g. a batch-norm folded away) are dropped from the graph, so
     the ops around them fuse as if it were not there.
     """
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module  # the wrapper's forward scatters and gathers (data-dependent): trace what it wraps
     capture.swap_attention(model)
     capture.split_gated_activations(model)
     try:

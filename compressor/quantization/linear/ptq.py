@@ -10,7 +10,9 @@ import dataclasses
 import logging
 from typing import ClassVar
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from compressor.calibration.clipping import ClipConfig, ClipMethod, parse_clip
 from compressor.calibration.stats_file import load_stats, match_stats
@@ -264,6 +266,10 @@ class PostTrainLinearQuantizer(Quantizer):
 
     def layer_params(self):
         """Per-layer parameters for ``layer_quant_params.yaml`` (Distiller's scale convention noted)."""
+        with torch.no_grad():  # a weight's scale is set when the parametrization first runs: before any forward
+            for _, module in graph.weight_modules(self.prepared):  # pass (--qe-dynamic) it was still 1.0 / 0
+                if parametrize.is_parametrized(module, "weight"):
+                    module.weight  # noqa: B018 (computing the parametrized weight observes it)
         out = {}
         for name, fq in self.activation_quantizers.items():
             cfg = self.site_config[name]

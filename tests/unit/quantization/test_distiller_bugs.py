@@ -101,3 +101,36 @@ def test_stats_with_min_above_max_name_the_site():
     # the statistics file is validated first (file, layer, key, what was expected)
     with pytest.raises(StatsError, match=r"fc.output.min: min \(5.0\) is greater than max \(2.0\)"):
         PostTrainLinearQuantizer(Linear().eval(), model_activation_stats=stats).prepare_model()
+
+
+def test_a_data_parallel_model_is_prepared_by_every_linear_quantizer():
+    # Distiller's tests wrap models in nn.DataParallel; its scatter/gather forward stopped torch.fx (TraceError)
+    from compressor.models import create_model
+    from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+    from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+
+    x = torch.randn(4, 1, 8, 8)
+    for cls, args in ((QuantAwareTrainRangeLinearQuantizer, {"bits_weights": 8}),
+                      (PostTrainLinearQuantizer, {"bits_parameters": 8})):
+        torch.manual_seed(0)
+        wrapped = torch.nn.DataParallel(create_model("simplenet_digits", "digits"))
+        quantizer = cls(wrapped, None, bits_activations=8, **args)
+        prepared = quantizer.prepare_model()
+        assert sorted(quantizer.weight_quantizers) == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+        assert prepared(x).shape == (4, 10)
+
+
+def test_layer_quant_params_hold_the_weight_scales_before_any_forward_pass():
+    # with --qe-dynamic the file is written before the first batch: every weight scale read 1.0, zero point 0
+    from compressor.models import create_model
+    from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+
+    torch.manual_seed(0)
+    model = create_model("simplenet_digits", "digits")
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True)
+    quantizer.prepare_model()
+    params = quantizer.layer_params()
+    for layer in ("conv1", "conv2", "fc1", "fc2"):
+        weight = quantizer.prepared.get_submodule(layer).parametrizations.weight.original
+        expected = weight.detach().abs().flatten(1).amax(1) / 127.5
+        assert params[layer]["weight_scale"] == pytest.approx(expected.tolist(), rel=0.02)
