@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from compressor.app.errors import run_guarded
 from compressor.core.errors import UsageError
-from compressor.core.io import atomic_write
+from compressor.core.io import atomic_write, atomic_write_text
 
 SUMMARY = "summary.json"
 # column -> header; the order of the table
@@ -268,6 +268,16 @@ def compare_parser():
     return p
 
 
+def _refuse_overwriting_a_run(output, paths):
+    """-o must not replace a file of a compared run folder (its summary.json or a checkpoint)."""
+    target = os.path.realpath(output)
+    runs, _ = find_runs(paths)
+    for run in runs:
+        if os.path.commonpath([os.path.realpath(run), target]) == os.path.realpath(run):
+            raise UsageError(f"-o {output} is inside the compared run folder {run}: it would replace that run's own "
+                             "file; write the table elsewhere")
+
+
 def compare(args):
     notes = []
     rows, problems = load_rows(args.runs, notes)
@@ -281,7 +291,8 @@ def compare(args):
         rows = sort_rows(rows, args.sort)
     text = FORMATS[args.format](rows)
     if args.output:
-        atomic_write(args.output, lambda tmp: open(tmp, "w").write(text))
+        _refuse_overwriting_a_run(args.output, args.runs)
+        atomic_write_text(args.output, text)  # write errors (a full disk) surface: no 0-byte table with exit 0
     else:
         sys.stdout.write(text)
     if args.plot:

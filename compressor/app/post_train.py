@@ -22,7 +22,7 @@ from compressor.app.errors import run_guarded
 from compressor.app.pictures import post_train_pictures
 from compressor.app.qe_args import add_qe_arguments, config_as_recipe, ptq_config_in, qe_config
 from compressor.app.run_record import ptq_record, publish
-from compressor.app.sensitivity import add_sensitivity_arguments, analyze, wants_analysis
+from compressor.app.sensitivity import add_sensitivity_arguments, analyze, refuse_overwriting_inputs, wants_analysis
 from compressor.calibration.stats_file import save_stats
 from compressor.core.errors import CheckpointError, UsageError
 from compressor.core.io import save_checkpoint
@@ -209,6 +209,7 @@ CALIBRATED_EPOCH = 1  # the PTQ recipe's quantization window is epoch 0; from ep
 
 
 def run(args):
+    refuse_overwriting_inputs(args)  # before anything is measured or written
     ptq = PostTrainRun(args)
     try:
         ptq.open()

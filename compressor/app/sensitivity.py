@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from compressor.app.common import number, positive_int
 from compressor.core.errors import UsageError
-from compressor.core.io import atomic_write
+from compressor.core.io import atomic_write, atomic_write_text
 from compressor.data.loaders import load_calibration_data
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph import sites as graph
@@ -243,12 +243,12 @@ def log_table(table, w_bits):
 
 def write_sensitivity(run_dir, table, w_bits):
     text = yaml.safe_dump(table, sort_keys=False)
-    atomic_write(run_dir.file("sensitivity.yaml"), lambda tmp: open(tmp, "w").write(text))
+    atomic_write_text(run_dir.file("sensitivity.yaml"), text)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["layer", "params", "kind", "bits", "top1", "sqnr_db"])
     writer.writerows(sensitivity_rows(table))
-    atomic_write(run_dir.file("sensitivity.csv"), lambda tmp: open(tmp, "w", newline="").write(buf.getvalue()))
+    atomic_write_text(run_dir.file("sensitivity.csv"), buf.getvalue())
     figure = plot_sensitivity(table, w_bits)
     atomic_write(run_dir.file("sensitivity.png"), lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     if run_dir.writer is not None:
@@ -391,6 +391,19 @@ def _header(args, table, bits, budget, sizes):
 
 
 # -- the app entry ---------------------------------------------------------------------------------
+def refuse_overwriting_inputs(args):
+    """--mp-recipe must not name one of the run's inputs: it would be replaced by the generated recipe (a recipe
+    given as --compress, a checkpoint, a sensitivity table)."""
+    if not getattr(args, "mp_recipe", None):
+        return
+    target = os.path.realpath(args.mp_recipe)
+    for flag in ("compress", "resume_from", "exp_load_weights_from", "sensitivity_from"):
+        source = getattr(args, flag, None)
+        if source and os.path.realpath(source) == target:
+            raise UsageError(f"--mp-recipe {args.mp_recipe} is the --{flag.replace('_', '-')} input: writing the mixed-"
+                             "precision recipe there would replace it; name another file")
+
+
 def analyze(args, model, config, dataset, shape, run_dir, device):
     """Sensitivity (measured or loaded), then the mixed-precision recipe when a budget is given."""
     w_bits = _bit_list("--sensitivity-bits")(args.sensitivity_bits)
@@ -431,7 +444,7 @@ def analyze(args, model, config, dataset, shape, run_dir, device):
         path = args.mp_recipe or run_dir.file("mixed_precision.yaml")
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, lambda tmp: open(tmp, "w").write(text))
+        atomic_write_text(path, text)
         n = sum(sizes.values())
         log.info(
             "Mixed precision (%.3f bits/weight, budget %.3f): %s\nRecipe written to %s",

@@ -95,9 +95,20 @@ class RunDirectory:
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
+    # names the run writes itself: a copied-in file never takes one (a recipe named args.yaml was overwritten by the
+    # args record, one named like the log clobbered it)
+    OWN_FILES = ("args.yaml", "summary.json", "checkpoint.pth.tar", "best.pth.tar")
+
     def copy_in(self, path):
-        if self.is_main and path:
-            shutil.copy(path, self.file(os.path.basename(path)))
+        """Copy ``path`` (the recipe) into the run folder under its own name, or ``input_<name>`` where the run
+        writes a file of that name itself. Returns the copy's path."""
+        if not (self.is_main and path):
+            return None
+        name = os.path.basename(path)
+        if name in self.OWN_FILES or name == f"{self.name}.log" or name.startswith("events.out.tfevents"):
+            name = f"input_{name}"
+        shutil.copy(path, self.file(name))
+        return self.file(name)
 
     def write_text(self, name, text):
         """``text`` into ``name`` in the run folder, atomically."""

@@ -503,3 +503,46 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path, capsys, monkeypatch):
     ckpt = os.path.join(tmp_path, folder, "checkpoint.pth.tar")
     assert rc == 130
     assert err == f"error: interrupted (Ctrl-C); last good checkpoint: {ckpt}, resume with --resume-from {ckpt}\n"
+
+
+# --- outputs never replace inputs ----------------------------------------------------------------------------
+
+
+def test_mp_recipe_onto_an_input_is_refused_before_anything_runs(tmp_path, capsys):
+    from compressor.app import post_train
+
+    recipe = tmp_path / "ptq.yaml"
+    recipe.write_text("quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n")
+    before = recipe.read_text()
+    rc = post_train.main(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", str(tmp_path / "x.pth"),
+                          "--compress", str(recipe), "--sensitivity", "--target-avg-bits", "4",
+                          "--mp-recipe", str(recipe), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--mp-recipe" in err and "is the --compress input" in err
+    assert recipe.read_text() == before and not (tmp_path / "out").exists()
+
+
+def test_compare_output_inside_a_compared_run_is_refused(tmp_path, capsys):
+    from compressor.app.compare import main as compare
+
+    run = tmp_path / "r___2026.01.01-000000"
+    run.mkdir()
+    summary = {"arch": "a", "dataset": "d", "test": {"top1": 90.0, "top5": 99.0, "loss": 0.1, "images": 10}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert compare([str(tmp_path), "-o", str(run / "summary.json")]) == 2
+    assert "inside the compared run folder" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_a_recipe_named_like_a_run_file_is_copied_under_another_name(tmp_path):
+    from compressor.training.run_dir import RunDirectory
+
+    recipe = tmp_path / "args.yaml"
+    recipe.write_text("policies: []\n")
+    run = RunDirectory(str(tmp_path / "logs"), "t")
+    copy = run.copy_in(str(recipe))
+    assert os.path.basename(copy) == "input_args.yaml" and open(copy).read() == "policies: []\n"
+    log_named = tmp_path / "t.log"
+    log_named.write_text("policies: []\n")
+    assert os.path.basename(run.copy_in(str(log_named))) == "input_t.log"
+    run.close()
