@@ -16,6 +16,15 @@ from compressor.app.kd_args import add_kd_arguments
 from compressor.app.qe_args import add_qe_arguments
 
 SUMMARY_CHOICES = ("compute", "model", "modules")
+# Distiller's --summary choices we do not have, and what replaces each
+DISTILLER_SUMMARIES = {
+    "sparsity": "pruning is not built yet (issue 24); --summary model lists every layer's shape and parameters",
+    "png": "compressor compare --plot draws runs; --summary compute lists the layers' MACs and bits",
+}
+REFUSED_FLAGS = {
+    "act_stats": "--act-stats: collect activation statistics with apps/post_train_quant.py (it writes "
+                 "acts_quantization_stats.yaml in Distiller's format from --calibration-size training images)",
+}
 
 
 def classifier_parser():
@@ -65,11 +74,20 @@ def classifier_parser():
     p.add_argument("--param-hist", action="store_true", help="log parameter histograms to TensorBoard each epoch")
     p.add_argument(
         "--summary",
-        choices=SUMMARY_CHOICES,
+        choices=SUMMARY_CHOICES + tuple(DISTILLER_SUMMARIES),
         action="append",
         default=None,
-        help="print a summary of the model and exit",
+        help=f"print a summary of the model and exit ({', '.join(SUMMARY_CHOICES)}; Distiller's "
+             f"{', '.join(DISTILLER_SUMMARIES)} say what replaces them)",
     )
+    # Distiller's flags that people type: accepted, or refused naming what replaces them (refused_flag)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug-level messages in the console and the log")
+    p.add_argument("--load-serialized", action="store_true",
+                   help="accepted for Distiller's command lines: models are never wrapped in DataParallel here")
+    p.add_argument("--save-untrained-model", action="store_true",
+                   help="save the initial weights as untrained.pth.tar in the run folder before training")
+    p.add_argument("--act-stats", choices=("train", "valid", "test"), default=None,
+                   help="Distiller's activation statistics: refused here, see the message")
     p.add_argument("--num-best-scores", type=positive_int("--num-best-scores"), default=1)
     add_qe_arguments(p)
     add_kd_arguments(p)

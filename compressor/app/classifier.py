@@ -6,7 +6,7 @@ import os
 import torch
 from torch import nn
 
-from compressor.app.args import classifier_parser
+from compressor.app.args import DISTILLER_SUMMARIES, REFUSED_FLAGS, classifier_parser
 from compressor.app.context import RunContext
 from compressor.app.deploy_args import run_exports, wants_export
 from compressor.app.errors import run_guarded
@@ -15,6 +15,7 @@ from compressor.app.post_train import main_from_classifier_args
 from compressor.app.run_record import publish, training_record
 from compressor.app.summary import print_summary
 from compressor.core.errors import CheckpointError, UsageError
+from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.models import NUM_CLASSES, create_model
 from compressor.recipe.build import build_scheduler, read_recipe
@@ -57,6 +58,7 @@ class ClassifierRun:
         self.check_checkpoint_fits()
         self.run = self.ctx.open_run(os.path.splitext(os.path.basename(args.compress or args.arch))[0], args.compress)
         self.build_model()
+        self.save_untrained()
         self.maybe_load_weights()
         self.maybe_resume()
         self.check_exportable()
@@ -94,6 +96,14 @@ class ClassifierRun:
                 raise UsageError(
                     f"--resume-from {self.args.resume_from} holds a {saved} checkpoint; this run uses {mine}"
                 )
+
+    def save_untrained(self):
+        """Distiller's --save-untrained-model: the initial weights, before any training step."""
+        if self.args.save_untrained_model and self.ctx.procs.is_main:
+            path = self.run.file("untrained.pth.tar")
+            save_checkpoint(path, TrainState.capture(-1, self.args.arch, self.dataset, self.model,
+                                                     with_rng=False).to_dict())
+            log.info("Untrained weights saved to %s", path)
 
     def build_model(self):
         """Model, loaders, optimizer and the recipe's scheduler (which prepares the model it quantizes)."""
@@ -378,8 +388,28 @@ def run_classifier(args):
         run.ctx.close()  # the run folder, and the process group under torchrun
 
 
+def _refuse_distiller_flags(args):
+    """Distiller's flags with no counterpart here: a clear refusal naming the replacement (exit 2, nothing run)."""
+    for key, message in REFUSED_FLAGS.items():
+        if getattr(args, key, None):
+            raise UsageError(message)
+    for choice in args.summary or ():
+        if choice in DISTILLER_SUMMARIES:
+            raise UsageError(f"--summary {choice}: {DISTILLER_SUMMARIES[choice]}")
+
+
 def main(argv=None):
     args = classifier_parser().parse_args(argv)
-    if args.qe or args.qe_calibration is not None:
-        return main_from_classifier_args(args)
-    return run_guarded(run_classifier, args)
+    refusal = run_guarded(_refuse_distiller_flags, args)
+    if refusal:
+        return refusal
+    logger = logging.getLogger("compressor")
+    level = logger.level
+    if args.verbose:
+        logger.setLevel(logging.DEBUG)
+    try:
+        if args.qe or args.qe_calibration is not None:
+            return main_from_classifier_args(args)
+        return run_guarded(run_classifier, args)
+    finally:
+        logger.setLevel(level)  # a later run in this process (tests, notebooks) starts at the default again

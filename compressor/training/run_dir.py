@@ -43,7 +43,7 @@ class RunDirectory:
 
     def _setup_logging(self):
         logger = logging.getLogger("compressor")
-        logger.setLevel(logging.INFO)
+        logger.setLevel(min(logging.INFO, logger.level or logging.INFO))  # DEBUG stays when -v/--verbose set it
         logger.propagate = False
         for h in list(logger.handlers):
             logger.removeHandler(h)

@@ -119,3 +119,33 @@ def test_qe_pretrained_uses_local_torchvision_weights(tmp_path, torch_home):
                        "--qeca", "avg", "--qe-calibration", "1", "-b", "4", "-o", str(tmp_path), "-n", "pre"]) == 0
     (run,) = glob.glob(os.path.join(tmp_path, "pre___*"))
     assert "torchvision's pretrained resnet18" in open(os.path.join(run, "summary.json")).read()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--act-stats", "test"], "collect activation statistics with apps/post_train_quant.py"),
+    (["--summary", "sparsity"], "--summary sparsity: pruning is not built yet"),
+    (["--summary", "png"], "--summary png: compressor compare --plot"),
+])
+def test_distiller_flags_without_a_counterpart_are_refused_naming_the_replacement(argv, message, capsys):
+    from compressor.app.classifier import main
+
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_distiller_flags_that_work_here(tmp_path):
+    import glob
+    import os
+
+    import torch
+
+    from compressor.app.classifier import main
+
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", "--epochs", "1", "--etrs", "0.1", "-p", "0",
+                 "-v", "--load-serialized", "--save-untrained-model", "-o", str(tmp_path), "-n", "d"]) == 0
+    (run,) = glob.glob(os.path.join(tmp_path, "d___*"))
+    untrained = torch.load(os.path.join(run, "untrained.pth.tar"), weights_only=True)
+    trained = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
+    assert untrained["epoch"] == -1 and not torch.equal(untrained["state_dict"]["conv1.weight"],
+                                                        trained["state_dict"]["conv1.weight"])
