@@ -109,6 +109,7 @@ def load_row(run_dir):
     test = _test(s) if isinstance(s, dict) else None
     if not isinstance(test, dict) or not isinstance(test.get("top1"), (int, float)):
         raise UsageError(f"{path}: not a run summary (expected a 'test' or 'quantized' result with 'top1')")
+    _check_summary(s, test, path)
     hp = s.get("hparams") or _legacy_hparams(s)
     size = s.get("model_size_bits") or {}
     best = s.get("best") or {}
@@ -127,6 +128,42 @@ def load_row(run_dir):
         "export_agreement": _export_agreement(s), "wall_time_s": s.get("wall_time_s"),
         "fp32_top1": (s.get("fp32") or {}).get("top1"),
     }
+
+
+def _check_summary(s, test, path):
+    """A UsageError naming the file and key for values a table, a sort or a plot cannot take (a top-1 of 1e308 or
+    -5, text where a number belongs, a mapping of the wrong type): they once ended in tracebacks."""
+    def fail(key, expected, value):
+        raise UsageError(f"{path}: {key} is {value!r}, expected {expected}")
+
+    def number(key, value, lo=None, hi=None, optional=True):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                (lo is not None and value < lo) or (hi is not None and value > hi):
+            fail(key, "a number" + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
+                                    f" >= {lo}" if lo is not None else ""), value)
+
+    number("top1", test["top1"], 0, 100, optional=False)
+    number("test.images", test.get("images"), 0)
+    for key in ("hparams", "best", "model_size_bits", "compute", "fp32", "export"):
+        if s.get(key) is not None and not isinstance(s[key], dict):
+            fail(key, "a mapping", s[key])
+    number("best.top1", (s.get("best") or {}).get("top1"), 0, 100)
+    number("fp32.top1", (s.get("fp32") or {}).get("top1"), 0, 100)
+    number("wall_time_s", s.get("wall_time_s"), 0)
+    for k in ("quantized", "fp32"):
+        number(f"model_size_bits.{k}", (s.get("model_size_bits") or {}).get(k), 0)
+    totals = (s.get("compute") or {}).get("totals")
+    if totals is not None and not (isinstance(totals, dict) and isinstance(totals.get("vs_fp32", {}), dict)):
+        fail("compute.totals", "a mapping with vs_fp32", totals)
+    number("compute.totals.vs_fp32.bops", ((totals or {}).get("vs_fp32") or {}).get("bops"), 0)
+    hp = s.get("hparams") or {}
+    for key in ("kind", "arch", "dataset", "recipe", "quantizer", "method"):
+        if hp.get(key) is not None and not isinstance(hp[key], str):
+            fail(f"hparams.{key}", "text", hp[key])
+    for key in ("bits_weights", "bits_activations", "epochs"):
+        number(f"hparams.{key}", hp.get(key), 0)
 
 
 def load_rows(paths, notes=None):
@@ -226,6 +263,9 @@ def pareto_front(rows):
     return front
 
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
 def plot(rows, path):
     """Test top-1 (with its 95 % interval) against model size; the Pareto front joined."""
     import matplotlib  # only the --plot path needs it; a third-party import, allowed inside a function
@@ -233,6 +273,9 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext and ext not in PLOT_FORMATS:  # no extension: PNG
+        raise UsageError(f"--plot {path}: expected a picture file ({', '.join(PLOT_FORMATS)}), got '.{ext}'")
     pts = [r for r in rows if r["size_mib"] is not None]
     if not pts:
         raise UsageError(f"--plot {path}: no run reports a model size (summary.json 'model_size_bits')")

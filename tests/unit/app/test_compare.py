@@ -150,3 +150,28 @@ def test_a_sensitivity_folder_is_skipped_with_a_note_not_an_error(logdir, capsys
     out, err = capsys.readouterr()
     assert out.startswith("3 runs") and "sens___" not in out
     assert err.count("a sensitivity analysis, not a run (skipped)") == 2 and "error" not in err
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["test"].update(top1=1e308), "top1 is 1e+308, expected a number in [0, 100]"),
+    (lambda s: s["test"].update(top1=-5), "top1 is -5, expected a number in [0, 100]"),
+    (lambda s: s["test"].update(images="many"), "test.images is 'many', expected a number >= 0"),
+    (lambda s: s.update(hparams=[1, 2]), "hparams is [1, 2], expected a mapping"),
+    (lambda s: s.update(best="yes"), "best is 'yes', expected a mapping"),
+    (lambda s: s["compute"].update(totals=3), "compute.totals is 3, expected a mapping with vs_fp32"),
+    (lambda s: s["hparams"].update(epochs="3"), "hparams.epochs is '3', expected a number >= 0"),
+    (lambda s: s.update(wall_time_s="slow"), "wall_time_s is 'slow', expected a number >= 0"),
+])
+def test_malformed_summaries_are_errors_naming_file_and_key(tmp_path, capsys, change, message):
+    good = write(tmp_path / "good___2026.01.01-000000", training_summary(97.5, 96.0, size=1_228_096))
+    s = training_summary(97.5, 96.0, size=1_228_096)
+    change(s)
+    bad = write(tmp_path / "bad___2026.01.01-000100", s)
+    assert main([str(tmp_path), "--sort", "top1"]) == 2  # the good run is shown, the bad one named
+    out, err = capsys.readouterr()
+    assert os.path.basename(good) in out and f"{bad}/summary.json: {message}" in err
+
+
+def test_plot_needs_a_picture_file_name(logdir, capsys):
+    assert main([str(logdir), "--plot", str(logdir / "pareto.txt")]) == 2
+    assert "--plot" in capsys.readouterr().err
