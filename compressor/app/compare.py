@@ -97,6 +97,8 @@ class AnalysisFolder(Exception):
 def load_row(run_dir):
     """One table row from ``run_dir``/summary.json; UsageError naming the file when it is not a summary."""
     path = os.path.join(run_dir, SUMMARY)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO there once blocked compare forever
+        raise UsageError(f"{path}: not a regular file")
     try:
         with open(path, encoding="utf-8") as f:
             s = json.load(f)

@@ -29,8 +29,9 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Subset
 
 from compressor.app.common import number, positive_int
-from compressor.core.errors import UsageError
+from compressor.core.errors import RecipeError, UsageError
 from compressor.core.io import atomic_write, atomic_write_text
+from compressor.core.safe_yaml import load_yaml, read_text
 from compressor.data.loaders import load_calibration_data
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.graph import sites as graph
@@ -291,13 +292,17 @@ def plot_sensitivity(table, w_bits):
 
 
 def load_sensitivity(path):
+    """The table of ``--sensitivity-from``: a bounded regular file (a FIFO once hung the run), read with the
+    project's safe YAML reader, whose layers each carry their parameter count and a number per bit width."""
     try:
-        with open(path) as f:
-            table = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"--sensitivity-from {path}: cannot read it ({exc})") from None
-    if not isinstance(table, dict) or not isinstance(table.get("layers"), dict):
-        raise UsageError(f"--sensitivity-from {path}: not a sensitivity.yaml (no 'layers' mapping)")
+        table, _ = load_yaml(read_text(path, "sensitivity table"), path)
+    except RecipeError as exc:
+        raise UsageError(f"--sensitivity-from {exc}") from None
+    if not isinstance(table, dict) or not isinstance(table.get("layers"), dict) or not table["layers"]:
+        raise UsageError(f"--sensitivity-from {path}: not a sensitivity.yaml (no 'layers' mapping with layers)")
+    for name, entry in table["layers"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("params"), int) or entry["params"] < 0:
+            raise UsageError(f"--sensitivity-from {path}: layers.{name}: expected a mapping with 'params' (a count)")
     return table
 
 

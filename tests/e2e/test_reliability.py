@@ -546,3 +546,25 @@ def test_a_recipe_named_like_a_run_file_is_copied_under_another_name(tmp_path):
     log_named.write_text("policies: []\n")
     assert os.path.basename(run.copy_in(str(log_named))) == "input_t.log"
     run.close()
+
+
+def test_sensitivity_from_refuses_fifos_and_malformed_tables_naming_them(tmp_path):
+    from compressor.app.sensitivity import load_sensitivity
+    from compressor.core.errors import UsageError
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match="not a regular file"):  # once: blocked forever on the open
+        load_sensitivity(str(fifo))
+    assert time.perf_counter() - start < 5
+    for text, message in [("layers: {}\n", "no 'layers' mapping with layers"),
+                          ("layers:\n  conv1: {weights: {8: {top1: 90}}}\n", "layers.conv1: expected a mapping with"),
+                          ("layers: [\n", "invalid YAML")]:
+        path = tmp_path / "t.yaml"
+        path.write_text(text)
+        with pytest.raises(UsageError, match=message):
+            load_sensitivity(str(path))
+    good = tmp_path / "good.yaml"
+    good.write_text("layers:\n  conv1: {params: 432, weights: {8: {top1: 90.0, sqnr_db: 30.0}}}\n")
+    assert load_sensitivity(str(good))["layers"]["conv1"]["weights"][8]["top1"] == 90.0

@@ -175,3 +175,11 @@ def test_malformed_summaries_are_errors_naming_file_and_key(tmp_path, capsys, ch
 def test_plot_needs_a_picture_file_name(logdir, capsys):
     assert main([str(logdir), "--plot", str(logdir / "pareto.txt")]) == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def test_a_fifo_as_summary_is_refused_without_blocking(tmp_path, capsys):
+    run = tmp_path / "r___2026.01.01-000000"
+    run.mkdir()
+    os.mkfifo(run / "summary.json")
+    assert main([str(tmp_path)]) == 2
+    assert "summary.json: not a regular file" in capsys.readouterr().err
