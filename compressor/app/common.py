@@ -68,8 +68,13 @@ def count_or_fraction(flag):
     return parse
 
 
+MAX_WORKERS = 256  # data-loading processes; -j 100000 once started a process storm before any error
+
+
 def non_negative(flag, kind=float, hi=None):
-    return number(flag, kind, hi=hi if hi is not None else (MAX_COUNT if kind is int else None))
+    hi = hi if hi is not None else (MAX_COUNT if kind is int else None)
+    expected = f"{'an integer' if kind is int else 'a number'} in [0, {hi}]" if hi is not None else "a number >= 0"
+    return number(flag, kind, expected=expected, hi=hi)
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -105,7 +110,7 @@ def common_parser(batch_size=256):
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="dataset; default inferred from the arch name (*_cifar: cifar10, *_mnist: mnist, "
                         "*_digits: digits, others: imagenet)")
-    p.add_argument("-j", "--workers", type=non_negative("-j/--workers", int), default=0,
+    p.add_argument("-j", "--workers", type=non_negative("-j/--workers", int, hi=MAX_WORKERS), default=0,
                    help="data loading worker processes (default: 0)")
     p.add_argument("-b", "--batch-size", type=positive_int("-b/--batch-size"), default=batch_size,
                    help=f"minibatch size (default: {batch_size})")

@@ -20,6 +20,8 @@ MODES = {
 
 PYTORCH_BACKENDS = {"fbgemm": "x86", "qnnpack": "qnnpack"}  # Distiller's backend -> our --int8-engine
 LAPQ_INIT_MODES = ("NONE", "AVG", "LAPLACE", "GAUSS", "L1", "L2", "L3")
+# scipy.optimize.minimize's derivative-free methods (LAPQ's loss has no gradient); a typo was a scipy traceback
+LAPQ_METHODS = ("Powell", "Nelder-Mead", "COBYLA", "COBYQA")
 
 
 class _PytorchBackend(argparse.Action):
@@ -152,7 +154,8 @@ def add_lapq_arguments(parser):
     g = parser.add_argument_group("LAPQ (with --qe-lapq)")
     g.add_argument("--lapq-maxiter", type=int, default=None, help="iterations of the search (default: 2)")
     g.add_argument("--lapq-maxfev", type=int, default=None, help="loss evaluations at most")
-    g.add_argument("--lapq-method", default="Powell", help="scipy.optimize.minimize method (default: Powell)")
+    g.add_argument("--lapq-method", default="Powell", choices=LAPQ_METHODS,
+                   help="scipy.optimize.minimize method (default: Powell)")
     g.add_argument("--lapq-basinhopping", "--lapq-bh", action="store_true", help="accepted; not supported (refused)")
     g.add_argument("--lapq-basinhopping-niter", "--lapq-bh-niter", type=int, default=100)
     g.add_argument(
@@ -165,7 +168,7 @@ def add_lapq_arguments(parser):
     g.add_argument("--lapq-init-method", default="Powell", help="minimizer of the L1/L2/L3 initialisation")
     g.add_argument(
         "--lapq-eval-size",
-        type=float,
+        type=number("--lapq-eval-size", float, "a fraction in (0, 1]", lo=0.0, hi=1.0, lo_open=True),
         default=1.0,
         help="fraction of the calibration images the loss is measured on (default: 1)",
     )

@@ -126,6 +126,9 @@ def test_alias_bomb_on_the_command_line_writes_nothing(tmp_path, capsys):
         (["--epochs", "1.5"], "--epochs expects a positive integer up to 2147483647, got '1.5'"),
         (["--qe-calibration", "inf"], "--qe-calibration expects a count (a whole number) or a fraction in (0, 1]"),
         (["--qe-clip-n-stds", "nan"], "--qe-clip-n-stds expects a number > 0 (a finite number)"),
+        (["-j", "100000"], "-j/--workers expects an integer in [0, 256], got 100000"),  # was a process storm
+        (["--lapq-eval-size", "nan"], "--lapq-eval-size expects a fraction in (0, 1] (a finite number)"),
+        (["--lapq-method", "bogus"], "invalid choice: 'bogus' (choose from 'Powell'"),
     ],
 )
 def test_bad_flag_numbers(tmp_path, capsys, argv, message):
