@@ -206,6 +206,9 @@ class ClassifierRun:
         self.best = [tuple(b) for b in ckpt.best_scores]
         self.start_epoch = ckpt.epoch + 1
         log.info("Resumed from %s at epoch %d", self.args.resume_from, self.start_epoch)
+        if self.start_epoch >= self.args.epochs and not self.args.evaluate:
+            log.warning("WARNING: the checkpoint finished epoch %d and --epochs is %d: nothing is left to train, the "
+                        "run only evaluates it (raise --epochs to continue training)", ckpt.epoch, self.args.epochs)
 
     def _warn_idle_policies(self):
         quantizer = self.scheduler.quantizer if self.scheduler else None

@@ -294,3 +294,11 @@ def test_evaluate_without_weights_says_the_weights_are_random(tmp_path, app):
     path = app(tmp_path, "random_eval", "--evaluate")
     assert "--evaluate without --resume-from, --exp-load-weights-from or --pretrained" in \
         open(os.path.join(path, "random_eval.log")).read()
+
+
+@pytest.mark.slow
+def test_resuming_past_the_last_epoch_says_nothing_is_left_to_train(tmp_path, app):
+    first = app(tmp_path, "first", "--epochs", "1", "--etrs", "0.1")
+    again = app(tmp_path, "again", "--epochs", "1", "--etrs", "0.1", "--resume-from",
+                os.path.join(first, "checkpoint.pth.tar"))
+    assert "nothing is left to train" in open(os.path.join(again, "again.log")).read()
