@@ -416,6 +416,11 @@ def analyze(args, model, config, dataset, shape, run_dir, device):
     summary = {"kind": "sensitivity", "arch": args.arch, "dataset": dataset, "run_dir": run_dir.path}
     if args.sensitivity_from:
         table = load_sensitivity(args.sensitivity_from)
+        layers = {name for name, m in model.named_modules() if isinstance(m, graph.LAYER_TYPES)}
+        strangers = sorted(set(table["layers"]) - layers)
+        if strangers:  # another arch's table silently gave a recipe for layers this model does not have
+            raise UsageError(f"--sensitivity-from {args.sensitivity_from}: layers {', '.join(strangers[:5])} are not "
+                             f"layers of {args.arch}: the table was measured on another model")
         w_bits = sorted(int(b) for b in next(iter(table["layers"].values()))["weights"])
     else:
         calib_loader, images, labels = analysis_data(args, dataset, shape)

@@ -571,3 +571,19 @@ def test_sensitivity_from_refuses_fifos_and_malformed_tables_naming_them(tmp_pat
     good = tmp_path / "good.yaml"
     good.write_text("layers:\n  conv1: {params: 432, weights: {8: {top1: 90.0, sqnr_db: 30.0}}}\n")
     assert load_sensitivity(str(good))["layers"]["conv1"]["weights"][8]["top1"] == 90.0
+
+
+@pytest.mark.slow
+def test_sensitivity_from_another_architecture_is_refused(tmp_path, capsys):
+    from compressor.app import post_train
+    from compressor.app.classifier import main as classifier
+
+    assert classifier(["-a", "simplenet_digits", "--dataset", "digits", "--epochs", "1", "--etrs", "0.1", "-p", "0",
+                       "-o", str(tmp_path), "-n", "fp32"]) == 0
+    (fp32,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path) if d.startswith("fp32___")]
+    table = tmp_path / "resnet_sensitivity.yaml"
+    table.write_text("layers:\n  layer1.0.conv1: {params: 2304, weights: {4: {top1: 90.0, sqnr_db: 20.0}}}\n")
+    rc = post_train.main(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from",
+                          os.path.join(fp32, "best.pth.tar"), "--sensitivity-from", str(table),
+                          "--target-avg-bits", "4", "-o", str(tmp_path)])
+    assert rc == 2 and "layers layer1.0.conv1 are not layers of simplenet_digits" in capsys.readouterr().err
