@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from compressor.app.common import number, positive_int
 from compressor.core.errors import RecipeError, UsageError
 from compressor.core.io import atomic_write, atomic_write_text
+from compressor.core.progress import progress
 from compressor.core.safe_yaml import load_yaml, read_text
 from compressor.data.loaders import load_calibration_data
 from compressor.quantization.collect import collect_stats
@@ -196,7 +197,7 @@ def measure_sensitivity(model, config, calib_loader, images, labels, w_bits, a_b
         "all_quantized": scorer.score({**base, "overrides": overrides}),
         "layers": {},
     }
-    for name, params in scorer.layers:
+    for name, params in progress(scorer.layers, "sensitivity"):  # a bar with the time left, on a terminal
         entry = {"params": params, "weights": {}, "activations": {}}
         for b in w_bits:
             entry["weights"][b] = scorer.score({**fp, "overrides": {name: {"bits_weights": b}}})
