@@ -132,7 +132,12 @@ class ClassifierRun:
     def warn_unapplied_quantizers(self):
         """A recipe whose quantizers no policy applies trains FP32 (Distiller's rule): say so. A PTQ recipe
         (quantizers, no policies) handed to this app trained a 'W4' run in FP32 without a word."""
-        declared = list(self.recipe.data.get("quantizers") or {})
+        data = self.recipe.data or {}
+        if not any(data.get(k) for k in ("quantizers", "policies", "lr_schedulers", "calibrators", "distillers")):
+            log.warning("WARNING: %s declares nothing (no quantizers, policies or schedulers): this run trains in FP32 "
+                        "with a constant learning rate", self.recipe.file)
+            return
+        declared = list(data.get("quantizers") or {})
         if declared and self.scheduler.quantizer is None:
             log.warning(
                 "WARNING: %s declares quantizers (%s) but no policy applies one: this run trains in FP32. Add a "

@@ -302,3 +302,11 @@ def test_resuming_past_the_last_epoch_says_nothing_is_left_to_train(tmp_path, ap
     again = app(tmp_path, "again", "--epochs", "1", "--etrs", "0.1", "--resume-from",
                 os.path.join(first, "checkpoint.pth.tar"))
     assert "nothing is left to train" in open(os.path.join(again, "again.log")).read()
+
+
+@pytest.mark.slow
+def test_an_empty_recipe_says_it_declares_nothing(tmp_path, app):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text("# nothing yet\n")
+    path = app(tmp_path, "empty", "--epochs", "1", "--etrs", "0.1", "--compress", str(recipe))
+    assert "declares nothing (no quantizers, policies or schedulers)" in open(os.path.join(path, "empty.log")).read()
