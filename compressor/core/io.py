@@ -25,7 +25,7 @@ import time
 import torch
 
 from compressor.core import distiller_checkpoint
-from compressor.core.errors import CheckpointError, DiskFullError
+from compressor.core.errors import CheckpointError, CompressorError, DiskFullError
 
 log = logging.getLogger("compressor")
 
@@ -56,6 +56,9 @@ def atomic_write(path, write):
     The file gets the mode the umask gives (like every other file of a run), not mkstemp's 0600.
     A full disk becomes a DiskFullError naming ``path``; the old file is untouched.
     """
+    if os.path.lexists(path) and not os.path.isfile(path):  # the rename would replace a device node or a FIFO
+        raise CompressorError(f"{path} exists and is not a regular file (a device, FIFO or folder): not replaced; "
+                              "name a file")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     clean_stale_temp_files(folder)

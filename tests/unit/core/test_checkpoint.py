@@ -53,3 +53,18 @@ def test_fp32_weights_load_into_prepared_model_and_back():
 def test_mismatched_weights_are_a_clear_error():
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_weights(nn.Linear(3, 4), {"other.weight": torch.zeros(1)})
+
+
+def test_an_output_path_that_is_a_device_or_fifo_is_never_replaced(tmp_path):
+    import stat
+
+    from compressor.core.errors import CompressorError
+    from compressor.core.io import atomic_write_text
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(CompressorError, match="is not a regular file .* not replaced"):
+        atomic_write_text(str(fifo), "x")  # --export-onnx onto a device node used to replace the node
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    atomic_write_text(str(tmp_path / "ok.txt"), "x")
+    assert (tmp_path / "ok.txt").read_text() == "x"
