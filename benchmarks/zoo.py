@@ -15,7 +15,6 @@ there (resumable).
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -134,23 +133,6 @@ def one(arch, test_images):
     return row
 
 
-def machine():
-    """CPU model and the integer capability the exporter detects (it picks the ONNX format from it)."""
-    import onnxruntime
-    import torch
-
-    from compressor.deploy.target import cpu_flags, detect_capability
-
-    flags, arch = cpu_flags()
-    model = platform.processor() or arch
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return {"cpu": model, "cores": os.cpu_count(), "int8_capability": detect_capability(flags, arch),
-            "threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="the JSON file the rows go to (required, except for --one)")
@@ -167,6 +149,9 @@ def main():
     import torchvision
 
     archs = args.arch or sorted(torchvision.models.list_models(module=torchvision.models))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from inference_speed import machine  # CPU model, integer capability, threads, versions: one definition
+
     result = {"command": "python " + " ".join(sys.argv), "machine": machine(), "rows": {}}
     if os.path.exists(args.out):
         with open(args.out) as f:
