@@ -397,7 +397,11 @@ def run_classifier(args):
 
 
 def _refuse_distiller_flags(args):
-    """Distiller's flags with no counterpart here: a clear refusal naming the replacement (exit 2, nothing run)."""
+    """Distiller's flags with no counterpart here, and flags that contradict each other: a clear refusal (exit 2,
+    nothing run)."""
+    if args.resume_from and args.exp_load_weights_from:  # one was silently ignored
+        raise UsageError("give one of --resume-from (continue a run: weights, optimizer, epoch) and "
+                         "--exp-load-weights-from (start a new run from weights)")
     for key, message in REFUSED_FLAGS.items():
         if getattr(args, key, None):
             raise UsageError(message)

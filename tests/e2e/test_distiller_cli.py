@@ -149,3 +149,11 @@ def test_distiller_flags_that_work_here(tmp_path):
     trained = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
     assert untrained["epoch"] == -1 and not torch.equal(untrained["state_dict"]["conv1.weight"],
                                                         trained["state_dict"]["conv1.weight"])
+
+
+def test_resume_and_load_weights_together_are_refused(capsys):
+    from compressor.app.classifier import main
+
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", "a", "--exp-load-weights-from",
+                 "b"]) == 2
+    assert "give one of --resume-from" in capsys.readouterr().err
