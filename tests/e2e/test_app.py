@@ -197,7 +197,7 @@ def test_bad_recipe_is_a_clear_error_without_traceback(tmp_path, root):
         ),
         (["--dataset", "digits", "--vs", "2"], "--vs expects a number in [0, 1]"),
         (["--dataset", "digits", "--lr", "-1"], "--lr expects a number >= 0"),
-        (["--dataset", "digits", "-j", "-1"], "-j/--workers expects a number >= 0"),
+        (["--dataset", "digits", "-j", "-1"], "-j/--workers expects an integer in [0, 256]"),
         (
             ["--dataset", "cifar10", "-a", "simplenet_mnist", "/tmp"],
             "simplenet_mnist expects 1-channel images, cifar10 has 3",
