@@ -188,15 +188,9 @@ class IntegerMul(IntegerAdd):
         return torch.round((product * ratio) + torch.tensor(z_c, dtype=f32)).double().clamp(0, 255)
 
 
-class IntegerGlobalAvgPool:
-    """Forward hook of the quantizer after a global average pooling (to 1x1) of a quantized tensor: the output as
-    onnxruntime's QLinearGlobalAveragePool computes it (MLAS), not as a float mean quantized again.
-
-    MLAS sums the stored 8-bit integers minus the input zero point per channel, ``acc = sum(q) - z_in * n``, and
-    requantizes with the float32 ``m = s_in / (s_out * n)`` taken apart into a 24-bit integer mantissa ``M`` and a
-    shift (``m = M / 2^shift`` exactly): ``round(acc * M / 2^shift)``, halves away from zero, plus ``z_out``,
-    saturated. The float mean rounded once put 0.03 % of EfficientNet-B0's squeeze-excitation pools a step off.
-    """
+class _IntegerUnary:
+    """Forward hook of the quantizer after a one-input op of a quantized tensor: keeps the op's input (the output
+    of ``source``, called once per forward) and says when both grids are fixed 8-bit per-tensor ones."""
 
     def __init__(self, source, in_quant, out_quant):
         self.in_quant, self.out_quant = in_quant, out_quant
@@ -212,6 +206,17 @@ class IntegerGlobalAvgPool:
         return (self.enabled and self.input is not None
                 and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
                 and all(q.scale.numel() == 1 for q in quants))
+
+
+class IntegerGlobalAvgPool(_IntegerUnary):
+    """Forward hook of the quantizer after a global average pooling (to 1x1) of a quantized tensor: the output as
+    onnxruntime's QLinearGlobalAveragePool computes it (MLAS), not as a float mean quantized again.
+
+    MLAS sums the stored 8-bit integers minus the input zero point per channel, ``acc = sum(q) - z_in * n``, and
+    requantizes with the float32 ``m = s_in / (s_out * n)`` taken apart into a 24-bit integer mantissa ``M`` and a
+    shift (``m = M / 2^shift`` exactly): ``round(acc * M / 2^shift)``, halves away from zero, plus ``z_out``,
+    saturated. The float mean rounded once put 0.03 % of EfficientNet-B0's squeeze-excitation pools a step off.
+    """
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
@@ -264,25 +269,25 @@ def mlas_logistic(x, fused=True):
     return _f32(_f32(p / q) + 0.5).clamp(0.0, 1.0)
 
 
-class IntegerSigmoid:
+class IntegerSigmoid(_IntegerUnary):
     """Forward hook of the quantizer after a sigmoid of a quantized tensor: the output of onnxruntime's
     QLinearSigmoid, a 256-entry table of MLAS's logistic of each dequantized input, quantized (round half to even
     of ``y / s_out`` in float32). torch's exact sigmoid quantized again put EfficientNet-B7's squeeze-excitation
     and SiLU gates a step apart often enough to change 25 % of its random-weight decisions (docs/zoo.md)."""
 
     def __init__(self, source, in_quant, out_quant):
-        self.in_quant, self.out_quant = in_quant, out_quant
-        self.enabled = True
-        self.input = None
+        super().__init__(source, in_quant, out_quant)
         self.fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        source.register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output):
-        self.input = output
-
-    active = IntegerGlobalAvgPool.active
+        self._table = (None, None)  # (the grids it was built for, the table): built once per calibration
 
     def table(self):
+        q, out = self.in_quant, self.out_quant
+        key = tuple(float(v) for v in (q.scale, q.zero_point, out.scale, out.zero_point))
+        if self._table[0] != key:
+            self._table = (key, self._build_table())
+        return self._table[1]
+
+    def _build_table(self):
         q = self.in_quant
         levels = torch.arange(q.qmin, q.qmax + 1, dtype=torch.float64)
         x = _f32((levels - float(int(q.zero_point))) * _f32(q.scale.double()))
@@ -392,12 +397,19 @@ def _install_global_pool(gm, modules, calls, node, out):
         isinstance(modules[node.target], _GLOBAL_POOLS) and modules[node.target].output_size in (1, (1, 1))
     if not pool or len(node.users) != 1:
         return False
-    src = node.args[0]
-    if not (isinstance(src, fx.Node) and src.op == "call_module" and src.target.startswith("activation_quantizers.")
-            and calls[src.target] == 1):
+    src = _quantizer_called_once(node.args[0], calls)
+    if src is None:
         return False
     out.register_forward_hook(IntegerGlobalAvgPool(modules[src.target], modules[src.target], out))
     return True
+
+
+def _quantizer_called_once(node, calls):
+    """``node`` when it is an activation quantizer's call, the only call of that module (its output is this
+    forward's value), else None."""
+    ok = isinstance(node, fx.Node) and node.op == "call_module" and node.target.startswith("activation_quantizers.") \
+        and calls[node.target] == 1
+    return node if ok else None
 
 
 def _install_sigmoid(gm, modules, calls, node, out):
@@ -406,9 +418,8 @@ def _install_sigmoid(gm, modules, calls, node, out):
         (node.op == "call_function" and node.target in _SIGMOIDS)
         or (node.op == "call_method" and node.target == "sigmoid")
         or (node.op == "call_module" and isinstance(modules[node.target], nn.Sigmoid)))
-    src = node.args[0] if sigmoid else None
-    if not (isinstance(src, fx.Node) and src.op == "call_module" and src.target.startswith("activation_quantizers.")
-            and calls[src.target] == 1):
+    src = _quantizer_called_once(node.args[0], calls) if sigmoid else None
+    if src is None:
         return False
     out.register_forward_hook(IntegerSigmoid(modules[src.target], modules[src.target], out))
     return True
