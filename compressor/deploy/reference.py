@@ -113,7 +113,8 @@ class _Recorder(fx.Interpreter):
 
 
 def _record(gm, example_input):
-    """({node: value at batch 1}, {node: shape at batch 2}, nodes depending on the input)."""
+    """({node: value}, ({node: shape at batch 1}, {node: shape at batch 2}), nodes depending on the input); the
+    values are the second run's (the folded ones, computed from parameters alone, are the same in both)."""
     shapes = []
     for batch in (1, 2):
         recorder = _Recorder(gm)
@@ -617,11 +618,10 @@ def _einsum(b, node):
 
 
 def _layernorm(b, node, x, normalized_shape, weight, bias, eps):
-    dims = len(normalized_shape) if isinstance(normalized_shape, (list, tuple)) else 1
-    size = [int(d) for d in (normalized_shape if dims > 1 or isinstance(normalized_shape, (list, tuple))
-                             else [normalized_shape])]
+    shape = normalized_shape if isinstance(normalized_shape, (list, tuple)) else [normalized_shape]
+    size = [int(d) for d in shape]
     ones = torch.ones(size)
-    b.emit(node, "layernorm", [x], axes=list(range(-dims, 0)), eps=float(eps),
+    b.emit(node, "layernorm", [x], axes=list(range(-len(size), 0)), eps=float(eps),
            weight=ones if weight is None else weight.detach().float().clone(),
            bias=torch.zeros(size) if bias is None else bias.detach().float().clone())
 
