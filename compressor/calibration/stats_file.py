@@ -103,7 +103,7 @@ def _check(record, path, issue):
     return ok
 
 
-def match_stats(records, site_names, module_names, where="stats", chains=None, folded=None):
+def match_stats(records, site_names, module_names, where="stats", chains=None, folded=None, relus=()):
     """Map each site to its record (our names, or Distiller's per-module names: see ``stats_names``);
     a site without stats, or stats naming nothing in the model, is an error."""
-    return resolve(records, site_names, module_names, chains=chains, folded=folded, where=where)
+    return resolve(records, site_names, module_names, chains=chains, folded=folded, where=where, relus=relus)

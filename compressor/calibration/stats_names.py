@@ -13,6 +13,9 @@ add with ``+``. The mapping, tried in this order for a site whose fused chain en
 3. the module's per-use name: ``m`` -> ``m1``, ``m@k`` -> ``m{k+1}`` (Distiller's ``relu1``,
    ``relu2``, ``relu3`` for the first, second, third call of one ReLU).
 4. an in-place add ``P.iadd`` -> ``P.add``.
+5. a chain ending in a functional ReLU (``F.relu``: no module, so no record in Distiller's file): the record
+   of the op before it, by rules 1-4, clipped at 0 (min, max, avg_min and avg_max; mean and std kept), as
+   Distiller's stats fusion derives it (its ``test_stats_fusion_sequential``, ``relu_pos_neg``/``relu_all_neg``).
 
 Records of modules that are no site (a folded batch-norm, pooling, Distiller's ``add`` fused into
 the ReLU after it) load and are unused; a record naming nothing in the model, or a site left
@@ -51,24 +54,40 @@ def candidates(site, chain, module_names, folded):
     return names
 
 
-def resolve(records, sites, module_names, chains=None, folded=None, where="stats"):
+def relu_clipped(record):
+    """A record seen through a ReLU: Distiller clips min, max, avg_min and avg_max at 0 and keeps the rest."""
+    out = dict(record)
+    for key in ("min", "max", "avg_min", "avg_max"):
+        if key in out:
+            out[key] = max(out[key], 0.0)
+    return out
+
+
+def resolve(records, sites, module_names, chains=None, folded=None, where="stats", relus=()):
     """{site: record} for every site; ``StatsError`` naming what is missing or foreign.
 
     ``records``: {name: record} (``name#input`` for a module's first input, from ``load_stats``);
     ``sites``: the site names needing a record; ``chains``: {site: names of the fused ops ending at it}, for
     every site of the model (quantized or not);
-    ``folded``: {conv/linear name: name of the batch-norm folded into it}.
+    ``folded``: {conv/linear name: name of the batch-norm folded into it}; ``relus``: the sites whose chain ends
+    in a ReLU (rule 5).
     """
     chains, folded, module_names = chains or {}, folded or {}, set(module_names)
+
+    def lookup(name, chain):
+        return next((records[n] for n in candidates(name, chain, module_names, folded) if n in records), None)
+
     result, missing = {}, []
     for site in sites:
         if site == "input":
             rec = records.get("input") or _first_input(records)
         else:
-            rec = next(
-                (records[n] for n in candidates(site, chains.get(site, (site,)), module_names, folded) if n in records),
-                None,
-            )
+            chain = chains.get(site, (site,))
+            rec = lookup(site, chain)
+            functional = chain[-1].split("@")[0] not in module_names  # a ReLU module has records of its own
+            if rec is None and site in relus and functional and len(chain) >= 2:
+                before = lookup(chain[-2], chain[:-1])
+                rec = relu_clipped(before) if before is not None else None
         if rec is None:
             missing.append(site)
         else:

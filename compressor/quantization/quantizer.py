@@ -53,6 +53,7 @@ class Quantizer:
         self.weight_quantizers = {}  # "module.param" -> module
         self.rows = []
         self.act_chains = {}
+        self.relu_sites = set()  # sites whose fused chain ends in a ReLU
         self.prepared = None
         # the FP32 model's size, before preparation changes it (e.g. WRPN's widening)
         self.fp32_bits = FP_BITS * sum(p.numel() for p in model.parameters())
@@ -114,6 +115,7 @@ class Quantizer:
         gm = graph.trace(self.model)
         sites = graph.find_activation_sites(gm, self.quantize_inputs())
         self.act_chains = {site.name: "->".join(site.chain) for site in sites}
+        self.relu_sites = {site.name for site in sites if site.relu}
         self.activation_quantizers = graph.instrument(
             gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site))
         )

@@ -134,7 +134,7 @@ class PostTrainLinearQuantizer(Quantizer):
             modules = {name for name, _ in self.model.named_modules()}
             chains = {name: tuple(chain.split("->")) for name, chain in self.act_chains.items()}
             self.apply_stats(match_stats(records, sites, modules, where="model_activation_stats", chains=chains,
-                                         folded=self.folded_bn))
+                                         folded=self.folded_bn, relus=self.relu_sites))
         self.accumulator_report()
         return gm
 

@@ -163,3 +163,50 @@ def test_a_file_for_another_model_is_still_refused():
         PostTrainLinearQuantizer(two_blocks(Block), model_activation_stats=stats).prepare_model()
     assert "no statistics for 1.relu@1" in str(err.value)
     assert "statistics for 0.relu3, which the model does not have" in str(err.value)
+
+
+class ConvBnFunctionalRelu(ConvBnPool):
+    """Distiller's ConvBnActPool('relu', act_as_module=False): the ReLU is F.relu, so its file has no record."""
+
+    def forward(self, x):
+        return self.pool(torch.nn.functional.relu(self.bn(self.conv(x))))
+
+
+@pytest.mark.parametrize(
+    "bn_out, expected",
+    [
+        ((-5.0, 5.0, -3.0, 3.0), (0.0, 5.0, 0.0, 3.0)),
+        ((1.0, 5.0, 2.0, 3.0), (1.0, 5.0, 2.0, 3.0)),
+        ((-5.0, -1.0, -4.0, -2.0), (0.0, 0.0, 0.0, 0.0)),
+    ],
+    ids=["relu_pos_neg", "relu_all_pos", "relu_all_neg"],
+)
+def test_functional_relu_takes_the_batchnorms_record_clipped_at_zero(bn_out, expected):
+    """Distiller's test_stats_fusion_sequential: conv->bn->F.relu gets BN's output record with min, max,
+    avg_min and avg_max clipped at 0 (min/max with no clipping, avg_min/avg_max with AVG)."""
+    model = ConvBnFunctionalRelu().eval()
+    stats = gen_stats_for_model(model)
+    assert "relu" not in stats
+    stats["bn"]["output"] = dict(zip(("min", "max", "avg_min", "avg_max"), bn_out), mean=0.0, std=0.5)
+    for clip, picked in (("NONE", expected[:2]), ("AVG", expected[2:])):
+        q = PostTrainLinearQuantizer(model, bits_activations=8, clip_acts=clip,
+                                     model_activation_stats=copy.deepcopy(stats))
+        q.prepare_model()
+        assert q.ranges["relu"] == pytest.approx(picked), clip
+
+
+def test_our_own_module_stats_file_for_a_functional_relu_quantizes_like_calibration():
+    """The file collect_module_stats writes for conv->bn->F.relu (no ReLU record) gives calibration's range."""
+    torch.manual_seed(0)
+    model = ConvBnFunctionalRelu().eval()
+    model.bn.running_mean.uniform_(-2, 2)
+    data = [(torch.randn(8, 10, 12, 12), 0) for _ in range(3)]
+    stats = collect_module_stats(model, data)
+    assert "relu" not in stats
+    q_file = PostTrainLinearQuantizer(model, bits_activations=8, model_activation_stats=stats)
+    q_file.prepare_model()
+    q_cal = PostTrainLinearQuantizer(model, bits_activations=8)
+    q_cal.prepare_model()
+    q_cal.calibrate(data)
+    assert q_cal.ranges["relu"][0] == 0.0
+    assert q_file.ranges["relu"] == pytest.approx(q_cal.ranges["relu"], rel=2e-3)
