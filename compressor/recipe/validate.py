@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from compressor.quantization.overrides import backtracking_risk
 from compressor.recipe.components import QUANTIZERS, SECTIONS
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ def _validate_component_args(recipe, path, cls, args):
             except re.error as exc:
                 if not re.fullmatch(r"[\w.@]+", pattern):
                     issues.append(recipe.issue(opath, f"not a valid regular expression: {exc}"))
+            risk = backtracking_risk(pattern)
+            if risk:
+                issues.append(recipe.issue(opath, f"{risk} can take exponential time to match; write the "
+                                                  "pattern without nesting (e.g. '.*X' for '(.*)*X')"))
             if settings is None:
                 continue
             if not isinstance(settings, dict):

@@ -1,6 +1,8 @@
 import textwrap
+import time
 
 import pytest
+import torch
 
 from compressor.core.errors import RecipeError
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
@@ -162,3 +164,26 @@ def test_every_shipped_schedule_validates(root):
     assert len(paths) >= 10
     for path in paths:
         read_recipe(path)
+
+
+def with_override(pattern):
+    return GOOD.replace("bits_weights: 8", f"bits_weights: 8\n    overrides:\n      '{pattern}': {{bits_weights: 4}}")
+
+
+@pytest.mark.parametrize("pattern", ["(.*.*.*.*.*.*.*.*)*X", "(.+)+X", "(conv|fc)*X", "((ab)*c)*"])
+def test_override_patterns_that_backtrack_exponentially_are_refused_with_file_and_line(pattern):
+    """(.*.*.*.*.*.*.*.*)*X ran for minutes against one 15-character layer name (re backtracks)."""
+    errs = errors(with_override(pattern))
+    assert len(errs) == 1
+    assert errs[0].startswith(f"r.yaml:7: quantizers.q.overrides.{pattern}: ")
+    assert "exponential time" in errs[0]
+    start = time.monotonic()
+    with pytest.raises(RecipeError, match="exponential time"):  # the library refuses it too, before matching
+        QuantAwareTrainRangeLinearQuantizer(torch.nn.Linear(2, 2), overrides={pattern: {}})
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("pattern", ["conv1", r"layer1\..*", ".*downsample.*", r"layer(1|2)\.0\..*",
+                                     r"(layer\d\.)+conv", "(?!fc).*", r"features\.[0-9]+\.conv"])
+def test_ordinary_override_patterns_pass(pattern):
+    read_recipe(with_override(pattern), file="r.yaml")
