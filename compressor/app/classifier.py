@@ -112,10 +112,13 @@ class ClassifierRun:
         self.train_loader, self.val_loader, self.test_loader = self.ctx.loaders(
             self.data_seed, args.effective_train_size, args.effective_valid_size, args.effective_test_size
         )
+        sampler = self.train_loader.sampler
+        shard = f" (this process: {len(sampler)} of each epoch's)" if hasattr(sampler, "world") else ""
         log.info(
-            "Dataset %s: %d training, %d validation, %d test samples",
+            "Dataset %s: %d training%s, %d validation, %d test samples",
             self.dataset,
-            len(self.train_loader.sampler),
+            len(getattr(sampler, "base", sampler)),  # the whole epoch, not rank 0's shard of it under torchrun
+            shard,
             len(self.val_loader.dataset),
             len(self.test_loader.dataset),
         )

@@ -1,6 +1,16 @@
-"""One place that turns the user's mistakes into clear messages and exit code 2 (never a traceback)."""
+"""One place that turns the user's mistakes into clear messages and exit code 2 (never a traceback).
 
+Under torchrun every process runs the same checks, so a mistake in the flags failed on every rank and was printed
+once per rank. Only rank 0 prints; every rank also writes its message to the error file torchrun asks for
+(``TORCHELASTIC_ERROR_FILE``), so that torchrun's failure summary names our message instead of "To enable
+traceback see ...", and a failure on another rank alone is still reported. torchrun itself then ends with its own
+``ChildFailedError`` traceback for any failed process; that part is torchrun's and cannot be turned off from here.
+"""
+
+import json
+import os
 import sys
+import time
 
 import torch
 
@@ -15,19 +25,30 @@ def run_guarded(fn, *args):
         return 0
     except RecipeError as exc:
         n = len(exc.issues)
-        print(f"error: invalid recipe ({n} problem{'s' if n != 1 else ''}):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+        report([f"error: invalid recipe ({n} problem{'s' if n != 1 else ''}):"] + [f"  {i}" for i in exc.issues])
         return 2
     except CompressorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report([f"error: {exc}"])
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        report(["error: interrupted (Ctrl-C)"])
         return 130
     except OSError as exc:  # e.g. -o names a file, or a folder without write access; a full disk
-        print(f"error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"error: {exc.strerror or exc}",
-              file=sys.stderr)
+        report([f"error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"error: {exc.strerror or exc}"])
         return 2
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+def report(lines):
+    """Print an error (rank 0 only under torchrun) and hand it to torchrun's error file where one is asked for."""
+    message = "\n".join(str(line) for line in lines)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(message, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w") as f:
+                json.dump({"message": message, "timestamp": int(time.time())}, f)
+        except OSError:
+            pass  # the summary then says torchrun's own words; the message was printed (rank 0) all the same

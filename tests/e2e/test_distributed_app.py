@@ -36,6 +36,8 @@ def test_ddp_run_writes_one_folder_and_resumes_exactly(tmp_path, root, same_stat
     whole, out = torchrun(root, tmp_path, "whole", "--epochs", "2", *common)
     assert "DistributedDataParallel: 2 processes (gloo), global batch 64 = 32 per process" in out.stdout
     assert out.stdout.count("--- test ---") == 1  # rank 1 logs warnings only
+    # the epoch's size (1,293 training images after the test and validation splits, --etrs 0.3), not a shard
+    assert "Dataset digits: 388 training (this process: 194 of each epoch's)" in out.stdout
     half, _ = torchrun(root, tmp_path, "half", "--epochs", "1", *common)
     rest, _ = torchrun(root, tmp_path, "rest", "--epochs", "2", "--resume-from",
                        os.path.join(half, "checkpoint.pth.tar"), *common)
@@ -47,3 +49,19 @@ def test_ddp_run_writes_one_folder_and_resumes_exactly(tmp_path, root, same_stat
     sa = json.load(open(os.path.join(whole, "summary.json")))
     sb = json.load(open(os.path.join(rest, "summary.json")))
     assert sa["test"] == sb["test"]
+
+
+def test_a_flag_mistake_under_torchrun_is_printed_once_and_named_in_torchruns_summary(tmp_path, root):
+    """-b 63 fails on both ranks: one "error:" line (rank 0), and torchrun's summary shows our message as the
+    root cause (from its error file) instead of "To enable traceback see ..."."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(root, "apps", "compress_classifier.py"), "-a", "simplenet_digits", "--dataset", "digits",
+           "-b", "63", "-p", "0", "-o", str(tmp_path)]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    printed = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(printed) <= 1, printed  # none when torchrun stopped rank 0 before it printed
+    root_cause = done.stderr.split("Root Cause")[1]
+    assert "error: -b/--batch-size 63 is the global batch; with 2 processes it must be a multiple of 2" in root_cause
+    assert "To enable traceback see" not in done.stderr
