@@ -33,11 +33,36 @@ def run_guarded(fn, *args):
     except KeyboardInterrupt:
         report(["error: interrupted (Ctrl-C)"])
         return 130
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        report([f"error: another process of this torchrun job is gone ({first_line(exc)}); its own output "
+                "says why (killed, out of memory, a crash). The last checkpoint written is intact: continue with "
+                "--resume-from RUN_FOLDER/checkpoint.pth.tar"])
+        return 1
     except OSError as exc:  # e.g. -o names a file, or a folder without write access; a full disk
         report([f"error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"error: {exc.strerror or exc}"])
         return 2
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting",
+             "NCCL communicator was aborted", "ProcessGroupGloo", "ProcessGroupNCCL")
+
+
+def lost_peer(exc):
+    """Whether a RuntimeError is the collective backend reporting that another rank died or stopped answering
+    (gloo raises a plain RuntimeError; a killed rank 1 left rank 0 with 30 lines of traceback)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return False
+    backend_error = getattr(torch.distributed, "DistBackendError", ())
+    return isinstance(exc, backend_error) or any(word in str(exc) for word in PEER_GONE)
+
+
+def first_line(exc):
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split("] ", 1)[-1][:160]  # without gloo's source path
 
 
 def report(lines):

@@ -65,3 +65,41 @@ def test_a_flag_mistake_under_torchrun_is_printed_once_and_named_in_torchruns_su
     root_cause = done.stderr.split("Root Cause")[1]
     assert "error: -b/--batch-size 63 is the global batch; with 2 processes it must be a multiple of 2" in root_cause
     assert "To enable traceback see" not in done.stderr
+
+
+def test_a_rank_killed_mid_training_leaves_one_clear_error_on_rank_0(tmp_path, root):
+    """kill -9 of rank 1 while training: rank 0 says another process is gone and how to resume (exit 1), with no
+    gloo traceback; the last checkpoint still loads."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(root, "apps", "compress_classifier.py"), "-a", "simplenet_digits", "--dataset", "digits",
+           "-b", "64", "--epochs", "400", "-p", "0", "-o", str(tmp_path), "-n", "k"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ckpt = glob.glob(os.path.join(str(tmp_path), "k___*", "checkpoint.pth.tar"))
+            for pid in os.listdir("/proc") if ckpt else ():
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if str(tmp_path).encode() in cmdline and b"RANK=1" in env and b"LOCAL_RANK=1" in env:
+                    victim = int(pid)
+        assert victim, "rank 1 not found after the first checkpoint"
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "error: another process of this torchrun job is gone" in err
+    assert "--resume-from" in err
+    assert "pair.cc" not in err and "GLHF" not in err  # gloo's own traceback text
+    ckpt = glob.glob(os.path.join(str(tmp_path), "k___*", "checkpoint.pth.tar"))[0]
+    assert load_checkpoint(ckpt)["epoch"] >= 0
