@@ -57,7 +57,19 @@ def adapt_state_dict(state, model):
             f"weights do not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    return {k: v for k, v in out.items() if k in target}
+    kept = {k: v for k, v in out.items() if k in target}
+    wrong_kind = [
+        f"{k} ({str(v.dtype).replace('torch.', '')})"
+        for k, v in kept.items()
+        if hasattr(v, "is_floating_point") and target[k].is_floating_point() and not v.is_floating_point()
+    ]
+    if wrong_kind:  # load_state_dict would cast them silently: integer codes or a wrong file, trained as weights
+        raise CheckpointError(
+            f"weights hold integers where the model has floating-point parameters: {', '.join(wrong_kind[:5])}"
+            f"{'...' if len(wrong_kind) > 5 else ''}; expected FP32 weights (an integer-exported model is "
+            "not a training checkpoint)"
+        )
+    return kept
 
 
 def is_quant_state(key):

@@ -108,3 +108,14 @@ def test_loading_maps_the_file_instead_of_holding_it_twice(tmp_path, root):
     assert done.returncode == 0, done.stderr
     grown = int(done.stdout.split()[-1])
     assert grown < 1.25 * os.path.getsize(path), (grown, os.path.getsize(path))
+
+
+def test_integer_weights_are_refused_naming_the_parameter():
+    """int64 weights were cast to float silently by load_state_dict; the BN counter (int64 on both sides) loads."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    state = model.state_dict()
+    state["0.weight"] = torch.randint(-3, 3, state["0.weight"].shape)
+    with pytest.raises(CheckpointError, match=r"integers where the model has floating-point parameters: "
+                                              r"0.weight \(int64\); expected FP32 weights"):
+        load_weights(model, state)
+    load_weights(model, nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).state_dict())
