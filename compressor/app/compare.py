@@ -50,8 +50,10 @@ def wilson_interval(percent, n, z=1.959964):
     return [100.0 * (centre - half), 100.0 * (centre + half)]
 
 
-def find_runs(paths):
-    """Run folders (holding summary.json) under each path, recursively; errors for paths without any."""
+def find_runs(paths, unfinished=None):
+    """Run folders (holding summary.json) under each path, recursively; errors for paths without any. Run folders
+    without a summary.json (an app's args.yaml is written at the start, the summary at the end: the run crashed,
+    was interrupted or still runs) go to ``unfinished`` when given."""
     found, problems = [], []
     for path in paths:
         if not os.path.exists(path):
@@ -59,9 +61,14 @@ def find_runs(paths):
             continue
         if os.path.isfile(path):
             path = os.path.dirname(path) if os.path.basename(path) == SUMMARY else path
-        runs = sorted(dirpath for dirpath, _, files in os.walk(path) if SUMMARY in files)
+        walked = sorted((dirpath, files) for dirpath, _, files in os.walk(path))
+        runs = [dirpath for dirpath, files in walked if SUMMARY in files]
+        partial = [dirpath for dirpath, files in walked if SUMMARY not in files and "args.yaml" in files]
+        if unfinished is not None:
+            unfinished += [r for r in partial if r not in unfinished]
         if not runs:
-            problems.append(f"{path}: no run folder (none holds a {SUMMARY})")
+            problems.append(f"{path}: no run folder (none holds a {SUMMARY})"
+                            + (f"; {len(partial)} unfinished" if partial else ""))
         found += [r for r in runs if r not in found]
     return found, problems
 
@@ -171,7 +178,13 @@ def _check_summary(s, test, path):
 def load_rows(paths, notes=None):
     """(rows, problems): a row per readable run, a message per path or summary that could not be used; analysis
     folders (a sensitivity run) are skipped with a message in ``notes`` when given."""
-    runs, problems = find_runs(paths)
+    partial = []
+    runs, problems = find_runs(paths, partial)
+    if notes is not None:
+        for run in partial:
+            kept = [f for f in ("checkpoint.pth.tar", "best.pth.tar") if os.path.isfile(os.path.join(run, f))]
+            notes.append(f"{run}: no {SUMMARY}: the run did not finish (crashed, interrupted or still running), "
+                         "not in the table" + (f"; it kept {' and '.join(kept)}" if kept else ""))
     rows = []
     for run in runs:
         try:

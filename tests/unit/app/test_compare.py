@@ -183,3 +183,18 @@ def test_a_fifo_as_summary_is_refused_without_blocking(tmp_path, capsys):
     os.mkfifo(run / "summary.json")
     assert main([str(tmp_path)]) == 2
     assert "summary.json: not a regular file" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_beside_complete_ones_is_named_in_a_note(logdir, capsys):
+    """A crashed run (args.yaml and a checkpoint, no summary.json) was left out without a word."""
+    crashed = logdir / "crashed___2026.01.01-000000"
+    crashed.mkdir()
+    (crashed / "args.yaml").write_text("arch: resnet20_cifar\n")
+    (crashed / "checkpoint.pth.tar").write_bytes(b"x")
+    notes = []
+    rows, problems = load_rows([str(logdir)], notes)
+    assert problems == [] and len(rows) == 3
+    assert notes == [f"{crashed}: no summary.json: the run did not finish (crashed, interrupted or still running), "
+                     "not in the table; it kept checkpoint.pth.tar"]
+    assert main([str(logdir)]) == 0
+    assert "note: " + notes[0] in capsys.readouterr().err
