@@ -14,6 +14,7 @@ from compressor.app.common import (
 from compressor.app.deploy_args import add_deploy_arguments
 from compressor.app.kd_args import add_kd_arguments
 from compressor.app.qe_args import add_qe_arguments
+from compressor.training.optimizers import OPTIMIZERS
 
 SUMMARY_CHOICES = ("compute", "model", "modules")
 # Distiller's --summary choices we do not have, and what replaces each
@@ -37,6 +38,8 @@ def classifier_parser():
     p.add_argument("--epochs", type=positive_int("--epochs"), default=90, help="number of epochs (default: 90)")
     p.add_argument("--lr", "--learning-rate", type=non_negative("--lr"), default=0.1, dest="lr",
                    help="initial learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                   help="sgd (with --momentum) or adamw (for ConvNeXt and ViT)")
     p.add_argument("--momentum", type=non_negative("--momentum"), default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", type=non_negative("--wd"), default=1e-4, dest="weight_decay",
                    help="weight decay")

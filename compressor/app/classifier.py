@@ -3,7 +3,6 @@
 import logging
 import os
 
-import torch
 from torch import nn
 
 from compressor.app.args import DISTILLER_SUMMARIES, REFUSED_FLAGS, classifier_parser
@@ -23,6 +22,7 @@ from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything, set_rng_state
 from compressor.training.faults import resumable
 from compressor.training.loop import evaluate, train_one_epoch
+from compressor.training.optimizers import load_optimizer_state, make_optimizer
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 
 log = logging.getLogger("compressor")
@@ -122,9 +122,7 @@ class ClassifierRun:
             len(self.val_loader.dataset),
             len(self.test_loader.dataset),
         )
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-        )
+        self.optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
         self.model = self.scheduler.model if self.scheduler else model
         if self.scheduler:
@@ -205,7 +203,7 @@ class ClassifierRun:
             log.info("Resumed weights from %s; optimizer reset, starting at epoch 0", self.args.resume_from)
             return
         if ckpt.optimizer_state_dict is not None and not self.args.evaluate:
-            self.optimizer.load_state_dict(ckpt.optimizer_state_dict)
+            load_optimizer_state(self.optimizer, self.args.optimizer, ckpt.optimizer_state_dict)
         if self.scheduler and ckpt.compression_sched:
             self.scheduler.load_state_dict(ckpt.compression_sched)
         rng = ddp.my_rng_state(ckpt.rng, ckpt.rng_ranks, self.ctx.procs)

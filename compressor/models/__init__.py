@@ -6,10 +6,10 @@ import torch
 import torchvision
 
 from compressor.core.errors import ModelError
-from compressor.models import preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
+from compressor.models import mobile_cifar, preact_resnet_cifar, resnet_cifar, simplenet, vgg_cifar
 
 _LOCAL = {}
-for _module in (resnet_cifar, preact_resnet_cifar, simplenet, vgg_cifar):
+for _module in (resnet_cifar, preact_resnet_cifar, simplenet, vgg_cifar, mobile_cifar):
     for _name in _module.__all__:
         if _name.endswith(("_cifar", "_mnist", "_digits")):
             _LOCAL[_name] = getattr(_module, _name)
