@@ -18,6 +18,7 @@ from compressor.core.errors import ConversionError
 from compressor.deploy.onnx_export import export_onnx
 from compressor.deploy.target import format_here
 from compressor.deploy.verify import onnx_runner
+from compressor.models import create_model, mobile_cifar
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
@@ -53,6 +54,8 @@ FAMILIES = {
     "vit": (tiny_vit, 32),
     "maxvit": (tiny_maxvit, 64),
 }
+# the 32x32 versions issue 22 trains (compressor/models/mobile_cifar.py), by their zoo names
+FAMILIES.update({arch: (lambda arch=arch: create_model(arch, "cifar10"), 32) for arch in mobile_cifar.__all__})
 
 
 def _prepared_model(build, size, seed=0):
