@@ -22,6 +22,7 @@ from compressor.core.spec import Bits, Bool, OptionalInt, StatsSource, setting
 from compressor.quantization import graph
 from compressor.quantization.collect import collect_stats
 from compressor.quantization.fake_quant import ActivationFakeQuant
+from compressor.quantization.graph.equalize import EqualizationConfig, cross_layer_equalization
 from compressor.quantization.graph.fold_bn import fold_batchnorm
 from compressor.quantization.linear.dynamic_clip import DynamicClipFakeQuant
 from compressor.quantization.linear.input_quant import (
@@ -53,7 +54,8 @@ UNCLIPPED_BY_DEFAULT = "the model input and the logits"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PTQConfig(LinearConfig, ClipConfig, RefineConfig):  # RefineConfig: AdaRound, bias correction (refine.py)
+class PTQConfig(LinearConfig, ClipConfig, RefineConfig, EqualizationConfig):  # refine.py: AdaRound, bias correction;
+    # graph/equalize.py: DFQ
     """Distiller's PostTrainLinearQuantizer arguments (``bits_parameters``; ``bits_weights`` is its per-layer alias)."""
 
     SOURCE_KEYS: ClassVar[tuple] = ("model_activation_stats",)  # the ranges themselves live in the model's state
@@ -86,6 +88,13 @@ class PTQConfig(LinearConfig, ClipConfig, RefineConfig):  # RefineConfig: AdaRou
         OptionalInt(8, lo=2, hi=32), "from this many activation bits, a clipped range still covers [avg_min, "
         "avg_max] (keep_avg_range); null: each method's own range", layer=True)
 
+    def cross_check(self):
+        issues = list(super().cross_check())
+        if self.cross_layer_equalization and not self.fold_bn:
+            issues.append(("cross_layer_equalization", "needs fold_bn: true (a batch-norm between two layers "
+                           "would undo the rescaling)"))
+        return issues
+
     def resolve(self):
         if self.bits_weights is None and self.bits_parameters is not None:
             return dataclasses.replace(self, bits_weights=self.bits_parameters)
@@ -112,13 +121,16 @@ class PostTrainLinearQuantizer(Quantizer):
         self.site_config = {}  # site name -> settings used for its range
         self.ranges = {}
         self.folded_bn = {}  # layer -> its folded batch-norm, whose stats record the layer takes
+        self.equalization = None  # cross-layer equalization's report, when the recipe asks for it
 
     def quantize_inputs(self):
         return self.config.quantize_inputs
 
     def prepare_model(self):
         if self.prepared is None and self.config.fold_bn:
-            self.model = fold_batchnorm(self.model, self.folded_bn)
+            original, self.model = self.model, fold_batchnorm(self.model, self.folded_bn)
+            if self.config.cross_layer_equalization:
+                self.equalization = self._equalize(original)
         first = self.prepared is None
         gm = super().prepare_model()
         if not first:
@@ -137,6 +149,18 @@ class PostTrainLinearQuantizer(Quantizer):
                                          folded=self.folded_bn, relus=self.relu_sites))
         self.accumulator_report()
         return gm
+
+    def _equalize(self, original):
+        """DFQ's cross-layer equalization (and high-bias absorption) on the folded model; logs its report."""
+        report = cross_layer_equalization(
+            self.model, original, self.folded_bn, relu6=self.config.equalization_relu6.lower(),
+            absorb_bias=self.config.high_bias_absorption, n_std=self.config.high_bias_absorption_n_std)
+        before, after = report["largest_range_ratio"]
+        log.info("Cross-layer equalization: %d layer pairs, %d iterations; largest max/min channel weight range of a "
+                 "first layer %.1f -> %.1f; %d ReLU6 replaced by ReLU; high bias absorbed in %d channels",
+                 len(report["pairs"]), report["iterations"], before or float("nan"), after,
+                 len(report["relu6_replaced"]), sum(report["high_bias_absorbed"].values()))
+        return report
 
     def _install_integer_arithmetic(self, gm):
         """Hook integer arithmetic onto each conv/linear whose input, weights and output are quantized."""
