@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""W8A8 post-training quantization of one trained family model (issue 22): ours with and without DFQ, per-tensor and
+per-channel weights, beside torch.ao's x86 PTQ and ONNX Runtime's quantize_static, on the same calibration images.
+
+    OMP_NUM_THREADS=1 python benchmarks/family_ptq.py --arch mobilenet_v2_cifar --checkpoint CK \\
+        --out docs/benchmarks/fashion_mnist/families/mobilenet_v2_cifar_ptq_w8a8.json
+
+Every row is evaluated on all 10,000 Fashion-MNIST test images with its 95 % Wilson interval, its per-image
+correctness (packed, for McNemar's test) and the seconds it took (quantization + calibration + evaluation). Ours runs
+in float fake quantization (the grids the export uses); the best of our rows is then exported for this CPU and its
+ONNX Runtime predictions compared with the simulation's on the same images (agreement). ONNX Runtime's rows quantize
+the FP32 ONNX export of the same model (QDQ, per-channel int8 weights, uint8 activations: its defaults) with
+MinMax, Entropy and Percentile calibration, after its quant_pre_process. Rows land in --out as they finish; a rerun skips those already there.
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from accuracy_stats import machine, pack_mask, wilson  # benchmarks/ (the script's folder is on sys.path)
+
+from compressor.core.io import atomic_write_text, load_checkpoint
+from compressor.core.state_keys import load_weights, model_state
+from compressor.data import load_data
+from compressor.data.loaders import load_calibration_data
+from compressor.models import arch_family, create_model
+from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+
+warnings.filterwarnings("ignore")
+EVAL_BATCH = 250
+
+
+def entry(mask, seconds):
+    correct, n = int(mask.sum()), len(mask)
+    lo, hi = wilson(correct, n)
+    return {"top1": 100.0 * correct / n, "correct": correct, "n": n, "ci95": [round(lo, 3), round(hi, 3)],
+            "seconds": round(seconds, 1), "mask": pack_mask(mask)}
+
+
+@torch.no_grad()
+def predictions(run, test):
+    return torch.cat([run(x).argmax(1) for x, _ in test])
+
+
+def labels(test):
+    return torch.cat([y for _, y in test])
+
+
+def ours(model, calib, per_channel, clip, cle, relu6="REPLACE"):
+    q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=8,
+                                 per_channel_wts=per_channel, clip_acts=clip,
+                                 mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                 integer_arithmetic=False, cross_layer_equalization=cle, equalization_relu6=relu6)
+    gm = q.prepare_model().eval()
+    q.calibrate(calib)
+    return q, gm
+
+
+def fp32_onnx(model, path):
+    from compressor.deploy.onnx_export import export_onnx
+
+    export_onnx(model, torch.zeros(1, 3, 32, 32), path)  # the batch axis stays free
+    return path
+
+
+def ort_quantized(fp32_path, calib, method, out_path):
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out_path.replace(".onnx", "_pre.onnx")
+    quant_pre_process(fp32_path, prepared)  # what ONNX Runtime asks for before quantize_static (fusions, shapes)
+    name = onnx.load(prepared).graph.input[0].name
+    batches = iter([{name: x.numpy()} for x, _ in calib])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    return out_path
+
+
+def torch_ao(model, calib):
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    example = next(iter(calib))[0][:1]
+    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (example,))
+    with torch.no_grad():
+        for x, _ in calib:
+            prepared(x)
+    return convert_fx(prepared)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--calibration-size", type=int, default=512)
+    ap.add_argument("--methods", nargs="+", default=["NONE", "AVG", "MSE"], help="our clip methods")
+    ap.add_argument("--ort-methods", nargs="*", default=["MinMax", "Entropy", "Percentile"])
+    ap.add_argument("--skip-torch-ao", action="store_true")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    result = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    rows = result.setdefault("rows", {})
+    result.update({"command": "python " + " ".join(sys.argv), "machine": machine(), "arch": args.arch,
+                   "checkpoint": args.checkpoint, "dataset": args.dataset})
+
+    def save():
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+
+    model = create_model(args.arch, args.dataset)
+    load_weights(model, model_state(load_checkpoint(args.checkpoint)))
+    model.eval()
+    shape = arch_family(args.arch)[1]
+    _, _, test = load_data(args.dataset, None, shape, EVAL_BATCH)
+    calib = load_calibration_data(args.dataset, None, shape, 128, args.calibration_size)
+    result["calibration_images"], result["test_images"] = len(calib.dataset), len(test.dataset)
+    truth = labels(test)
+
+    def row(key, make_run):
+        if key in rows:
+            print(f"{key}: {rows[key]['top1']:.2f} (done)")
+            return
+        start = time.perf_counter()
+        run = make_run()
+        rows[key] = entry(predictions(run, test) == truth, time.perf_counter() - start)
+        save()
+        print(f"{key}: {rows[key]['top1']:.2f} {rows[key]['ci95']} ({rows[key]['seconds']:.0f} s)", flush=True)
+
+    row("fp32", lambda: model)
+    quantizers = {}
+    for per_channel in (False, True):
+        for cle in (False, True):
+            for clip in args.methods:
+                key = f"ours_{'per_channel' if per_channel else 'per_tensor'}{'_cle' if cle else ''}_{clip}"
+
+                def make(per_channel=per_channel, clip=clip, cle=cle, key=key):
+                    q, gm = ours(model, calib, per_channel, clip, cle)
+                    quantizers[key] = (q, gm)
+                    if cle:
+                        rows.setdefault("equalization", {})[key] = {
+                            k: v for k, v in q.equalization.items() if k not in ("pairs", "range_ratio_before",
+                                                                                  "range_ratio_after")}
+                    return gm
+
+                row(key, make)
+    if any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):  # the FP32 model equalization compares against
+        relu = copy.deepcopy(model)
+        for name, m in list(relu.named_modules()):
+            if isinstance(m, torch.nn.ReLU6):
+                relu.set_submodule(name, torch.nn.ReLU(inplace=m.inplace))
+        row("fp32_relu6_as_relu", lambda: relu)
+
+    work = tempfile.mkdtemp()
+    fp32_path = os.path.join(work, "fp32.onnx")
+    for method in args.ort_methods:
+        def make_ort(method=method):
+            from compressor.deploy.verify import onnx_runner
+
+            if not os.path.exists(fp32_path):
+                fp32_onnx(model, fp32_path)
+            return onnx_runner(ort_quantized(fp32_path, calib, method, os.path.join(work, f"{method}.onnx")))
+
+        row(f"ort_quantize_static_{method}", make_ort)
+    if not args.skip_torch_ao:
+        try:
+            row("torch_ao_x86", lambda: torch_ao(model, calib))
+        except Exception as exc:  # torch.ao's FX tracer refuses some models: record why
+            rows["torch_ao_x86"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            save()
+            print("torch_ao_x86:", rows["torch_ao_x86"]["error"])
+
+    ours_rows = {k: v for k, v in rows.items() if k.startswith("ours_") and "top1" in v}
+    best = max(ours_rows, key=lambda k: ours_rows[k]["top1"])
+    if "best_export" not in result or result["best_export"].get("row") != best:
+        from compressor.deploy.onnx_export import export_onnx
+        from compressor.deploy.target import format_here
+        from compressor.deploy.verify import onnx_runner
+
+        if best not in quantizers:
+            per_channel, cle = "per_channel" in best, "_cle_" in best
+            quantizers[best] = ours(model, calib, per_channel, best.rsplit("_", 1)[1], cle)
+        q, gm = quantizers[best]
+        start = time.perf_counter()
+        path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best.onnx"),
+                           weights=format_here().weights)
+        exported = predictions(onnx_runner(path), test)
+        simulated = predictions(gm, test)
+        result["best_export"] = {"row": best, "format": format_here().weights,
+                                 "agreement": 100.0 * float((exported == simulated).double().mean()),
+                                 "onnx_top1": 100.0 * float((exported == truth).double().mean()),
+                                 "seconds": round(time.perf_counter() - start, 1)}
+        save()
+    print("best:", result["best_export"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
