@@ -40,6 +40,13 @@ from compressor.quantization.linear.integer_sim import (
 )
 from compressor.quantization.linear.qat import LinearConfig, make_linear_weight_quantizer
 from compressor.quantization.linear.refine import RefineConfig
+from compressor.quantization.linear.smoothquant import (
+    SmoothQuantConfig,
+    channel_maxima,
+    fp32_weight,
+    migrate,
+    norm_linear_groups,
+)
 from compressor.quantization.quantizer import FP_BITS, Quantizer, is_quantized
 
 _PTQ_BITS = dict(lo=2, hi=16, fp_values=(FP_BITS,))
@@ -54,8 +61,8 @@ UNCLIPPED_BY_DEFAULT = "the model input and the logits"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PTQConfig(LinearConfig, ClipConfig, RefineConfig, EqualizationConfig):  # refine.py: AdaRound, bias correction;
-    # graph/equalize.py: DFQ
+class PTQConfig(LinearConfig, ClipConfig, RefineConfig, EqualizationConfig, SmoothQuantConfig):
+    # refine.py: AdaRound, bias correction; graph/equalize.py: DFQ; smoothquant.py: SmoothQuant
     """Distiller's PostTrainLinearQuantizer arguments (``bits_parameters``; ``bits_weights`` is its per-layer alias)."""
 
     SOURCE_KEYS: ClassVar[tuple] = ("model_activation_stats",)  # the ranges themselves live in the model's state
@@ -122,6 +129,7 @@ class PostTrainLinearQuantizer(Quantizer):
         self.ranges = {}
         self.folded_bn = {}  # layer -> its folded batch-norm, whose stats record the layer takes
         self.equalization = None  # cross-layer equalization's report, when the recipe asks for it
+        self.smoothquant = None  # SmoothQuant's report (per LayerNorm), once calibration applied it
 
     def quantize_inputs(self):
         return self.config.quantize_inputs
@@ -140,6 +148,9 @@ class PostTrainLinearQuantizer(Quantizer):
         self.integer_layers = self._install_integer_arithmetic(gm) if self.config.integer_arithmetic else []
         self.integer_adds = install_integer_adds(gm) if self.config.integer_arithmetic else []
         stats = self.config.model_activation_stats
+        if stats is not None and self.config.smoothquant_alpha is not None:
+            raise RangeError("smoothquant_alpha needs calibration images (the LayerNorm outputs' channel maxima); a "
+                             "statistics file holds per-tensor ranges only: calibrate instead")
         if stats is not None:
             records = load_stats(stats)
             sites = list(self.activation_quantizers)
@@ -243,6 +254,7 @@ class PostTrainLinearQuantizer(Quantizer):
     def calibrate(self, loader, device="cpu", max_batches=None):
         """Collect statistics on the (folded) model in one pass (+1 for histograms) and fix every range."""
 
+        self._smooth(loader, device, max_batches)
         hist = self.needs_histograms()
         with observe_layer_inputs(self.model, self.activation_quantizers, hist) as inputs:  # input_overrides
             records, hists = collect_stats(self.model, loader, device, max_batches, histograms=hist,
@@ -252,6 +264,30 @@ class PostTrainLinearQuantizer(Quantizer):
             hists.update({name: obs.histogram for name, obs in inputs.items()})
         self.apply_stats(records, hists)
         return records
+
+    def _smooth(self, loader, device, max_batches):
+        """SmoothQuant before the ranges are taken: channel maxima of LayerNorm outputs on the FP32 model (every
+        quantizer off), the scales migrated into the linear layers, their weight grids taken again."""
+        groups = [(norm, linears) for norm, linears in norm_linear_groups(self.model)
+                  if self.layer_settings(norm).smoothquant_alpha is not None]
+        if not groups or self.smoothquant is not None:
+            return
+        self.set_state(False, False)
+        try:
+            maxima = channel_maxima(self.model, [norm for norm, _ in groups], loader, device, max_batches)
+        finally:
+            self.set_state(True, False)
+        self.smoothquant = migrate(self.model, groups, maxima, lambda n: self.layer_settings(n).smoothquant_alpha)
+        for _, linears in groups:
+            for name in linears:
+                wq = self.weight_quantizers.get(f"{name}.weight")
+                if wq is not None:
+                    wq.observe(fp32_weight(self.model.get_submodule(name)))
+        worst = max(self.smoothquant.values(), key=lambda r: r["act_max_ratio_before"])
+        log.info("SmoothQuant: %d LayerNorms scaled into %d linear layers; largest channel max / median channel max "
+                 "of a LayerNorm output %.1f -> %.1f", len(self.smoothquant),
+                 sum(len(r["linears"]) for r in self.smoothquant.values()), worst["act_max_ratio_before"],
+                 worst["act_max_ratio_after"])
 
     def apply_stats(self, records, histograms=None):
         for name, fq in self.activation_quantizers.items():
