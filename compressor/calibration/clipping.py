@@ -209,6 +209,7 @@ class ClipConfig(Config):
         return parse_clip(self.clip_acts).needs_histogram
 
     def cross_check(self):
+        issues = list(super().cross_check())  # cooperative: the other config mixins of a quantizer check too
         if parse_clip(self.clip_acts) is ClipMethod.N_STD and self.clip_n_stds is None:
-            return [("clip_acts", "N_STD needs clip_n_stds (the number of standard deviations kept)")]
-        return []
+            issues.append(("clip_acts", "N_STD needs clip_n_stds (the number of standard deviations kept)"))
+        return issues

@@ -214,7 +214,8 @@ class Config:
         return dataclasses.replace(self, **overrides) if overrides else self
 
     def cross_check(self):
-        """(key, message) pairs for combinations of values that do not work together."""
+        """(key, message) pairs for combinations of values that do not work together. A config class mixed from
+        several extends ``super().cross_check()``, so that every mixin's checks run."""
         return []
 
     def to_dict(self, with_sources=True):

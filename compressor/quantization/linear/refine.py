@@ -44,6 +44,7 @@ from compressor.quantization.linear.adaround import (
     nearest_integers,
     reconstruction_error,
 )
+from compressor.quantization.linear.gptq import gptq_integers, gptq_supported, input_hessian
 from compressor.quantization.linear.integer_sim import IntegerAdd, IntegerArithmetic
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,17 @@ class RefineConfig(Config):
     adaround_batch_size: int = setting(Int(32, lo=1), "AdaRound: calibration images per step")
     bias_correction: bool = setting(Bool(False), "subtract each layer's mean output shift (quantized vs FP32) on the "
                                     "calibration images from its bias")
+    gptq: bool = setting(Bool(False), "round each layer's weights with GPTQ's second-order error feedback (instead of "
+                         "to nearest; not with adaround)")
+    gptq_damp: float = setting(Float(0.01, lo=0.0), "GPTQ: dampening added to the Hessian's diagonal, as a fraction "
+                               "of its mean")
+    gptq_block_size: int = setting(Int(128, lo=1), "GPTQ: columns updated together (lazy batch updates)")
+
+    def cross_check(self):
+        issues = list(super().cross_check())
+        if self.adaround and self.gptq:
+            issues.append(("gptq", "choose one of adaround and gptq: both round the same weights"))
+        return issues
 
 
 REFINE_KEYS = tuple(RefineConfig.settings())
@@ -79,7 +91,7 @@ class _Stop(Exception):
 
 
 def wants_refinement(config):
-    return bool(config.get("adaround") or config.get("bias_correction"))
+    return bool(config.get("adaround") or config.get("bias_correction") or config.get("gptq"))
 
 
 def refined_layers(quantizer):
@@ -197,7 +209,7 @@ def refine(quantizer, images, config=None):
     originals = {name: (layer.parametrizations.weight.original.detach().clone(),
                         None if layer.bias is None else layer.bias.detach().clone()) for name, layer, _ in layers}
     rows = []
-    for name, layer, wq in progress(layers, "AdaRound / bias correction"):  # minutes on 2 cores: a bar and ETA
+    for name, layer, wq in progress(layers, "AdaRound / GPTQ / bias correction"):  # minutes on 2 cores: a bar and ETA
         started = time.perf_counter()
         x_q = capture(quantizer, layer, images, quantized=True)
         with original_parameters(layers, originals):
@@ -215,6 +227,13 @@ def refine(quantizer, images, config=None):
                                      batch_size=config["adaround_batch_size"])
             with torch.no_grad():
                 weight.copy_(learned * scale)  # the learned integers, dequantized: exactly on the grid
+                row["flipped"] = float((learned != nearest).float().mean().item())
+        if config.get("gptq") and gptq_supported(layer):
+            hessian = input_hessian(layer, x_q)
+            learned = gptq_integers(weight, scale, zero_point, wq.qmin, wq.qmax, hessian,
+                                    damp=config["gptq_damp"], block_size=config["gptq_block_size"])
+            with torch.no_grad():
+                weight.copy_(learned * scale)  # on the grid, as AdaRound's
                 row["flipped"] = float((learned != nearest).float().mean().item())
         if config["bias_correction"]:
             row["bias_shift"] = correct_bias(layer, x_q, target)

@@ -145,3 +145,48 @@ def test_refinement_keys_are_validated_with_the_recipe():
         assert "adaround" in text and "adaround_iterations" in text and "adaround_warmup" in text
     else:
         raise AssertionError("invalid AdaRound options passed validation")
+
+
+def test_gptq_beats_round_to_nearest_on_a_layer_with_correlated_inputs():
+    """A linear layer whose 64 inputs are mixtures of 8 sources (correlated, as real features are) at 3 bits per
+    output channel: GPTQ's error feedback leaves a smaller output error than rounding each weight to nearest."""
+    from compressor.quantization.linear.gptq import gptq_integers, input_hessian
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32, bias=False)
+    x = torch.randn(2048, 8) @ torch.randn(8, 64) + 0.05 * torch.randn(2048, 64)
+    w = layer.weight.detach()
+    scale = (w.abs().amax(dim=1, keepdim=True) / 3).clamp_min(1e-8)  # symmetric 3-bit: integers -4..3
+    zero = torch.zeros(())
+    nearest = nearest_integers(w, scale, zero, -4, 3)
+    learned = gptq_integers(w, scale, zero, -4, 3, input_hessian(layer, x))
+    assert torch.equal(learned, torch.round(learned)) and learned.min() >= -4 and learned.max() <= 3
+    target = x @ w.T
+    rtn = reconstruction_error(x @ (nearest * scale).T, target).item()
+    gptq = reconstruction_error(x @ (learned * scale).T, target).item()
+    assert gptq < 0.5 * rtn, (rtn, gptq)
+
+
+def test_refine_gptq_ends_on_the_frozen_grid_with_lower_layer_errors():
+    q, gm, images = _tiny_quantizer(gptq=True)
+    scales = {k: wq.scale.clone() for k, wq in q.weight_quantizers.items()}
+    rows = refine(q, calibration_images([(images, None)], "cpu"))
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc"]
+    for name, layer, wq in refined_layers(q):
+        assert torch.equal(wq.scale, scales[f"{name}.weight"])
+        w = layer.parametrizations.weight.original.detach()
+        ints = w / wq.scale.view(-1, *([1] * (w.dim() - 1)))
+        assert torch.allclose(ints, torch.round(ints), atol=1e-4)
+        assert ints.min() >= wq.qmin - 1e-4 and ints.max() <= wq.qmax + 1e-4
+    assert sum(r["error"] for r in rows) < sum(r["rtn_error"] for r in rows)
+    assert all(r["flipped"] > 0 for r in rows)
+
+
+def test_gptq_and_adaround_together_are_refused_in_a_recipe():
+    text = ("quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n    adaround: true\n    gptq: true\n")
+    try:
+        read_recipe(text, file="r.yaml")
+    except RecipeError as exc:
+        assert "r.yaml:5: quantizers.q.gptq: choose one of adaround and gptq" in str(exc)
+    else:
+        raise AssertionError("adaround + gptq accepted")
