@@ -26,7 +26,8 @@ from compressor.training.optimizers import load_optimizer_state, make_optimizer
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 
 log = logging.getLogger("compressor")
-PTQ_ONLY_KEYS = ("adaround", "gptq", "bias_correction", "smoothquant_alpha")  # run by the post-training app (calibration)
+# run by the post-training app (after or during calibration), never by a training run
+PTQ_ONLY_KEYS = ("adaround", "gptq", "bias_correction", "smoothquant_alpha")
 
 
 def _enabled_bits(modules):
