@@ -53,14 +53,36 @@ def labels(test):
     return torch.cat([y for _, y in test])
 
 
-def ours(model, calib, per_channel, clip, cle, relu6="REPLACE"):
+def ours(model, calib, per_channel, clip, cle, smoothquant=None, relu6="REPLACE"):
     q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=8,
                                  per_channel_wts=per_channel, clip_acts=clip,
                                  mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
-                                 integer_arithmetic=False, cross_layer_equalization=cle, equalization_relu6=relu6)
+                                 integer_arithmetic=False, cross_layer_equalization=cle, equalization_relu6=relu6,
+                                 smoothquant_alpha=smoothquant)
     gm = q.prepare_model().eval()
     q.calibrate(calib)
     return q, gm
+
+
+def variants(model):
+    """(row name part, per-channel weights, cross-layer equalization, SmoothQuant alpha) worth running on ``model``:
+    DFQ where it finds layer pairs, SmoothQuant where a LayerNorm feeds linear layers."""
+    from compressor.quantization.graph.equalize import find_pairs
+    from compressor.quantization.linear.smoothquant import norm_linear_groups
+
+    from compressor.quantization.graph.fold_bn import fold_batchnorm
+
+    probe = fold_batchnorm(model)  # pairs appear once batch-norms are folded, as the quantizer does first
+    has_pairs, has_norms = bool(find_pairs(probe)), bool(norm_linear_groups(probe))
+    out = []
+    for per_channel in (False, True):
+        base = "per_channel" if per_channel else "per_tensor"
+        out.append((base, per_channel, False, None))
+        if has_pairs:
+            out.append((base + "_cle", per_channel, True, None))
+        if has_norms:
+            out.append((base + "_sq0.5", per_channel, False, 0.5))
+    return out
 
 
 def fp32_onnx(model, path):
@@ -149,22 +171,24 @@ def main():
         print(f"{key}: {rows[key]['top1']:.2f} {rows[key]['ci95']} ({rows[key]['seconds']:.0f} s)", flush=True)
 
     row("fp32", lambda: model)
-    quantizers = {}
-    for per_channel in (False, True):
-        for cle in (False, True):
-            for clip in args.methods:
-                key = f"ours_{'per_channel' if per_channel else 'per_tensor'}{'_cle' if cle else ''}_{clip}"
+    quantizers, settings = {}, {}
+    for name, per_channel, cle, sq in variants(model):
+        for clip in args.methods:
+            key = f"ours_{name}_{clip}"
+            settings[key] = (per_channel, clip, cle, sq)
 
-                def make(per_channel=per_channel, clip=clip, cle=cle, key=key):
-                    q, gm = ours(model, calib, per_channel, clip, cle)
-                    quantizers[key] = (q, gm)
-                    if cle:
-                        rows.setdefault("equalization", {})[key] = {
-                            k: v for k, v in q.equalization.items() if k not in ("pairs", "range_ratio_before",
-                                                                                  "range_ratio_after")}
-                    return gm
+            def make(key=key):
+                q, gm = ours(model, calib, *settings[key])
+                quantizers[key] = (q, gm)
+                if q.equalization:
+                    rows.setdefault("equalization", {})[key] = {
+                        k: v for k, v in q.equalization.items() if k not in ("pairs", "range_ratio_before",
+                                                                              "range_ratio_after")}
+                if q.smoothquant:
+                    rows.setdefault("smoothquant", {})[key] = q.smoothquant
+                return gm
 
-                row(key, make)
+            row(key, make)
     if any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):  # the FP32 model equalization compares against
         relu = copy.deepcopy(model)
         for name, m in list(relu.named_modules()):
@@ -191,7 +215,7 @@ def main():
             save()
             print("torch_ao_x86:", rows["torch_ao_x86"]["error"])
 
-    ours_rows = {k: v for k, v in rows.items() if k.startswith("ours_") and "top1" in v}
+    ours_rows = {k: v for k, v in rows.items() if k.startswith("ours_") and "top1" in v and k in settings}
     best = max(ours_rows, key=lambda k: ours_rows[k]["top1"])
     if "best_export" not in result or result["best_export"].get("row") != best:
         from compressor.deploy.onnx_export import export_onnx
@@ -199,8 +223,7 @@ def main():
         from compressor.deploy.verify import onnx_runner
 
         if best not in quantizers:
-            per_channel, cle = "per_channel" in best, "_cle_" in best
-            quantizers[best] = ours(model, calib, per_channel, best.rsplit("_", 1)[1], cle)
+            quantizers[best] = ours(model, calib, *settings[best])
         q, gm = quantizers[best]
         start = time.perf_counter()
         path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best.onnx"),
