@@ -68,9 +68,8 @@ def variants(model):
     """(row name part, per-channel weights, cross-layer equalization, SmoothQuant alpha) worth running on ``model``:
     DFQ where it finds layer pairs, SmoothQuant where a LayerNorm feeds linear layers."""
     from compressor.quantization.graph.equalize import find_pairs
-    from compressor.quantization.linear.smoothquant import norm_linear_groups
-
     from compressor.quantization.graph.fold_bn import fold_batchnorm
+    from compressor.quantization.linear.smoothquant import norm_linear_groups
 
     probe = fold_batchnorm(model)  # pairs appear once batch-norms are folded, as the quantizer does first
     has_pairs, has_norms = bool(find_pairs(probe)), bool(norm_linear_groups(probe))
