@@ -53,14 +53,20 @@ def labels(test):
     return torch.cat([y for _, y in test])
 
 
-def ours(model, calib, per_channel, clip, cle, smoothquant=None, relu6="REPLACE"):
-    q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=8,
+def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE"):
+    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer)."""
+    from compressor.quantization.linear.refine import calibration_images, refine
+
+    q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=bits_w,
                                  per_channel_wts=per_channel, clip_acts=clip,
                                  mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
                                  integer_arithmetic=False, cross_layer_equalization=cle, equalization_relu6=relu6,
-                                 smoothquant_alpha=smoothquant)
+                                 smoothquant_alpha=smoothquant, gptq=rounding == "gptq",
+                                 adaround=rounding == "adaround", adaround_iterations=500)
     gm = q.prepare_model().eval()
     q.calibrate(calib)
+    if rounding != "nearest":
+        q.refinement_rows = refine(q, calibration_images(calib, "cpu"))
     return q, gm
 
 
@@ -139,6 +145,8 @@ def main():
     ap.add_argument("--methods", nargs="+", default=["NONE", "AVG", "MSE"], help="our clip methods")
     ap.add_argument("--ort-methods", nargs="*", default=["MinMax", "Entropy", "Percentile"])
     ap.add_argument("--skip-torch-ao", action="store_true")
+    ap.add_argument("--w4a8", action=argparse.BooleanOptionalAction, default=True,
+                    help="W4A8 rows: round to nearest, GPTQ, AdaRound")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -188,6 +196,22 @@ def main():
                 return gm
 
             row(key, make)
+    # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
+    # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
+    if args.w4a8:
+        w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
+        best8 = max(w8, key=lambda k: w8[k]["top1"])
+        _, clip, cle, sq = settings[best8]
+        for rounding in ("nearest", "gptq", "adaround"):
+            key = f"ours_w4a8_{best8[len('ours_'):]}_{rounding}"
+            settings[key] = (True, clip, cle, sq, 4, rounding)
+
+            def make4(key=key):
+                q, gm = ours(model, calib, *settings[key])
+                quantizers[key] = (q, gm)
+                return gm
+
+            row(key, make4)
     if any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):  # the FP32 model equalization compares against
         relu = copy.deepcopy(model)
         for name, m in list(relu.named_modules()):
@@ -214,7 +238,8 @@ def main():
             save()
             print("torch_ao_x86:", rows["torch_ao_x86"]["error"])
 
-    ours_rows = {k: v for k, v in rows.items() if k.startswith("ours_") and "top1" in v and k in settings}
+    ours_rows = {k: v for k, v in rows.items()
+                 if k.startswith("ours_") and "w4a8" not in k and "top1" in v and k in settings}
     best = max(ours_rows, key=lambda k: ours_rows[k]["top1"])
     if "best_export" not in result or result["best_export"].get("row") != best:
         from compressor.deploy.onnx_export import export_onnx
