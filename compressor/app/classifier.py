@@ -21,7 +21,7 @@ from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything, set_rng_state
 from compressor.training.faults import resumable
-from compressor.training.loop import evaluate, train_one_epoch
+from compressor.training.loop import THROUGHPUT, evaluate, train_one_epoch
 from compressor.training.optimizers import load_optimizer_state, make_optimizer
 from compressor.training.state import TrainState, load_model_weights, load_train_state
 
@@ -165,6 +165,7 @@ class ClassifierRun:
         if procs.rank > 0:  # same model on every rank; own random streams (augmentation, dropout)
             seed_everything(self.ctx.seed + procs.rank, self.args.deterministic)
         self.start_epoch, self.best = 0, []
+        self.throughput = []  # training images per second of each epoch this process ran
         if self.checkpoint:
             try:
                 self._resume(self.checkpoint)
@@ -277,6 +278,7 @@ class ClassifierRun:
             if self.scheduler:
                 self.scheduler.on_epoch_end(epoch, self.optimizer, metrics={"min": val["loss"], "max": val["top1"]})
             run.scalars({f"Performance/Training/{k}": v for k, v in stats.items()}, epoch)
+            self.throughput.append(round(stats[THROUGHPUT], 1))
             run.scalars(
                 {
                     "Performance/Validation/Loss": val["loss"],
@@ -350,6 +352,9 @@ class ClassifierRun:
             "quantized": self._quantized(),
             "run_dir": self.run.path,
         }
+        if self.throughput:  # training images per second, per epoch this process ran (all processes' images)
+            data["throughput"] = {"train_images_per_s": self.throughput,
+                                  "mean_train_images_per_s": round(sum(self.throughput) / len(self.throughput), 1)}
         quantizer = self.scheduler.quantizer if self.scheduler else None
         if quantizer is not None and quantizer.prepared is not None and self._quantized():
             data["model_size_bits"] = {"quantized": quantizer.model_size_bits(), "fp32": quantizer.fp32_bits}

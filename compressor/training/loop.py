@@ -7,6 +7,7 @@ once per epoch.
 """
 
 import logging
+import time
 
 import torch
 
@@ -20,8 +21,13 @@ OBJECTIVE = "Objective Loss"
 OVERALL = "Overall Loss"
 
 
+THROUGHPUT = "Images per second"
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, device, print_freq=10):
-    """Returns {'Overall Loss', 'Objective Loss', <loss components>, 'Top1', 'Top5', 'LR'}."""
+    """Returns {'Overall Loss', 'Objective Loss', <loss components>, 'Top1', 'Top5', 'LR', 'Images per second'}
+    (training images of every process per second of this epoch's wall time: the speed runs are compared on)."""
+    started = time.perf_counter()
     model.train()
     meters = {OVERALL: AverageMeter(), OBJECTIVE: AverageMeter()}
     correct1 = correct5 = seen = 0
@@ -75,9 +81,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
     )
     stats = {n: totals[2 * i] / max(totals[2 * i + 1], 1) for i, n in enumerate(names)}
     correct1, correct5, seen = totals[-3:]
+    seconds = time.perf_counter() - started
     stats.update(
         Top1=100.0 * correct1 / max(seen, 1), Top5=100.0 * correct5 / max(seen, 1), LR=optimizer.param_groups[0]["lr"]
     )
+    stats[THROUGHPUT] = seen / max(seconds, 1e-9)
+    log.info("Epoch %d: %d training images in %.1f s, %.1f images/s", epoch, seen, seconds, stats[THROUGHPUT])
     return stats
 
 

@@ -50,6 +50,7 @@ def test_digits_run_writes_every_output(tmp_path, app):
         "Performance/Training/Top1",
         "Performance/Training/Top5",
         "Performance/Training/LR",
+        "Performance/Training/Images per second",
         "Performance/Validation/Loss",
         "Performance/Validation/Top1",
         "Performance/Validation/Top5",
@@ -62,6 +63,10 @@ def test_digits_run_writes_every_output(tmp_path, app):
     val = [e.value for e in events.Scalars("Performance/Validation/Top1")]
     assert summary["best"]["top1"] == pytest.approx(max(val)) and val[summary["best"]["epoch"]] == max(val)
     assert [round(e.value, 6) for e in events.Scalars("Performance/Training/LR")] == [0.05, 0.035]  # StepLR 0.7
+    speeds = [e.value for e in events.Scalars("Performance/Training/Images per second")]
+    assert len(speeds) == 2 and all(s > 0 for s in speeds)  # throughput per epoch, in TensorBoard ...
+    assert summary["throughput"]["train_images_per_s"] == pytest.approx(speeds, rel=1e-3, abs=0.06)  # ... and summary
+    assert "training images in" in log and "images/s" in log
     hparams = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in hparams and b"simplenet_digits" in hparams["_hparams_/session_start_info"]
 
