@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Markdown tables for docs/results.md from the family benchmarks' JSON (train_families.py, family_ptq.py).
+
+    python benchmarks/family_tables.py [--dir docs/benchmarks/fashion_mnist/families]
+
+One table per family: FP32, then every PTQ row (ours, ONNX Runtime's quantize_static, torch.ao), each with its test
+top-1 on all 10,000 images, the 95 % interval, the change against FP32 and the seconds the row took.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+LABELS = {
+    "fp32": "FP32",
+    "fp32_relu6_as_relu": "FP32, ReLU6 replaced by ReLU (what DFQ equalizes)",
+    "torch_ao_x86": "torch.ao PTQ, x86 qconfig (FX)",
+}
+
+
+def label(key):
+    if key in LABELS:
+        return LABELS[key]
+    if key.startswith("ort_quantize_static_"):
+        return f"ONNX Runtime quantize_static, {key.rsplit('_', 1)[1]} (QDQ, per-channel)"
+    if key.startswith("ours_w4a8_"):
+        rest = key[len("ours_w4a8_"):]
+        setup, rounding = rest.rsplit("_", 1)
+        names = {"nearest": "round to nearest", "gptq": "GPTQ", "adaround": "AdaRound"}
+        return f"ours W4A8 {setup.replace('_', ' ')}, {names[rounding]}"
+    if key.startswith("ours_"):
+        parts = key[len("ours_"):].rsplit("_", 1)
+        setup = parts[0].replace("per_channel", "per-channel").replace("per_tensor", "per-tensor")
+        setup = setup.replace("_cle", " + DFQ").replace("_sq0.5", " + SmoothQuant 0.5")
+        return f"ours W8A8 {setup}, clip {parts[1]}"
+    return key
+
+
+def table(fp32_info, ptq):
+    rows = ptq["rows"]
+    base = rows.get("fp32", {}).get("top1")
+    lines = ["| model | test top-1 % | 95 % interval | vs FP32 (pp) | s |", "|---|---|---|---|---|"]
+    for key, r in rows.items():
+        if not isinstance(r, dict) or key in ("equalization", "smoothquant"):
+            continue
+        if "error" in r:
+            lines.append(f"| {label(key)} | refused: {r['error'][:120]} | | | |")
+            continue
+        delta = "" if base is None or key == "fp32" else f"{r['top1'] - base:+.2f}"
+        lines.append(f"| {label(key)} | {r['top1']:.2f} | {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f} | {delta} | "
+                     f"{r['seconds']:.0f} |")
+    best = ptq.get("best_export")
+    if best:
+        lines.append("")
+        lines.append(f"Best of our W8A8 rows ({label(best['row'])}) exported for this CPU ({best['format']} weights): "
+                     f"ONNX Runtime agrees with the simulation on {best['agreement']:.2f} % of the test images "
+                     f"(ONNX top-1 {best['onnx_top1']:.2f} %).")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default="docs/benchmarks/fashion_mnist/families")
+    args = ap.parse_args()
+    for path in sorted(glob.glob(os.path.join(args.dir, "*_ptq_w8a8.json"))):
+        ptq = json.load(open(path))
+        arch = ptq["arch"]
+        fp32_path = os.path.join(args.dir, f"{arch}_fp32.json")
+        fp32_info = json.load(open(fp32_path)) if os.path.exists(fp32_path) else {}
+        m = ptq["machine"]
+        print(f"### {arch}\n")
+        if fp32_info:
+            print(f"FP32 training: `{fp32_info['command']}` ({fp32_info['train_images_seen']:,} training images seen, "
+                  f"{fp32_info.get('wall_time_s') or 0:.0f} s).")
+        print(f"PTQ: `{ptq['command']}` on {m['cpu']} ({m['cpu_capability']}), {m['threads']} thread(s), "
+              f"{ptq['calibration_images']} calibration images.\n")
+        print(table(fp32_info, ptq))
+        print()
+
+
+if __name__ == "__main__":
+    main()
