@@ -3,6 +3,7 @@
 import logging
 import os
 
+import torch
 from torch import nn
 
 from compressor.app.args import DISTILLER_SUMMARIES, REFUSED_FLAGS, classifier_parser
@@ -54,6 +55,7 @@ class ClassifierRun:
         self.args = args
         self.ctx = RunContext.from_args(args)
         self.dataset, self.device, self.gpu_ids = self.ctx.dataset, self.ctx.device, self.ctx.gpu_ids
+        self.memory_format = torch.channels_last if getattr(args, "channels_last", False) else None
         self.load_sources()
         self.recipe = self.build_recipe()
         self.check_checkpoint_fits()
@@ -183,6 +185,8 @@ class ClassifierRun:
 
     def attach_policies(self):
         """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
+        if self.memory_format is not None:  # before DDP wraps it; the quantizers keep the format (elementwise ops)
+            self.model.to(memory_format=self.memory_format)
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         self.eval_net = self.net
         procs = self.ctx.procs
@@ -264,6 +268,7 @@ class ClassifierRun:
                 epoch,
                 self.device,
                 args.print_freq,
+                self.memory_format,
             )
             log.info("--- validate (epoch=%d)-----------", epoch)
             val = evaluate(
@@ -273,6 +278,7 @@ class ClassifierRun:
                 self.device,
                 self._confusion_classes(),
                 desc=f"validate {epoch}",
+                memory_format=self.memory_format,
             )
             self._log_confusion(val)
             if self.scheduler:
@@ -311,7 +317,8 @@ class ClassifierRun:
     def test(self):
         log.info("--- test ---------------------")
         result = evaluate(
-            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test"
+            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test",
+            self.memory_format,
         )
         self._log_confusion(result)
         step = max(self.args.epochs - 1, 0)

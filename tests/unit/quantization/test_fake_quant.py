@@ -147,3 +147,29 @@ def test_observers_are_separate_from_fake_quantization():
     w = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
     mn, mx = MinMaxObserver(per_channel=True, axis=0)(w)
     assert mn.tolist() == [-2.0, 0.5] and mx.tolist() == [1.0, 3.0]
+
+
+def test_a_qat_model_in_channels_last_computes_what_the_default_format_does():
+    """--channels-last: fake quantization keeps the memory format (elementwise ops), so the convs after it run
+    channels-last, and the outputs equal the default format's within float rounding."""
+    from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    q = QuantAwareTrainRangeLinearQuantizer(model, bits_activations=8, bits_weights=8)
+    gm = q.prepare_model()
+    x = torch.randn(4, 3, 12, 12)
+    gm.train()(x)  # ranges observed once
+    gm.eval()
+    reference = gm(x)
+    seen = []
+    handle = gm.get_submodule("3").register_forward_pre_hook(
+        lambda m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    model.to(memory_format=torch.channels_last)
+    out = gm(x.to(memory_format=torch.channels_last))
+    handle.remove()
+    assert seen == [True]  # the second conv's (fake-quantized) input stayed channels-last
+    assert model[0].parametrizations.weight.original.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
