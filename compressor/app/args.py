@@ -38,8 +38,6 @@ def classifier_parser():
     p.add_argument("--epochs", type=positive_int("--epochs"), default=90, help="number of epochs (default: 90)")
     p.add_argument("--lr", "--learning-rate", type=non_negative("--lr"), default=0.1, dest="lr",
                    help="initial learning rate")
-    p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for the model and its 4-D inputs (faster convs on CPU and GPU)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd (with --momentum) or adamw (for ConvNeXt and ViT)")
     p.add_argument("--momentum", type=non_negative("--momentum"), default=0.9, help="SGD momentum")

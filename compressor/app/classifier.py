@@ -55,7 +55,6 @@ class ClassifierRun:
         self.args = args
         self.ctx = RunContext.from_args(args)
         self.dataset, self.device, self.gpu_ids = self.ctx.dataset, self.ctx.device, self.ctx.gpu_ids
-        self.memory_format = torch.channels_last if getattr(args, "channels_last", False) else None
         self.load_sources()
         self.recipe = self.build_recipe()
         self.check_checkpoint_fits()
@@ -185,8 +184,8 @@ class ClassifierRun:
 
     def attach_policies(self):
         """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
-        if self.memory_format is not None:  # before DDP wraps it; the quantizers keep the format (elementwise ops)
-            self.model.to(memory_format=self.memory_format)
+        if self.args.channels_last:  # before DDP wraps it; the quantizers keep the format (elementwise ops)
+            self.model.to(memory_format=torch.channels_last)
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         self.eval_net = self.net
         procs = self.ctx.procs
@@ -268,7 +267,6 @@ class ClassifierRun:
                 epoch,
                 self.device,
                 args.print_freq,
-                self.memory_format,
             )
             log.info("--- validate (epoch=%d)-----------", epoch)
             val = evaluate(
@@ -278,7 +276,6 @@ class ClassifierRun:
                 self.device,
                 self._confusion_classes(),
                 desc=f"validate {epoch}",
-                memory_format=self.memory_format,
             )
             self._log_confusion(val)
             if self.scheduler:
@@ -317,8 +314,7 @@ class ClassifierRun:
     def test(self):
         log.info("--- test ---------------------")
         result = evaluate(
-            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test",
-            self.memory_format,
+            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test"
         )
         self._log_confusion(result)
         step = max(self.args.epochs - 1, 0)

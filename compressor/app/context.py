@@ -13,7 +13,7 @@ import torch
 
 from compressor.app.common import check_outputs, pick_device, resolved_seed
 from compressor.data import load_data
-from compressor.data.loaders import SHAPE_ADAPTIVE, load_calibration_data
+from compressor.data.loaders import SHAPE_ADAPTIVE, ChannelsLast, load_calibration_data
 from compressor.models import arch_family
 from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything
@@ -66,20 +66,26 @@ class RunContext:
     def loaders(self, seed=0, train_size=1.0, valid_size=1.0, test_size=1.0):
         """(train, validation, test) loaders; ``seed`` drives the per-epoch shuffle."""
         args = self.args
-        return load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers, args.validation_split,
-                         train_size, valid_size, test_size, seed=seed, rank=self.procs.rank, world=self.procs.world)
+        loaders = load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers, args.validation_split,
+                            train_size, valid_size, test_size, seed=seed, rank=self.procs.rank, world=self.procs.world)
+        return tuple(self._in_format(loader) for loader in loaders)
 
     def full_test_loader(self, test_size=1.0):
         """The whole test set in this process (exports verify on rank 0 alone, after the distributed part)."""
         args = self.args
-        return load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers, args.validation_split,
-                         effective_test_size=test_size)[2]
+        return self._in_format(load_data(self.dataset, args.data, self.shape, args.batch_size, args.workers,
+                                         args.validation_split, effective_test_size=test_size)[2])
 
     def calibration_loader(self, size):
         """``size`` training-split images (a count, or a fraction when <= 1), test-time transforms."""
         args = self.args
-        return load_calibration_data(self.dataset, args.data, self.shape, args.batch_size, size, args.workers,
-                                     args.validation_split, rank=self.procs.rank, world=self.procs.world)
+        return self._in_format(load_calibration_data(self.dataset, args.data, self.shape, args.batch_size, size,
+                                                     args.workers, args.validation_split, rank=self.procs.rank,
+                                                     world=self.procs.world))
+
+    def _in_format(self, loader):
+        """--channels-last: image batches in channels-last memory format (the model is converted by the app)."""
+        return ChannelsLast(loader) if getattr(self.args, "channels_last", False) else loader
 
     def close(self):
         if self.run is not None:

@@ -109,6 +109,8 @@ class PostTrainRun:
                              "--lapq-basinhopping is not supported; use --lapq-method (scipy.optimize.minimize)")
         self.config, self.recipe = ptq_recipe(args)
         self.model = self.load_fp32_model()
+        if args.channels_last:  # calibration, evaluation and the quantized model in channels-last format
+            self.model.to(memory_format=torch.channels_last)
 
     def load_fp32_model(self):
         if self.args.pretrained:

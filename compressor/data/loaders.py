@@ -146,3 +146,24 @@ def load_calibration_data(dataset, data_dir, input_shape, batch_size, size, work
     subset = Subset(train_set, train_idx[: min(count, len(train_idx))])
     return DataLoader(subset, batch_size=batch_size // world, sampler=_in_order(subset, batch_size, rank, world),
                       num_workers=workers)
+
+
+class ChannelsLast:
+    """A loader whose 4-D image batches come in channels-last memory format (--channels-last); everything else
+    (``sampler``, ``dataset``, ``len``) is the wrapped loader's. ``.to(device)`` keeps the format."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            x, *rest = batch
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield (x, *rest)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)

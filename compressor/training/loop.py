@@ -24,15 +24,7 @@ OVERALL = "Overall Loss"
 THROUGHPUT = "Images per second"
 
 
-def to_device(inputs, device, memory_format=None):
-    """Images onto ``device``, in ``memory_format`` (``torch.channels_last`` for --channels-last) when 4-D."""
-    if memory_format is not None and inputs.dim() == 4:
-        return inputs.to(device, non_blocking=True, memory_format=memory_format)
-    return inputs.to(device, non_blocking=True)
-
-
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, device, print_freq=10,
-                    memory_format=None):
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, device, print_freq=10):
     """Returns {'Overall Loss', 'Objective Loss', <loss components>, 'Top1', 'Top5', 'LR', 'Images per second'}
     (training images of every process per second of this epoch's wall time: the speed runs are compared on)."""
     started = time.perf_counter()
@@ -42,7 +34,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
     steps = len(loader)
     bar = progress(loader, f"train {epoch}")
     for i, (inputs, target) in enumerate(bar):
-        inputs, target = to_device(inputs, device, memory_format), target.to(device, non_blocking=True)
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
         output = _forward(model, inputs, epoch, i)
@@ -109,14 +101,14 @@ def _forward(model, inputs, epoch, step):
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, num_classes=None, desc="eval", memory_format=None):
+def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
     """Returns {'top1', 'top5', 'loss', 'images'} (and 'confusion' when ``num_classes`` is given)."""
     model.eval()
     loss_meter = AverageMeter()
     correct1 = correct5 = seen = 0
     confusion = None
     for inputs, target in progress(loader, desc):
-        inputs, target = to_device(inputs, device, memory_format), target.to(device, non_blocking=True)
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(inputs)
         loss_meter.update(criterion(output, target).item(), inputs.size(0))
         c1, c5 = topk_correct(output, target)

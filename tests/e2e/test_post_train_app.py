@@ -283,3 +283,16 @@ def test_dynamic_ptq_export_is_a_clear_error(tmp_path, root, fp32_checkpoint):
         root,
     )
     assert proc.returncode == 2 and "dynamic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_channels_last_calibrates_and_evaluates_like_the_default_format(tmp_path, fp32_checkpoint):
+    """--channels-last in the post-training app: the same ranges and the same quantized top-1 on the test split."""
+    common = ["--resume-from", fp32_checkpoint, "--qe-per-channel", "--calibration-size", "256"]
+    plain_dir, plain = ptq(tmp_path, "plain", *common)
+    last_dir, last = ptq(tmp_path, "last", *common, "--channels-last")
+    assert last["quantized"]["top1"] == plain["quantized"]["top1"] and last["fp32"]["top1"] == plain["fp32"]["top1"]
+    assert last["fp32"]["loss"] == pytest.approx(plain["fp32"]["loss"], rel=1e-5)  # conv algorithms: last bits
+    ranges = [load_stats(os.path.join(d, "acts_quantization_stats.yaml")) for d in (plain_dir, last_dir)]
+    for name, record in ranges[0].items():
+        assert ranges[1][name]["min"] == pytest.approx(record["min"], rel=1e-5, abs=1e-6), name
+        assert ranges[1][name]["max"] == pytest.approx(record["max"], rel=1e-5, abs=1e-6), name
