@@ -184,6 +184,11 @@ class ClassifierRun:
 
     def attach_policies(self):
         """The module the loop calls (DataParallel over several GPUs), handed to the policies, and the loss."""
+        self.grad_scaler = None
+        if self.args.amp == "fp16":
+            if torch.device(self.device).type != "cuda":
+                raise UsageError("--amp fp16 needs a GPU (its gradient scaler is CUDA's); on the CPU use --amp bf16")
+            self.grad_scaler = torch.amp.GradScaler("cuda")
         if self.args.channels_last:  # before DDP wraps it; the quantizers keep the format (elementwise ops)
             self.model.to(memory_format=torch.channels_last)
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
@@ -267,6 +272,8 @@ class ClassifierRun:
                 epoch,
                 self.device,
                 args.print_freq,
+                args.amp,
+                self.grad_scaler,
             )
             log.info("--- validate (epoch=%d)-----------", epoch)
             val = evaluate(
@@ -276,6 +283,7 @@ class ClassifierRun:
                 self.device,
                 self._confusion_classes(),
                 desc=f"validate {epoch}",
+                amp=args.amp,
             )
             self._log_confusion(val)
             if self.scheduler:
@@ -314,7 +322,8 @@ class ClassifierRun:
     def test(self):
         log.info("--- test ---------------------")
         result = evaluate(
-            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test"
+            self.eval_net, self.test_loader, self.criterion, self.device, self._confusion_classes(), "test",
+            self.args.amp,
         )
         self._log_confusion(result)
         step = max(self.args.epochs - 1, 0)

@@ -119,6 +119,9 @@ def common_parser(batch_size=256):
     p.add_argument("--deterministic", "--det", action="store_true", help="deterministic kernels and seeding")
     p.add_argument("--seed", type=seed(), default=None, help="random seed (default: 0 with --deterministic)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--amp", nargs="?", const="bf16", choices=["bf16", "fp16"], default=None,
+                   help="mixed precision: bf16 autocast (CPU and GPU; --amp alone), or fp16 with a gradient scaler "
+                        "(GPU); quantizer arithmetic stays float32")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for the model and its image batches (faster convs on CPU and GPU)")
     p.add_argument("--gpus", metavar="IDS", default=None, help="comma-separated GPU ids, e.g. 0,1")

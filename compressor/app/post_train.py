@@ -137,7 +137,8 @@ class PostTrainRun:
 
     def evaluate(self, model, what):
         log.info("--- %s test ---", what)
-        return evaluate(model, self.test_loader, self.criterion, self.device, desc=f"{what.lower()} test")
+        return evaluate(model, self.test_loader, self.criterion, self.device, desc=f"{what.lower()} test",
+                        amp=self.args.amp)
 
     def calibrate(self):
         """The recipe builder makes the quantizer and its policy. The policy is put in its phase after the

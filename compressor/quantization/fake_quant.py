@@ -45,6 +45,23 @@ class FakeQuantize(QuantModule):
     def get_extra_state(self):
         return {**super().get_extra_state(), "observed": self.observed}
 
+    @staticmethod
+    def in_float32(forward):
+        """Quantizer arithmetic in float32 under --amp: a bf16/fp16 input (autocast's conv output) is widened and
+        ranges, scales and rounding are computed with autocast off, so the quantized values are the ones an FP32 run
+        computes from the same input values (tests/unit/quantization/test_fake_quant.py)."""
+
+        def wrapped(self, x):
+            if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            if torch.is_autocast_enabled(x.device.type if torch.is_tensor(x) else "cpu"):
+                with torch.autocast(x.device.type, enabled=False):
+                    return forward(self, x)
+            return forward(self, x)
+
+        wrapped.__doc__ = forward.__doc__
+        return wrapped
+
     def set_extra_state(self, state):
         super().set_extra_state(state)
         self.observed = bool(state.get("observed", True))
@@ -80,6 +97,7 @@ class ActivationFakeQuant(FakeQuantize):
     def ema_decay(self):
         return self.observer.ema_decay
 
+    @FakeQuantize.in_float32
     def forward(self, x):
         if not self.enabled or not torch.is_tensor(x) or not x.is_floating_point():
             return x
@@ -148,6 +166,7 @@ class WeightFakeQuant(FakeQuantize):
         self.axis = axis
         self.observer = MinMaxObserver(per_channel, axis)
 
+    @FakeQuantize.in_float32
     def forward(self, w):
         if not self.enabled:
             return w

@@ -6,6 +6,7 @@ makes QAT's zero point fail inside torch), and the state (weights and quantizer 
 once per epoch.
 """
 
+import contextlib
 import logging
 import time
 
@@ -22,9 +23,17 @@ OVERALL = "Overall Loss"
 
 
 THROUGHPUT = "Images per second"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, device, print_freq=10):
+def autocast(device, amp):
+    """Mixed precision for --amp (None: off). The quantizers compute in float32 inside it (fake_quant.py)."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=AMP_DTYPES[amp], enabled=True) if amp else contextlib.nullcontext()
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, device, print_freq=10, amp=None,
+                    grad_scaler=None):
     """Returns {'Overall Loss', 'Objective Loss', <loss components>, 'Top1', 'Top5', 'LR', 'Images per second'}
     (training images of every process per second of this epoch's wall time: the speed runs are compared on)."""
     started = time.perf_counter()
@@ -37,8 +46,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if scheduler:
             scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
-        output = _forward(model, inputs, epoch, i)
-        loss = criterion(output, target)
+        with autocast(device, amp):
+            output = _forward(model, inputs, epoch, i)
+            loss = criterion(output.float(), target)
         meters[OBJECTIVE].update(loss.item(), inputs.size(0))
         check_loss(meters[OBJECTIVE].avg, epoch, i, steps)
         if scheduler:
@@ -52,10 +62,18 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, devic
         correct1, correct5, seen = correct1 + c1, correct5 + c5, seen + inputs.size(0)
 
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if grad_scaler is not None:  # fp16: the loss scaled against underflow, the gradients unscaled for the hooks
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         if scheduler:
             scheduler.before_parameter_optimization(epoch, i, steps, optimizer)
-        optimizer.step()
+        if grad_scaler is not None:
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            optimizer.step()
         if scheduler:
             scheduler.on_minibatch_end(epoch, i, steps, optimizer)
         if (print_freq and (i + 1) % print_freq == 0) or i + 1 == steps:
@@ -101,7 +119,7 @@ def _forward(model, inputs, epoch, step):
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
+def evaluate(model, loader, criterion, device, num_classes=None, desc="eval", amp=None):
     """Returns {'top1', 'top5', 'loss', 'images'} (and 'confusion' when ``num_classes`` is given)."""
     model.eval()
     loss_meter = AverageMeter()
@@ -109,7 +127,8 @@ def evaluate(model, loader, criterion, device, num_classes=None, desc="eval"):
     confusion = None
     for inputs, target in progress(loader, desc):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        output = model(inputs)
+        with autocast(device, amp):
+            output = model(inputs).float()
         loss_meter.update(criterion(output, target).item(), inputs.size(0))
         c1, c5 = topk_correct(output, target)
         correct1, correct5, seen = correct1 + c1, correct5 + c5, seen + inputs.size(0)

@@ -173,3 +173,22 @@ def test_a_qat_model_in_channels_last_computes_what_the_default_format_does():
     assert seen == [True]  # the second conv's (fake-quantized) input stayed channels-last
     assert model[0].parametrizations.weight.original.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_quantizers_compute_in_float32_under_bf16_autocast():
+    """--amp: an activation quantizer fed autocast's bf16 output quantizes exactly as an FP32 run fed the same values
+    (same range, scale, zero point and output); a weight quantizer's output is the FP32 one."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 5, 5) * 3).to(torch.bfloat16)
+    mode = M.ASYMMETRIC_UNSIGNED
+    fp32, amp = ActivationFakeQuant(8, mode).train(), ActivationFakeQuant(8, mode).train()
+    expected = fp32(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = amp(x)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(amp.scale, fp32.scale) and torch.equal(amp.zero_point, fp32.zero_point)
+    w = torch.randn(8, 4, 3, 3)
+    wq = WeightFakeQuant(8, M.SYMMETRIC, per_channel=True, channels=8)
+    plain = wq(w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(wq(w), plain)
