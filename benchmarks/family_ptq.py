@@ -7,7 +7,7 @@ per-channel weights, beside torch.ao's x86 PTQ and ONNX Runtime's quantize_stati
 
 Every row is evaluated on all 10,000 Fashion-MNIST test images with its 95 % Wilson interval, its per-image
 correctness (packed, for McNemar's test) and the seconds it took (quantization + calibration + evaluation). Ours runs
-in float fake quantization (the grids the export uses); the best of our rows is then exported for this CPU and its
+in float fake quantization (the grids the export uses); the best of our W8A8 rows is then exported for this CPU and its
 ONNX Runtime predictions compared with the simulation's on the same images (agreement). ONNX Runtime's rows quantize
 the FP32 ONNX export of the same model (QDQ, per-channel int8 weights, uint8 activations: its defaults) with
 MinMax, Entropy and Percentile calibration, after its quant_pre_process. Rows land in --out as they
@@ -196,22 +196,6 @@ def main():
                 return gm
 
             row(key, make)
-    # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
-    # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
-    if args.w4a8:
-        w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
-        best8 = max(w8, key=lambda k: w8[k]["top1"])
-        _, clip, cle, sq = settings[best8]
-        for rounding in ("nearest", "gptq", "adaround"):
-            key = f"ours_w4a8_{best8[len('ours_'):]}_{rounding}"
-            settings[key] = (True, clip, cle, sq, 4, rounding)
-
-            def make4(key=key):
-                q, gm = ours(model, calib, *settings[key])
-                quantizers[key] = (q, gm)
-                return gm
-
-            row(key, make4)
     if any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):  # the FP32 model equalization compares against
         relu = copy.deepcopy(model)
         for name, m in list(relu.named_modules()):
@@ -259,6 +243,22 @@ def main():
                                  "onnx_top1": 100.0 * float((exported == truth).double().mean()),
                                  "seconds": round(time.perf_counter() - start, 1)}
         save()
+    # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
+    # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
+    if args.w4a8:
+        w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
+        best8 = max(w8, key=lambda k: w8[k]["top1"])
+        _, clip, cle, sq = settings[best8]
+        for rounding in ("nearest", "gptq", "adaround"):
+            key = f"ours_w4a8_{best8[len('ours_'):]}_{rounding}"
+            settings[key] = (True, clip, cle, sq, 4, rounding)
+
+            def make4(key=key):
+                q, gm = ours(model, calib, *settings[key])
+                quantizers[key] = (q, gm)
+                return gm
+
+            row(key, make4)
     print("best:", result["best_export"])
     return 0
 
