@@ -117,9 +117,12 @@ def ort_quantized(fp32_path, calib, method, out_path):
         def get_next(self):
             return next(batches, None)
 
+    # "<method>_reduce_range": 7-bit weights, ONNX Runtime's advice for u8s8 on CPUs without VNNI (AVX2's
+    # 16-bit pair sums saturate)
+    base, reduce_range = method.removesuffix("_reduce_range"), method.endswith("_reduce_range")
     quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method))
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                    calibrate_method=getattr(CalibrationMethod, base))
     return out_path
 
 
@@ -143,7 +146,8 @@ def main():
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--calibration-size", type=int, default=512)
     ap.add_argument("--methods", nargs="+", default=["NONE", "AVG", "MSE"], help="our clip methods")
-    ap.add_argument("--ort-methods", nargs="*", default=["MinMax", "Entropy", "Percentile"])
+    ap.add_argument("--ort-methods", nargs="*",
+                    default=["MinMax", "Entropy", "Percentile", "MinMax_reduce_range", "Percentile_reduce_range"])
     ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--w4a8", action=argparse.BooleanOptionalAction, default=True,
                     help="W4A8 rows: round to nearest, GPTQ, AdaRound")

@@ -23,7 +23,10 @@ def label(key):
     if key in LABELS:
         return LABELS[key]
     if key.startswith("ort_quantize_static_"):
-        return f"ONNX Runtime quantize_static, {key.rsplit('_', 1)[1]} (QDQ, per-channel)"
+        method = key[len("ort_quantize_static_"):]
+        rr = method.endswith("_reduce_range")
+        return (f"ONNX Runtime quantize_static, {method.removesuffix('_reduce_range')} (QDQ, per-channel"
+                f"{', reduce_range: 7-bit weights' if rr else ''})")
     if key.startswith("ours_w4a8_"):
         rest = key[len("ours_w4a8_"):]
         setup, rounding = rest.rsplit("_", 1)
