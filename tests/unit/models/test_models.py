@@ -15,10 +15,14 @@ def test_zoo_model_runs_and_quantizes_without_rewrite(arch):
     x = torch.randn(2, *shape)
     ref = model(x)
     assert ref.shape == (2, 10)
+    gated = any(isinstance(m, (torch.nn.SiLU, torch.nn.Hardswish)) for m in model.modules())
     q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_weights=8, bits_activations=8,
                                             mode="ASYMMETRIC_UNSIGNED")
     gm = q.prepare_model().eval()
-    assert torch.equal(gm(x), ref)  # prepared but not yet enabled: FP32
+    if gated:  # SiLU/hardswish split into x * sigmoid(x) / x * hardsigmoid(x) (graph/capture.py): same function
+        torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))  # logits of any scale
+    else:
+        assert torch.equal(gm(x), ref)  # prepared but not yet enabled: FP32
     n_layers = sum(1 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     assert len(q.weight_quantizers) == n_layers
 
