@@ -22,7 +22,6 @@ Works on a model whose batch-norms are folded (``fold_bn.fold_batchnorm``); pair
 """
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -71,14 +70,17 @@ def _second_ok(module):
     return isinstance(module, nn.Conv2d) and (module.groups == 1 or _is_depthwise(module))
 
 
-def find_pairs(model):
-    """Every (conv/linear -> [identity, dropout, ReLU or ReLU6] -> conv/linear) path where each tensor has one user."""
+def find_pairs(model, relu6="replace"):
+    """Every (conv/linear -> [identity, dropout, ReLU or ReLU6] -> conv/linear) path where each tensor has one user;
+    with ``relu6="skip"``, those through a ReLU6 are left out."""
+    if relu6 not in ("replace", "skip"):
+        raise ValueError(f"relu6: expected 'replace' or 'skip', got {relu6!r}")
     gm = sites.trace(model)
     pairs = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), (nn.Conv2d, nn.Linear)):
             continue
-        cur, activation, relu, relu6, ok = node, None, False, None, True
+        cur, activation, relu, through_relu6, ok = node, None, False, None, True
         while ok:
             if len(cur.users) != 1:
                 ok = False
@@ -88,8 +90,8 @@ def find_pairs(model):
                 module = gm.get_submodule(cur.target)
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     break
-                if isinstance(module, nn.ReLU6) and relu6 is None and activation is None:
-                    relu6, activation, relu = cur.target, cur.target, True
+                if isinstance(module, nn.ReLU6) and activation is None:
+                    through_relu6, activation, relu = cur.target, cur.target, True
                 elif isinstance(module, (nn.Identity, nn.Dropout)):
                     continue
                 elif isinstance(module, nn.ReLU) and activation is None:
@@ -105,8 +107,8 @@ def find_pairs(model):
         first, second = gm.get_submodule(node.target), gm.get_submodule(cur.target)
         channels = first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
         needed = second.in_channels if isinstance(second, nn.Conv2d) else second.in_features
-        if channels == needed and _second_ok(second):
-            pairs.append(Pair(node.target, cur.target, activation, relu, relu6))
+        if channels == needed and _second_ok(second) and not (relu6 == "skip" and through_relu6):
+            pairs.append(Pair(node.target, cur.target, activation, relu, through_relu6))
     return pairs
 
 
@@ -136,13 +138,10 @@ def _scale_pair(first, second, s):
 
 
 def equalize(model, pairs=None, relu6="replace", iterations=100, tolerance=1e-6):
-    """Cross-layer equalization of ``model`` (folded, in place). Returns a report: the pairs, the iterations run,
+    """Cross-layer equalization of ``model`` (folded, in place) over ``pairs`` (default: ``find_pairs(model, relu6)``;
+    a ReLU6 in a pair becomes a ReLU). Returns a report: the pairs, the iterations run,
     the ReLU6 modules replaced, and each pair's largest-to-smallest channel range ratio before and after."""
-    if relu6 not in ("replace", "skip"):
-        raise ValueError(f"relu6: expected 'replace' or 'skip', got {relu6!r}")
-    pairs = find_pairs(model) if pairs is None else pairs
-    if relu6 == "skip":
-        pairs = [p for p in pairs if p.relu6 is None]
+    pairs = find_pairs(model, relu6) if pairs is None else pairs
     replaced = sorted({p.relu6 for p in pairs if p.relu6})
     for name in replaced:
         model.set_submodule(name, nn.ReLU(inplace=getattr(model.get_submodule(name), "inplace", False)))
@@ -220,19 +219,13 @@ def scale_stats(preact_stats, scales):
 def cross_layer_equalization(model, original, folded_names, relu6="replace", absorb_bias=True, n_std=3.0):
     """DFQ on a folded ``model`` (in place): equalization, then high-bias absorption with the batch-norm statistics
     of ``original`` (the model before folding; ``folded_names`` from ``fold_batchnorm``). Returns the report."""
-    pairs = find_pairs(model)
-    if relu6 == "skip":
-        pairs = [p for p in pairs if p.relu6 is None]
-    report = equalize(model, pairs, relu6=relu6)
+    pairs = find_pairs(model, relu6)
+    report = equalize(model, pairs)
     scales = report.pop("scales")
     report["high_bias_absorbed"] = {}
     if absorb_bias:
         stats = scale_stats(batchnorm_preactivations(original, folded_names), scales)
         report["high_bias_absorbed"] = absorb_high_bias(model, pairs, stats, n_std)
-    report["largest_range_ratio"] = [
-        max(report["range_ratio_before"].values(), default=1.0),
-        max(report["range_ratio_after"].values(), default=1.0),
-    ]
-    if not math.isfinite(report["largest_range_ratio"][0]):
-        report["largest_range_ratio"][0] = None
+    report["largest_range_ratio"] = [max(report[key].values(), default=1.0)
+                                     for key in ("range_ratio_before", "range_ratio_after")]
     return report

@@ -169,7 +169,7 @@ class PostTrainLinearQuantizer(Quantizer):
         before, after = report["largest_range_ratio"]
         log.info("Cross-layer equalization: %d layer pairs, %d iterations; largest max/min channel weight range of a "
                  "first layer %.1f -> %.1f; %d ReLU6 replaced by ReLU; high bias absorbed in %d channels",
-                 len(report["pairs"]), report["iterations"], before or float("nan"), after,
+                 len(report["pairs"]), report["iterations"], before, after,
                  len(report["relu6_replaced"]), sum(report["high_bias_absorbed"].values()))
         return report
 
