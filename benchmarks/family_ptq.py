@@ -25,6 +25,7 @@ import warnings
 
 import torch
 from accuracy_stats import machine, pack_mask, wilson  # benchmarks/ (the script's folder is on sys.path)
+from ptq_accuracy import torch_ao
 
 from compressor.core.io import atomic_write_text, load_checkpoint
 from compressor.core.state_keys import load_weights, model_state
@@ -126,19 +127,6 @@ def ort_quantized(fp32_path, calib, method, out_path):
     return out_path
 
 
-def torch_ao(model, calib):
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    torch.backends.quantized.engine = "x86"
-    example = next(iter(calib))[0][:1]
-    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (example,))
-    with torch.no_grad():
-        for x, _ in calib:
-            prepared(x)
-    return convert_fx(prepared)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True)
@@ -220,7 +208,7 @@ def main():
         row(f"ort_quantize_static_{method}", make_ort)
     if not args.skip_torch_ao:
         try:
-            row("torch_ao_x86", lambda: torch_ao(model, calib))
+            row("torch_ao_x86", lambda: torch_ao(model, calib, 8))  # ptq_accuracy.py's: x86 qconfig, FX
         except Exception as exc:  # torch.ao's FX tracer refuses some models: record why
             rows["torch_ao_x86"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             save()
