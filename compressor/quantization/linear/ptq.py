@@ -314,7 +314,7 @@ class PostTrainLinearQuantizer(Quantizer):
             w_bits, a_bits = settings.bits_weights, settings.bits_activations
             if not (is_quantized(w_bits) and is_quantized(a_bits)):
                 continue
-            w = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
+            w = fp32_weight(module)
             fan_in = w[0].numel() if not isinstance(module, nn.Linear) else w.shape[1]
             needed = accumulator_bits(w_bits, a_bits, fan_in)
             rows.append((name, needed, settings.bits_accum))
