@@ -16,10 +16,9 @@ from compressor.app.kd_args import add_kd_arguments
 from compressor.app.qe_args import add_qe_arguments
 from compressor.training.optimizers import OPTIMIZERS
 
-SUMMARY_CHOICES = ("compute", "model", "modules")
+SUMMARY_CHOICES = ("compute", "model", "modules", "sparsity")
 # Distiller's --summary choices we do not have, and what replaces each
 DISTILLER_SUMMARIES = {
-    "sparsity": "pruning is not built yet (issue 24); --summary model lists every layer's shape and parameters",
     "png": "compressor compare --plot draws runs; --summary compute lists the layers' MACs and bits",
 }
 REFUSED_FLAGS = {

@@ -18,6 +18,8 @@ from compressor.core.errors import CheckpointError, UsageError
 from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.models import NUM_CLASSES, create_model
+from compressor.pruning.summary import sparsity_table
+from compressor.pruning.thinning import restore_thinning
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything, set_rng_state
@@ -72,7 +74,11 @@ class ClassifierRun:
         args = self.args
         self.checkpoint = load_train_state(args.resume_from) if args.resume_from else None
         weights = args.exp_load_weights_from
-        self.weights = load_model_weights(weights)[1] if weights else None
+        loaded = load_model_weights(weights) if weights else (None, None)
+        self.weights = loaded[1]
+        # a thinned model's shapes: a fresh model is cut to them before its weights load
+        self.thinning = self.checkpoint.thinning if self.checkpoint is not None else \
+            (loaded[0].get("thinning") if isinstance(loaded[0], dict) else None)
         # The shuffling seed: fixed by --seed, else drawn once and kept in checkpoints for resume.
         self.data_seed = self.ctx.seed if self.ctx.seed is not None else int.from_bytes(os.urandom(4), "little")
         if self.checkpoint is not None and self.checkpoint.data_seed is not None:
@@ -111,6 +117,8 @@ class ClassifierRun:
         """Model, loaders, optimizer and the recipe's scheduler (which prepares the model it quantizes)."""
         args = self.args
         model = create_model(args.arch, self.dataset, pretrained=args.pretrained).to(self.device)
+        if self.thinning:
+            restore_thinning(model, self.thinning, args.resume_from or args.exp_load_weights_from)
         self.train_loader, self.val_loader, self.test_loader = self.ctx.loaders(
             self.data_seed, args.effective_train_size, args.effective_valid_size, args.effective_test_size
         )
@@ -127,6 +135,8 @@ class ClassifierRun:
         self.optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
         self.scheduler = build_scheduler(self.recipe, model, self.optimizer) if self.recipe else None
         self.model = self.scheduler.model if self.scheduler else model
+        if self.scheduler and self.scheduler.keeper is not None:
+            self.scheduler.keeper.thinning = self.thinning  # this recipe's thinning adds to a loaded model's
         if self.scheduler:
             self.scheduler.set_calibration_data(self.train_loader, self.device)
             self.warn_unapplied_quantizers()
@@ -252,6 +262,7 @@ class ClassifierRun:
             self.scheduler,
             best_scores=self.best,
             data_seed=self.data_seed,
+            thinning=self.scheduler.keeper.thinning if self.scheduler and self.scheduler.keeper else self.thinning,
         )
         if self.ctx.procs.active:
             state.rng_ranks = ddp.rng_states(state.rng)
@@ -364,6 +375,12 @@ class ClassifierRun:
             "quantized": self._quantized(),
             "run_dir": self.run.path,
         }
+        if self.scheduler and self.scheduler.masks is not None or self.thinning:
+            _, total = sparsity_table(self.model)
+            keeper = self.scheduler.keeper if self.scheduler else None
+            data["sparsity"] = {"weights": round(total, 6),
+                                "parameters": sum(p.numel() for p in self.model.parameters()),
+                                "thinned": bool((keeper and keeper.thinning) or self.thinning)}
         if self.throughput:  # training images per second, per epoch this process ran (all processes' images)
             data["throughput"] = {"train_images_per_s": self.throughput,
                                   "mean_train_images_per_s": round(sum(self.throughput) / len(self.throughput), 1)}

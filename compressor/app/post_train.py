@@ -28,6 +28,7 @@ from compressor.core.errors import CheckpointError, UsageError
 from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.models import create_model
+from compressor.pruning.thinning import restore_thinning
 from compressor.quantization.linear.lapq import lapq
 from compressor.quantization.linear.refine import refine_after_calibration
 from compressor.recipe.build import build_scheduler, read_recipe
@@ -121,6 +122,8 @@ class PostTrainRun:
             raise UsageError(f"{self.source} is already quantized ({checkpoint['quantizer']['class']}); "
                              f"give an FP32 checkpoint")
         model = create_model(self.args.arch, self.dataset).to(self.device)
+        if isinstance(checkpoint, dict) and checkpoint.get("thinning"):
+            restore_thinning(model, checkpoint["thinning"], self.source)
         try:
             load_weights(model, state)
         except (RuntimeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""--summary: the model's modules, its printout, or its compute per layer (MACs, bits, BOPs, memory).
+"""--summary: the model's modules, its printout, its compute per layer (MACs, bits, BOPs, memory) or its sparsity.
 
 MACs come from PyTorch's own counter, ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 for
 convolutions and matrix products), rather than from hand-written shape formulas: it follows
@@ -18,6 +18,7 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from compressor.pruning.summary import sparsity_table
 from compressor.quantization.quant_module import QuantModule
 
 FP_BITS = 32
@@ -33,6 +34,10 @@ def print_summary(model, kinds, loader):
                     print(f"{name}: {type(module).__name__}")
         elif kind == "compute":
             print(compute_text(compute_summary(model, next(iter(loader))[0][:1])))
+        elif kind == "sparsity":  # Distiller's sparsity table, with each layer's MACs and those on nonzero weights
+            layers = compute_summary(model, next(iter(loader))[0][:1])["layers"]
+            table, total = sparsity_table(model, {r["name"]: r["macs"] for r in layers})
+            print(f"{table}\nTotal sparsity: {100 * total:.2f} %")
 
 
 def _weight_bits(module, only_enabled):

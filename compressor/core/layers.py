@@ -12,7 +12,7 @@ import os
 LAYERS = (
     ("compressor.core",),
     ("compressor.calibration", "compressor.data", "compressor.models"),
-    ("compressor.quantization",),
+    ("compressor.quantization", "compressor.pruning"),
     ("compressor.scheduling",),
     ("compressor.recipe",),
     ("compressor.training",),

@@ -3,11 +3,14 @@
 import copy
 
 from compressor.core.errors import RecipeError
-from compressor.recipe.components import CALIBRATORS, DISTILLERS, LR_SCHEDULERS, QUANTIZERS
+from compressor.pruning.graph import channel_groups
+from compressor.pruning.masks import ParameterMasks, find_parameter, plain_name
+from compressor.recipe.components import CALIBRATORS, DISTILLERS, EXTENSIONS, LR_SCHEDULERS, PRUNERS, QUANTIZERS
 from compressor.recipe.loader import load_recipe, parse_recipe
 from compressor.recipe.validate import policy_epochs, validate
 from compressor.scheduling.distillation import DistillationPolicy
 from compressor.scheduling.policies import CalibrationPolicy, LRPolicy, QuantizationPolicy
+from compressor.scheduling.pruning import MaskKeeper, PruningPolicy, ThinningPolicy
 from compressor.scheduling.scheduler import CompressionScheduler
 
 
@@ -31,6 +34,19 @@ def build_scheduler(recipe, model, optimizer):
     """The scheduler for a validated recipe; ``scheduler.model`` is the model to train (prepared if quantized)."""
     data = recipe.data
     quantizers, lr_schedulers = {}, {}
+    pruners = {name: PRUNERS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+               for name, spec in (data.get("pruners") or {}).items()}
+    _check_weight_names(recipe, pruners, model)
+    policies = data.get("policies") or []
+    groups = None
+    if any("pruner" in p or "extension" in p for p in policies):  # on the plain model, before a quantizer wraps it
+        try:
+            groups = channel_groups(model)
+        except ValueError as exc:
+            if any("extension" in p for p in policies):
+                i = next(i for i, p in enumerate(policies) if "extension" in p)
+                raise RecipeError([recipe.issue(("policies", i, "extension"), f"thinning needs the model's graph: "
+                                                                              f"{exc}")]) from None
     for name, spec in (data.get("quantizers") or {}).items():
         args = {k: copy.deepcopy(v) for k, v in spec.items() if k != "class"}
         quantizers[name] = QUANTIZERS.get(spec["class"])(model, optimizer, **args)
@@ -50,7 +66,11 @@ def build_scheduler(recipe, model, optimizer):
         for name, spec in (data.get("distillers") or {}).items()
     }
     scheduler = CompressionScheduler(model, recipe=copy.deepcopy(data))
-    policies = data.get("policies") or []
+    masks = ParameterMasks()
+    pruning = [policy_epochs(p) for p in policies if "pruner" in p]
+    keeper = MaskKeeper(masks, min(e[0] for e in pruning), [x for e in pruning for x in e]) if pruning else None
+    if keeper is None and any("extension" in p for p in policies):
+        keeper = MaskKeeper(masks, 10**9, [])
     # calibration stages run after the quantization policy in each epoch, whatever the file order
     policies = [p for p in policies if "calibrator" not in p] + [p for p in policies if "calibrator" in p]
     for policy in policies:
@@ -70,4 +90,34 @@ def build_scheduler(recipe, model, optimizer):
             scheduler.add_policy(DistillationPolicy(distillers[policy["distiller"]["instance_name"]], epochs))
         elif "lr_scheduler" in policy:
             scheduler.add_policy(LRPolicy(lr_schedulers[policy["lr_scheduler"]["instance_name"]], epochs))
+        elif "pruner" in policy:
+            end = policy.get("ending_epoch", epochs[-1] + 1)
+            args = policy["pruner"].get("args") or {}
+            scheduler.add_policy(PruningPolicy(pruners[policy["pruner"]["instance_name"]], masks, epochs, epochs[0],
+                                               end, policy.get("frequency", 1), groups,
+                                               args.get("fold_batchnorm", False)))
+        elif "extension" in policy:
+            spec = data["extensions"][policy["extension"]["instance_name"]]
+            thinner = EXTENSIONS.get(spec["class"])(**{k: copy.deepcopy(v) for k, v in spec.items() if k != "class"})
+            scheduler.add_policy(ThinningPolicy(thinner, keeper, epochs))
+    if keeper is not None:  # last: it applies the masks the pruners chose this epoch
+        scheduler.add_policy(keeper)
+        scheduler.masks, scheduler.keeper = masks, keeper
     return scheduler
+
+
+def _check_weight_names(recipe, pruners, model):
+    """Every parameter a pruner names exists in the model (a typo would prune nothing, silently)."""
+    issues = []
+    names = [n for n, _ in model.named_parameters()]
+    for pname, pruner in pruners.items():
+        for i, wname in enumerate(pruner.weights_named()):
+            if find_parameter(model, wname) is None:
+                stem = plain_name(wname).rpartition(".")[0]
+                close = [n for n in names if n.startswith(stem.rpartition(".")[0])][:4]
+                key = "weights" if "weights" in recipe.data["pruners"][pname] else None
+                path = ("pruners", pname, key, i) if key else ("pruners", pname)
+                issues.append(recipe.issue(path, f"no parameter {wname!r} in the model"
+                                                 f"{'; near: ' + ', '.join(close) if close else ''}"))
+    if issues:
+        raise RecipeError(issues)

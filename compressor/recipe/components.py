@@ -3,12 +3,14 @@
 Extend a section with ``QUANTIZERS.register(MyQuantizer)`` (or as a decorator) before reading the
 recipe; a registered quantizer derives from ``Quantizer`` (its settings in ``CONFIG``, a
 ``compressor.core.spec.Config``), a calibrator has ``CONFIG`` and ``calibrate``, a distiller
-``CONFIG`` and ``build_teacher``.
+``CONFIG`` and ``build_teacher``, a pruner derives from ``Pruner`` (``CONFIG`` and ``prune``), an extension
+(network thinning) has ``CONFIG``.
 """
 
 import torch
 
 from compressor.core.registry import Registry
+from compressor.pruning.pruners import PRUNER_CLASSES, Pruner
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 from compressor.quantization.low_bit.inq import INQQuantizer
@@ -17,6 +19,7 @@ from compressor.quantization.quantizer import Quantizer
 from compressor.scheduling.calibrator import ActivationCalibrator
 from compressor.scheduling.distillation import KnowledgeDistillation
 from compressor.scheduling.lr_schedulers import MultiStepMultiGammaLR
+from compressor.scheduling.pruning import ChannelRemover, FilterRemover, StructureRemover
 
 
 def _torch_lr_schedulers():
@@ -35,5 +38,7 @@ QUANTIZERS = Registry("quantizer", [QuantAwareTrainRangeLinearQuantizer, PostTra
 LR_SCHEDULERS = Registry("lr_scheduler", _torch_lr_schedulers() + [MultiStepMultiGammaLR], members=("step",))
 CALIBRATORS = Registry("calibrator", [ActivationCalibrator], members=("CONFIG", "calibrate"))
 DISTILLERS = Registry("distiller", [KnowledgeDistillation], members=("CONFIG", "build_teacher"))
+PRUNERS = Registry("pruner", PRUNER_CLASSES, base=Pruner)
+EXTENSIONS = Registry("extension", [FilterRemover, ChannelRemover, StructureRemover], members=("CONFIG",))
 SECTIONS = {"quantizers": QUANTIZERS, "lr_schedulers": LR_SCHEDULERS, "calibrators": CALIBRATORS,
-            "distillers": DISTILLERS}
+            "distillers": DISTILLERS, "pruners": PRUNERS, "extensions": EXTENSIONS}

@@ -12,13 +12,16 @@ from compressor.recipe.components import QUANTIZERS, SECTIONS
 
 log = logging.getLogger(__name__)
 
-TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "distillers", "policies"}
-NOT_SUPPORTED_YET = {"pruners", "regularizers", "extensions"}
+TOP_LEVEL = {"version", "quantizers", "lr_schedulers", "calibrators", "distillers", "pruners", "extensions",
+             "policies"}
+NOT_SUPPORTED_YET = {"regularizers"}
 POLICY_KINDS = {
     "quantizer": "quantizers",
     "lr_scheduler": "lr_schedulers",
     "calibrator": "calibrators",
     "distiller": "distillers",
+    "pruner": "pruners",
+    "extension": "extensions",
 }
 TIMING_KEYS = {"starting_epoch", "ending_epoch", "frequency", "epochs"}
 MAX_EPOCH = 10**6  # far beyond any schedule; bounds the epoch lists policies expand to
@@ -39,7 +42,8 @@ def validate(recipe):
     for key in data:
         if key in NOT_SUPPORTED_YET:
             issues.append(
-                recipe.issue((key,), f"section '{key}' is not supported yet (only quantization and LR schedules are)")
+                recipe.issue((key,), f"section '{key}' is not supported yet (quantization, pruning, thinning, "
+                                     "knowledge distillation and LR schedules are)")
             )
         elif key not in TOP_LEVEL:
             issues.append(recipe.issue((key,), f"unknown top-level key; expected one of {sorted(TOP_LEVEL)}"))
@@ -71,7 +75,7 @@ def _validate_component(recipe, section, registry, name, spec):
             )
         ]
     args = {k: v for k, v in spec.items() if k != "class"}
-    if section in ("quantizers", "calibrators", "distillers"):
+    if section in ("quantizers", "calibrators", "distillers", "pruners", "extensions"):
         return _validate_component_args(recipe, path, cls, args)
     return _validate_lr_scheduler_args(recipe, path, cls, args)
 
@@ -248,7 +252,7 @@ def _validate_policies(recipe):
                 recipe.issue(path, "expected a mapping such as {quantizer: {instance_name: ...}, starting_epoch: ...}")
             )
             continue
-        kinds = [k for k in policy if k in POLICY_KINDS or k in ("pruner", "regularizer", "extension")]
+        kinds = [k for k in policy if k in POLICY_KINDS or k in ("regularizer",)]
         unknown = [k for k in policy if k not in kinds and k not in TIMING_KEYS]
         for k in unknown:
             issues.append(
@@ -271,7 +275,9 @@ def _validate_policies(recipe):
             issues.append(recipe.issue(path + (kind,), "expected {instance_name: NAME}"))
         else:
             for k in body:
-                if k == "args":
+                if k == "args" and kind == "pruner":
+                    issues += _validate_pruner_args(recipe, path + (kind, k), body["args"])
+                elif k == "args":
                     if body["args"]:
                         issues.append(recipe.issue(path + (kind, k), f"{kind} policies take no args"))
                 elif k != "instance_name":
@@ -298,12 +304,46 @@ def _validate_policies(recipe):
                 "a calibration stage needs a quantizer policy to calibrate",
             )
         )
+    thinning = [i for i, p in enumerate(policies) if isinstance(p, dict) and "extension" in p]
+    if thinning and used_quantizers:
+        issues.append(recipe.issue(("policies", thinning[0], "extension"),
+                                   "thinning and a quantizer in one recipe are not supported: prune and thin in one "
+                                   "run, then quantize the thinned model (--exp-load-weights-from with a QAT "
+                                   "recipe, or apps/post_train_quant.py)"))
     if len(used_quantizers) > 1:
         issues.append(recipe.issue(("policies",), f"one quantizer per recipe; policies use {sorted(used_quantizers)}"))
     elif quantizer_policies > 1:
         issues.append(
             recipe.issue(("policies",), "one quantizer policy per recipe: its window is a single epoch range")
         )
+    return issues
+
+
+PRUNER_POLICY_ARGS = {
+    "fold_batchnorm": "rank filters by their weights scaled by the batch-norm after them (gamma / std)",
+    "mask_gradients": "gradients of pruned weights are always masked here; accepted",
+}
+REFUSED_PRUNER_POLICY_ARGS = ("keep_mask", "mini_batch_pruning_frequency", "mask_on_forward_only",
+                              "use_double_copies", "discard_masks_at_minibatch_end")
+
+
+def _validate_pruner_args(recipe, path, args):
+    """Distiller's pruner-policy ``args``: those with a meaning here are accepted, the rest refused by name."""
+    if args is None:
+        return []
+    if not isinstance(args, dict):
+        return [recipe.issue(path, f"expected a mapping of {sorted(PRUNER_POLICY_ARGS)}, got {args!r}")]
+    issues = []
+    for key, value in args.items():
+        if key in REFUSED_PRUNER_POLICY_ARGS:
+            issues.append(recipe.issue(path + (key,), "not supported: masks here are kept on the weights for the "
+                                                      "whole run, pruned once per scheduled epoch (Distiller's "
+                                                      "network-surgery and drop-filter regimes are not built)"))
+        elif key not in PRUNER_POLICY_ARGS:
+            issues.append(recipe.issue(path + (key,), f"unknown pruner policy argument; expected one of "
+                                                      f"{sorted(PRUNER_POLICY_ARGS)}"))
+        elif not isinstance(value, bool):
+            issues.append(recipe.issue(path + (key,), f"expected true or false, got {value!r}"))
     return issues
 
 

@@ -14,6 +14,8 @@ class CompressionScheduler:
         self.recipe = recipe  # plain data of the recipe, kept for checkpoints
         self.policies = []
         self.quantizer = None
+        self.masks = None  # the pruning masks (compressor.pruning.masks.ParameterMasks) when the recipe prunes
+        self.keeper = None  # the policy that holds them and the thinning record (scheduling.pruning.MaskKeeper)
 
     def add_policy(self, policy):
         self.policies.append(policy)

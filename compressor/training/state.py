@@ -38,6 +38,7 @@ class TrainState:
     best_scores: list = field(default_factory=list)
     data_seed: int | None = None
     rng_ranks: list | None = None  # under DDP: every rank's RNG state, indexed by rank
+    thinning: dict | None = None  # pruned channels removed: {module: {"out"/"in": kept indices}} (pruning.thinning)
 
     @classmethod
     def capture(
@@ -52,6 +53,7 @@ class TrainState:
         best_scores=(),
         data_seed=None,
         with_rng=True,
+        thinning=None,
     ):
         """The state of a live run; ``recipe`` defaults to the scheduler's own."""
         quantizer = scheduler.quantizer if scheduler is not None else None
@@ -67,6 +69,7 @@ class TrainState:
             rng=rng_state() if with_rng else None,
             best_scores=[list(b) for b in best_scores],
             data_seed=data_seed,
+            thinning=thinning,
         )
 
     def to_dict(self):
@@ -84,6 +87,7 @@ class TrainState:
             "best_scores": [list(b) for b in self.best_scores],
             "data_seed": self.data_seed,
             "rng_ranks": self.rng_ranks,
+            "thinning": self.thinning,
         }
 
     @classmethod
@@ -106,6 +110,7 @@ class TrainState:
             best_scores=[tuple(b) for b in data.get("best_scores") or []],
             data_seed=data.get("data_seed"),
             rng_ranks=data.get("rng_ranks"),
+            thinning=data.get("thinning"),
         )
 
 

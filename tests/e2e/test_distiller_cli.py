@@ -123,7 +123,6 @@ def test_qe_pretrained_uses_local_torchvision_weights(tmp_path, torch_home):
 
 @pytest.mark.parametrize("argv, message", [
     (["--act-stats", "test"], "collect activation statistics with apps/post_train_quant.py"),
-    (["--summary", "sparsity"], "--summary sparsity: pruning is not built yet"),
     (["--summary", "png"], "--summary png: compressor compare --plot"),
 ])
 def test_distiller_flags_without_a_counterpart_are_refused_naming_the_replacement(argv, message, capsys):

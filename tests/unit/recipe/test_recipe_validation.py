@@ -53,7 +53,8 @@ def test_each_error_names_file_line_and_key_path():
     "change, expected",
     [
         (("version:", "foo:"), "r.yaml:1: foo: unknown top-level key"),
-        (("version:", "pruners:"), "r.yaml:1: pruners: section 'pruners' is not supported yet"),
+        (("version:", "regularizers:"), "r.yaml:1: regularizers: section 'regularizers' is not supported yet"),
+        (("version:", "pruners:"), "r.yaml:1: pruners: expected a mapping of instance name"),
         (("bits_activations: 8", "bits_actvations: 8"), "r.yaml:4: quantizers.q.bits_actvations: unknown argument"),
         (("bits_activations: 8", "bits_activations: eight"), "quantizers.q.bits_activations: expected an integer"),
         (("bits_activations: 8", "bits_activations: 1"), "quantizers.q.bits_activations: expected an integer"),
@@ -72,7 +73,8 @@ def test_each_error_names_file_line_and_key_path():
         (("epochs: [0, 1, 2]", "epochs: [0, 1, 2]\n    starting_epoch: 0"), "mutually exclusive"),
         (("epochs: [0, 1, 2]", "epochs: []"), "expected a non-empty list"),
         (("    ending_epoch: 5\n", ""), "missing 'ending_epoch'"),
-        (("- quantizer:", "- pruner:"), "'pruner' policies are not supported yet"),
+        (("- quantizer:", "- regularizer:"), "'regularizer' policies are not supported yet"),
+        (("- quantizer:", "- pruner:"), "policies[0].pruner.instance_name: undefined instance 'q': not in 'pruners'"),
         (("    class: QuantAwareTrainRangeLinearQuantizer\n", ""), "quantizers.q: missing 'class'"),
         (("{instance_name: q}", "{name: q}"), "policies[0].quantizer: expected {instance_name: NAME}"),
         (

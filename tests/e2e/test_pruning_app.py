@@ -1,0 +1,96 @@
+"""Pruning through the classifier app: prune, thin, resume exactly across the cut, then quantize the thinned model
+and export it with its pruned zeros."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from compressor.core.io import load_checkpoint
+
+RECIPE = """version: 1
+pruners:
+  filters:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.25
+    final_sparsity: 0.5
+    group_type: Filters
+    weights: [module.conv1.weight, module.fc1.weight]
+  fine:
+    class: AutomatedGradualPruner
+    initial_sparsity: 0.3
+    final_sparsity: 0.6
+    weights: [module.conv2.weight]
+extensions:
+  thinner:
+    class: FilterRemover
+    thinning_func_str: remove_filters
+    arch: simplenet_digits
+    dataset: digits
+policies:
+  - pruner: {instance_name: filters}
+    starting_epoch: 0
+    ending_epoch: 2
+  - extension: {instance_name: thinner}
+    epochs: [1]
+  - pruner: {instance_name: fine}
+    starting_epoch: 1
+    ending_epoch: 3
+"""
+
+
+@pytest.mark.slow
+def test_prune_thin_resume_quantize_export(tmp_path, whole_and_resumed, cli):
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(RECIPE)
+    common = ["--compress", str(recipe), "--deterministic", "--etrs", "0.5"]
+    # 4 epochs in one go, and 2 (thinned at epoch 1) then resumed from the thinned checkpoint: the same weights
+    whole, rest, a, b = whole_and_resumed(tmp_path, common, "simplenet_digits")
+    assert a["state_dict"]["conv1.weight"].shape == (8, 1, 3, 3)  # 16 filters, half thinned away
+    assert a["state_dict"]["conv2.weight"].shape == (32, 8, 3, 3)
+    assert a["state_dict"]["fc1.weight"].shape == (32, 512) and a["state_dict"]["fc2.weight"].shape == (10, 32)
+    assert a["thinning"]["conv1"]["out"] == b["thinning"]["conv1"]["out"]
+    conv2 = a["state_dict"]["conv2.weight"]
+    assert (conv2 == 0).float().mean().item() == pytest.approx(0.6, abs=1e-3)  # masks held to the end
+    summary = json.load(open(os.path.join(whole, "summary.json")))
+    assert summary["sparsity"]["thinned"] is True
+    assert summary["sparsity"]["parameters"] == sum(v.numel() for k, v in a["state_dict"].items()
+                                                    if k.endswith(("weight", "bias")))
+    log = open(glob.glob(os.path.join(whole, "*.log"))[0]).read()
+    assert "Thinning (filters) at epoch 1" in log and "conv1: 16 -> 8 channels" in log and "Parameters (epoch 2)" in log
+
+    # the thinned checkpoint quantizes after training; its pruned weights are exact zeros in the INT8 ONNX model
+    done = cli("post_train_quant.py", "-a", "simplenet_digits", "--dataset", "digits",
+                         "--exp-load-weights-from", os.path.join(whole, "checkpoint.pth.tar"),
+                         "--calibration-size", "64", "--qe-per-channel", "--export-onnx", "-o", str(tmp_path),
+                         "-n", "ptq")
+    assert done.returncode == 0, done.stderr
+    assert "agrees with the simulation on 100.00 %" in done.stdout + done.stderr
+    (onnx_path,) = glob.glob(os.path.join(tmp_path, "ptq___*", "*.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(onnx_path).graph.initializer}
+    (q_name,) = [n for n in inits if "conv2" in n and "_weight_q_" in n]
+    (zp_name,) = [n for n in inits if "conv2" in n and "zero_point" in n and "weight" in n]
+    q = inits[q_name].astype(np.int32) - inits[zp_name].astype(np.int32).reshape(-1, 1, 1, 1)
+    assert q.shape == tuple(conv2.shape)
+    assert np.array_equal(q == 0, (conv2 == 0).numpy() | (q == 0)) and (q[(conv2 == 0).numpy()] == 0).all()
+
+
+@pytest.mark.slow
+def test_summary_sparsity_prints_distillers_table_with_macs(tmp_path, app, capsys):
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(RECIPE)
+    run = app(tmp_path, "p", "--compress", str(recipe), "--epochs", "1", "--etrs", "0.2")
+    from compressor.app.classifier import main
+
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from",
+                 os.path.join(run, "checkpoint.pth.tar"), "--summary", "sparsity", "-o", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "MACs (nonzero)" in text and "conv2.weight" in text and "Total sparsity: " in text
+    ck = load_checkpoint(os.path.join(run, "checkpoint.pth.tar"))
+    masks = ck["compression_sched"]["policies"][-1]["masks"]
+    assert masks["conv1.weight"].dtype == torch.bool
