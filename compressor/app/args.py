@@ -82,6 +82,11 @@ def classifier_parser():
         help=f"print a summary of the model and exit ({', '.join(SUMMARY_CHOICES)}; Distiller's "
              f"{', '.join(DISTILLER_SUMMARIES)} say what replaces them)",
     )
+    p.add_argument("--sense", choices=("element", "filter", "channel"), default=None,
+                   help="pruning sensitivity analysis of the loaded model (Distiller's): each weight pruned alone "
+                        "to each --sense-range level, scored on the validation split; writes sensitivity.csv/.png")
+    p.add_argument("--sense-range", type=float, nargs=3, default=[0.0, 0.95, 0.1], metavar=("START", "STOP", "STEP"),
+                   help="sparsity levels of --sense: numpy.arange(START, STOP, STEP)")
     # Distiller's flags that people type: accepted, or refused naming what replaces them (refused_flag)
     p.add_argument("-v", "--verbose", action="store_true", help="debug-level messages in the console and the log")
     p.add_argument("--load-serialized", action="store_true",

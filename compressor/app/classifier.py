@@ -12,6 +12,7 @@ from compressor.app.deploy_args import run_exports, wants_export
 from compressor.app.errors import run_guarded
 from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_requested
 from compressor.app.post_train import main_from_classifier_args
+from compressor.app.prune_sensitivity import run_sense
 from compressor.app.run_record import publish, training_record
 from compressor.app.summary import print_summary
 from compressor.core.errors import CheckpointError, UsageError
@@ -422,6 +423,9 @@ def run_classifier(args):
         if args.summary:
             if run.ctx.procs.is_main:
                 print_summary(run.model, args.summary, run.train_loader)
+            return
+        if args.sense:
+            run_sense(run, args)
             return
         if args.evaluate and not (args.resume_from or args.exp_load_weights_from or getattr(args, "pretrained", False)):
             log.warning("WARNING: --evaluate without --resume-from, --exp-load-weights-from or --pretrained: these are "

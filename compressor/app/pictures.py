@@ -78,6 +78,20 @@ def sqnr_figure(rows):
     return fig
 
 
+def pruning_sensitivity_figure(rows, kind):
+    """rows: (parameter, sparsity, {'top1': ...}) of ``pruning.sensitivity``: one curve per weight."""
+    fig = _figure(8, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in dict.fromkeys(n for n, _, _ in rows):
+        pts = [(level, r["top1"]) for n, level, r in rows if n == name]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+    ax.set_xlabel(f"{kind} sparsity of the one pruned weight")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
 def histogram_figure(entries, title):
     """entries: (name, tensor, (lo, hi) or None, bits); one small log-scale histogram each."""
     rows = max(1, math.ceil(len(entries) / GRID_COLUMNS))

@@ -94,3 +94,20 @@ def test_summary_sparsity_prints_distillers_table_with_macs(tmp_path, app, capsy
     ck = load_checkpoint(os.path.join(run, "checkpoint.pth.tar"))
     masks = ck["compression_sched"]["policies"][-1]["masks"]
     assert masks["conv1.weight"].dtype == torch.bool
+
+
+@pytest.mark.slow
+def test_sense_writes_distillers_csv_and_a_plot(tmp_path, app):
+    run = app(tmp_path, "fp", "--epochs", "1", "--etrs", "0.2")
+    from compressor.app.classifier import main
+
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", "--exp-load-weights-from",
+                 os.path.join(run, "checkpoint.pth.tar"), "--sense", "element", "--sense-range", "0", "0.9", "0.4",
+                 "-o", str(tmp_path), "-n", "sense"]) == 0
+    (folder,) = glob.glob(os.path.join(tmp_path, "sense___*"))
+    lines = open(os.path.join(folder, "sensitivity.csv")).read().splitlines()
+    assert lines[0] == "parameter,sparsity,top1,top5,loss"
+    assert len(lines) == 1 + 4 * 3  # conv1, conv2, fc1, fc2 at 0, 0.4, 0.8
+    assert lines[1].startswith("conv1.weight,0.0,") and os.path.getsize(os.path.join(folder, "sensitivity.png"))
+    assert main(["-a", "simplenet_digits", "--dataset", "digits", "--sense", "filter", "--sense-range", "0.5", "0.2",
+                 "0.1", "-o", str(tmp_path)]) == 2

@@ -315,3 +315,25 @@ def test_level_star_means_every_conv_and_linear_weight_and_names_override_it():
     w = find_parameter(model, "layer1.0.conv1.weight")
     SensitivityPruner(sensitivities={"layer1.0.conv1.weight": 1.0}).prune(_step(model, masks))
     assert bool((w.abs()[~masks["layer1.0.conv1.weight"]] <= w.std()).all())
+
+
+def test_sensitivity_prunes_one_weight_at_a_time_and_restores_it():
+    from compressor.pruning.sensitivity import pruning_sensitivity
+
+    model = _resnet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    seen = []
+
+    def evaluate(m):
+        zeros = {n: int((p == 0).sum()) for n, p in m.named_parameters() if p.dim() == 4}
+        seen.append(zeros)
+        return {"top1": float(m(x).abs().sum())}
+
+    rows = pruning_sensitivity(model, evaluate, "filter", [0.0, 0.5])
+    assert len(rows) == 2 * 21  # 19 convolutions in resnet20_cifar and 2 downsampling ones
+    name, level, _ = rows[3]
+    assert (name, level) == ("layer1.0.conv1.weight", 0.5)
+    assert seen[3]["layer1.0.conv1.weight"] == 8 * 16 * 9 and seen[3]["layer1.0.conv2.weight"] == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
