@@ -72,12 +72,50 @@ def test_prune_thin_resume_quantize_export(tmp_path, whole_and_resumed, cli):
     assert done.returncode == 0, done.stderr
     assert "agrees with the simulation on 100.00 %" in done.stdout + done.stderr
     (onnx_path,) = glob.glob(os.path.join(tmp_path, "ptq___*", "*.onnx"))
+    _assert_zeros_exported(onnx_path, "conv2", conv2)
+
+
+def _assert_zeros_exported(onnx_path, layer, fp32_weight):
+    """The INT8 weight of ``layer`` in the ONNX file (minus its zero point) is 0 wherever the FP32 weight is."""
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(onnx_path).graph.initializer}
-    (q_name,) = [n for n in inits if "conv2" in n and "_weight_q_" in n]
-    (zp_name,) = [n for n in inits if "conv2" in n and "zero_point" in n and "weight" in n]
-    q = inits[q_name].astype(np.int32) - inits[zp_name].astype(np.int32).reshape(-1, 1, 1, 1)
-    assert q.shape == tuple(conv2.shape)
-    assert np.array_equal(q == 0, (conv2 == 0).numpy() | (q == 0)) and (q[(conv2 == 0).numpy()] == 0).all()
+    (q_name,) = [n for n in inits if layer in n and "_weight_q_" in n]
+    (zp_name,) = [n for n in inits if layer in n and "zero_point" in n and "weight" in n]
+    q = inits[q_name].astype(np.int32) - inits[zp_name].astype(np.int32).reshape(-1, *[1] * (fp32_weight.dim() - 1))
+    zeros = (fp32_weight == 0).numpy()
+    assert q.shape == tuple(fp32_weight.shape) and zeros.mean() > 0.3
+    assert (q[zeros] == 0).all()
+
+
+HYBRID = """version: 1
+pruners:
+  agp: {class: AutomatedGradualPruner, initial_sparsity: 0.2, final_sparsity: 0.6,
+        weights: [module.conv2.weight, module.fc1.weight]}
+quantizers:
+  q: {class: QuantAwareTrainRangeLinearQuantizer, bits_activations: 8, bits_weights: 8, per_channel_wts: true,
+      mode: ASYMMETRIC_UNSIGNED}
+policies:
+  - pruner: {instance_name: agp}
+    starting_epoch: 0
+    ending_epoch: 2
+  - quantizer: {instance_name: q}
+    starting_epoch: 2
+    ending_epoch: 100
+"""
+
+
+@pytest.mark.slow
+def test_prune_then_qat_in_one_recipe_keeps_the_zeros_in_the_int8_export(tmp_path, app):
+    recipe = tmp_path / "hybrid.yaml"
+    recipe.write_text(HYBRID)
+    run = app(tmp_path, "hybrid", "--compress", str(recipe), "--epochs", "3", "--etrs", "0.5", "--export-onnx")
+    ck = load_checkpoint(os.path.join(run, "checkpoint.pth.tar"))
+    w = ck["state_dict"]["conv2.parametrizations.weight.original"]
+    assert (w == 0).float().mean().item() == pytest.approx(0.6, abs=1e-3)
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["quantized"] and summary["sparsity"]["weights"] > 0.5
+    (onnx_path,) = glob.glob(os.path.join(run, "*.onnx"))
+    _assert_zeros_exported(onnx_path, "conv2", w)
+    _assert_zeros_exported(onnx_path, "fc1", ck["state_dict"]["fc1.parametrizations.weight.original"])
 
 
 @pytest.mark.slow
