@@ -284,7 +284,8 @@ class L1RankedStructureParameterPruner(Pruner):
             if kind == "FILTERS" and module in owner:
                 key = ("out", owner[module])
             else:
-                key = ("in", _consumed_group(groups, module)) if kind != "FILTERS" else ("own", name)
+                width = step.tensor(name).shape[1]
+                key = ("in", _consumed_group(groups, module, width)) if kind != "FILTERS" else ("own", name)
                 if key[1] is None:
                     key = ("own", name)
             by_group.setdefault(key, []).append(name)
@@ -353,28 +354,37 @@ class L2RankedStructureParameterPruner_AGP(L1RankedStructureParameterPruner_AGP)
     NORM = 2
 
 
-def _consumed_group(groups, module):
+def _consumed_group(groups, module, width):
+    """The group whose channels are exactly ``module``'s input (not a concatenation of several), or None."""
     for gid, group in groups.items():
-        if module in group.consumers:
+        if (module, 0) in group.consumers and group.size == width:
             return gid
     return None
 
 
 def _mask_followers(step, weight_name, pruned):
-    """A pruned filter's bias and the batch-norm channel right after it go too, so the channel is exactly zero."""
+    """A pruned filter's bias and the batch-norm channel right after it go too, so the channel is exactly zero;
+    where the filter is its channels' only producer, also the depthwise convolutions and batch-norms further on
+    (MobileNet's expand -> depthwise -> project), whose outputs would otherwise be a constant, not zero."""
     module = weight_name.rpartition(".")[0]
-    names = [f"{module}.bias"]
+    targets = [(module, 0)]  # (module, offset of these channels in its dim 0)
     if step.groups is not None:
         groups, owner = step.groups
-        norm = groups[owner[module]].norm_of.get(module) if module in owner else None
-        if norm:
-            names += [f"{norm}.weight", f"{norm}.bias"]
-    for name in names:
-        tensor = find_parameter(step.model, name)
-        if tensor is not None:
+        group = groups[owner[module]] if module in owner else None
+        if group is not None and group.norm_of.get(module):
+            targets.append((group.norm_of[module], 0))
+        if group is not None and group.producers == [module]:
+            targets += group.norms + group.channelwise
+    for target, offset in dict.fromkeys(targets):
+        for attr in ("weight", "bias") if target != module else ("bias",):
+            tensor = find_parameter(step.model, f"{target}.{attr}")
+            if tensor is None:
+                continue
             keep = torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
-            keep[pruned] = False
-            step.masks.combine(name, keep)
+            keep[pruned.to(keep.device) + offset] = False
+            if tensor.dim() > 1:
+                keep = keep.view(-1, *[1] * (tensor.dim() - 1)).expand_as(tensor).clone()
+            step.masks.combine(f"{target}.{attr}", keep)
 
 
 ACTIVATION_BATCHES = 8  # training batches whose activations rank filters (a few hundred images, as Hu et al.)

@@ -27,29 +27,37 @@ def _zero(t):
     return t is None or not bool(t.detach().any())
 
 
+def _silent_norm(norm, c, input_zero):
+    """True when batch-norm channel ``c`` outputs exactly 0: gamma = beta = 0, or a zero input with zero mean and
+    beta (in training mode a zero input normalizes to 0, in eval mode to -mean / std)."""
+    if norm.affine and _zero(norm.weight[c]) and _zero(norm.bias[c]):
+        return True
+    return input_zero and _zero(norm.running_mean[c]) and (not norm.affine or _zero(norm.bias[c]))
+
+
 def dead_channels(model, group, mode="filters"):
     """Indices of channels of ``group`` that can go; ``mode``: 'filters' (outputs all zero) or 'channels'
     (no consumer reads them) or 'both'."""
     modules = dict(model.named_modules())
+    direct = set(group.norm_of.values())
+    later_norms = [(modules[n], off) for n, off in group.norms if n not in direct]
+    channelwise = [(modules[n], off) for n, off in group.channelwise]
+    consumers = [(modules[n], off) for n, off in group.consumers]
     dead = []
     for c in range(group.size):
-        outputs_zero = True
+        outputs_zero = bool(group.producers)
         for p in group.producers:
             m = modules[p]
-            norm = modules.get(group.norm_of.get(p))
             conv_zero = _zero(m.weight[c]) and (m.bias is None or _zero(m.bias[c]))
-            if norm is None:
-                silent = conv_zero
-            elif norm.affine and _zero(norm.weight[c]) and _zero(norm.bias[c]):
-                silent = True  # gamma = beta = 0: the path outputs 0 whatever reaches the batch-norm
-            else:  # a zero input in training mode normalizes to 0, in eval mode to -mean/std: both 0 when mean is
-                silent = conv_zero and _zero(norm.running_mean[c]) and (not norm.affine or _zero(norm.bias[c]))
-            if not silent:
+            norm = modules.get(group.norm_of.get(p))
+            if not (conv_zero if norm is None else _silent_norm(norm, c, conv_zero)):
                 outputs_zero = False
                 break
-        unread = bool(group.consumers) and all(_zero(modules[q].weight[:, c]) for q in group.consumers)
-        if (mode in ("filters", "both") and outputs_zero and group.producers) or (mode in ("channels", "both")
-                                                                                   and unread):
+        if outputs_zero:  # after depthwise convolutions, the zero channel meets their bias and their batch-norms
+            outputs_zero = all(d.bias is None or _zero(d.bias[off + c]) for d, off in channelwise) and \
+                all(_silent_norm(n, off + c, True) for n, off in later_norms)
+        unread = bool(consumers) and all(_zero(q.weight[:, off + c]) for q, off in consumers)
+        if (mode in ("filters", "both") and outputs_zero) or (mode in ("channels", "both") and unread):
             dead.append(c)
     return dead
 
@@ -92,6 +100,8 @@ def _cut(module, out_keep=None, in_keep=None, optimizer=None):
         _slice_param(module, "weight", 1, in_keep, optimizer)
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif module.groups != 1 and in_keep is None:  # depthwise: one filter per channel
+        module.out_channels = module.in_channels = module.groups = module.weight.shape[0]
     else:
         module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
 
@@ -133,7 +143,7 @@ def thin(model, mode="filters", optimizer=None, masks=None):
     ``masks`` (``ParameterMasks``) are cut alike, so they keep matching their weights."""
     groups, _ = channel_groups(model)
     modules = dict(model.named_modules())
-    record, report = {}, []
+    report, cuts = [], {}  # (module, side) -> {offset of the group's channels: (group size, kept indices)}
     for group in groups.values():
         if group.frozen:
             if group.producers and dead_channels(model, group, mode):
@@ -142,14 +152,25 @@ def thin(model, mode="filters", optimizer=None, masks=None):
         dead = set(dead_channels(model, group, mode))
         if not dead:
             continue
-        keep = [c for c in range(group.size) if c not in dead]
-        if not keep:
-            keep = [0]  # a layer never vanishes entirely
-        for name in group.producers + group.norms:
-            record.setdefault(name, {})["out"] = keep
-        for name in group.consumers:
-            record.setdefault(name, {})["in"] = keep
+        keep = [c for c in range(group.size) if c not in dead] or [0]  # a layer never vanishes entirely
+        for name in group.producers:
+            cuts.setdefault((name, "out"), {})[0] = (group.size, keep)
+        for name, offset in group.norms + group.channelwise:
+            cuts.setdefault((name, "out"), {})[offset] = (group.size, keep)
+        for name, offset in group.consumers:
+            cuts.setdefault((name, "in"), {})[offset] = (group.size, keep)
         report.append(f"{', '.join(group.producers)}: {group.size} -> {len(keep)} channels")
+    record = {}
+    for (name, side), by_offset in cuts.items():
+        module = modules[name]
+        width = module.num_features if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) else \
+            module.weight.shape[1 if side == "in" else 0]
+        kept, position = [], 0
+        for offset in sorted(by_offset):  # channels of other, untouched groups (a concatenation's) stay
+            size, keep = by_offset[offset]
+            kept += list(range(position, offset)) + [offset + k for k in keep]
+            position = offset + size
+        record.setdefault(name, {})[side] = kept + list(range(position, width))
     for name, cut in record.items():
         _cut(modules[name], cut.get("out"), cut.get("in"), optimizer)
         if masks is not None:
