@@ -22,6 +22,7 @@ from compressor.models import NUM_CLASSES, create_model
 from compressor.pruning.summary import sparsity_table
 from compressor.pruning.thinning import restore_thinning
 from compressor.recipe.build import build_scheduler, read_recipe
+from compressor.scheduling.pruning import ThinningPolicy
 from compressor.training import distributed as ddp
 from compressor.training.determinism import seed_everything, set_rng_state
 from compressor.training.faults import resumable
@@ -205,6 +206,12 @@ class ClassifierRun:
         self.net = nn.DataParallel(self.model, self.gpu_ids) if len(self.gpu_ids) > 1 else self.model
         self.eval_net = self.net
         procs = self.ctx.procs
+        thinning = [p.epochs for p in (self.scheduler.policies if self.scheduler else [])
+                    if isinstance(p, ThinningPolicy) and p.epochs and p.epochs[-1] >= self.start_epoch]
+        if procs.active and thinning:  # DDP holds the parameters it was built with; thinning replaces them
+            raise UsageError(f"the recipe thins the model at epoch {thinning[0][0]}: not under torchrun (DDP keeps the "
+                             "parameters it wrapped). Run the epochs up to and including the thinning in one "
+                             "process, then continue under torchrun with --resume-from its checkpoint")
         if procs.active:  # torchrun: DDP trains; each process evaluates its own slice of the sets
             log.info(
                 "DistributedDataParallel: %d processes (%s), global batch %d = %d per process",

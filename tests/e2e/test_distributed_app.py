@@ -103,3 +103,40 @@ def test_a_rank_killed_mid_training_leaves_one_clear_error_on_rank_0(tmp_path, r
     assert "pair.cc" not in err and "GLHF" not in err  # gloo's own traceback text
     ckpt = glob.glob(os.path.join(str(tmp_path), "k___*", "checkpoint.pth.tar"))[0]
     assert load_checkpoint(ckpt)["epoch"] >= 0
+
+
+PRUNE_RECIPE = """version: 1
+pruners:
+  filters: {class: L1RankedStructureParameterPruner, group_type: Filters, desired_sparsity: 0.5,
+            weights: [conv1.weight]}
+  fine: {class: AutomatedGradualPruner, initial_sparsity: 0.2, final_sparsity: 0.5, weights: [conv2.weight]}
+extensions:
+  thinner: {class: FilterRemover}
+policies:
+  - pruner: {instance_name: filters}
+    epochs: [0]
+  - extension: {instance_name: thinner}
+    epochs: [1]
+  - pruner: {instance_name: fine}
+    starting_epoch: 1
+    ending_epoch: 3
+"""
+
+
+def test_pruning_under_torchrun_thinning_refused_and_a_thinned_checkpoint_resumes(tmp_path, root, app):
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(PRUNE_RECIPE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(root, "apps", "compress_classifier.py"), "-a", "simplenet_digits", "--dataset", "digits",
+           "-b", "64", "-p", "0", "-o", str(tmp_path), "--compress", str(recipe), "--epochs", "3"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "thins the model at epoch 1: not under torchrun" in done.stderr.split("Root Cause")[1]
+    thinned = app(tmp_path, "one", "--compress", str(recipe), "--epochs", "2", "--etrs", "0.3")  # one process
+    rest, _ = torchrun(root, tmp_path, "rest", "--epochs", "3", "--etrs", "0.3", "--resume-from",
+                       os.path.join(thinned, "checkpoint.pth.tar"))
+    ck = load_checkpoint(os.path.join(rest, "checkpoint.pth.tar"))
+    assert ck["state_dict"]["conv1.weight"].shape[0] == 8 and ck["thinning"]["conv1"]["out"]
+    w = ck["state_dict"]["conv2.weight"]
+    assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)  # AGP under DDP, masks held
