@@ -26,11 +26,10 @@ from accuracy_stats import machine  # benchmarks/ (the script's folder is on sys
 from fashion_mnist_accuracy import accuracy, run, run_folders, write_json
 from inference_speed import time_onnx_files
 
-from compressor.app.summary import compute_summary
+from compressor.app.summary import sparsity_summary
 from compressor.core.io import load_checkpoint
 from compressor.core.state_keys import load_weights, model_state
 from compressor.models import create_model
-from compressor.pruning.summary import sparsity_table
 from compressor.pruning.thinning import apply_record
 
 DATASET = "fashion_mnist"
@@ -78,23 +77,15 @@ def _run_once(cmd, work, name, resume_flag=None):
 
 
 def model_facts(checkpoint):
-    """Parameters, MACs of one image and weight sparsity of a checkpoint's model (thinned shapes restored)."""
+    """Parameters, MACs of one image (all, and on nonzero weights) and weight sparsity of a checkpoint's model
+    (thinned shapes restored), with the dense architecture's."""
     data = load_checkpoint(checkpoint)
     model = create_model("resnet20_cifar", DATASET)
     if isinstance(data, dict) and data.get("thinning"):
         apply_record(model, data["thinning"])
     load_weights(model, model_state(data))
-    compute = compute_summary(model, torch.zeros(1, 3, 32, 32))
-    _, sparsity = sparsity_table(model)
-    macs = {r["name"]: r["macs"] for r in compute["layers"]}
-    nonzero_macs = 0
-    for name, module in model.named_modules():
-        if name in macs:
-            w = module.weight.detach()
-            nonzero_macs += macs[name] * int(torch.count_nonzero(w)) / w.numel()
-    return {"parameters": sum(p.numel() for p in model.parameters()), "macs": compute["totals"]["macs"],
-            "macs_on_nonzero_weights": int(round(nonzero_macs)), "weight_sparsity": round(sparsity, 6),
-            "thinned": bool(isinstance(data, dict) and data.get("thinning"))}
+    facts = sparsity_summary(model, torch.zeros(1, 3, 32, 32), create_model("resnet20_cifar", DATASET))
+    return facts | {"thinned": bool(isinstance(data, dict) and data.get("thinning"))}
 
 
 def _onnx_of(folder):

@@ -14,12 +14,11 @@ from compressor.app.kd_args import add_kd_to_recipe, has_kd_from_flags, kd_reque
 from compressor.app.post_train import main_from_classifier_args
 from compressor.app.prune_sensitivity import run_sense
 from compressor.app.run_record import publish, training_record
-from compressor.app.summary import print_summary
+from compressor.app.summary import print_summary, sparsity_summary
 from compressor.core.errors import CheckpointError, UsageError
 from compressor.core.io import save_checkpoint
 from compressor.core.state_keys import load_weights
 from compressor.models import NUM_CLASSES, create_model
-from compressor.pruning.summary import sparsity_table
 from compressor.pruning.thinning import restore_thinning
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.scheduling.pruning import ThinningPolicy
@@ -384,11 +383,10 @@ class ClassifierRun:
             "run_dir": self.run.path,
         }
         if self.scheduler and self.scheduler.masks is not None or self.thinning:
-            _, total = sparsity_table(self.model)
             keeper = self.scheduler.keeper if self.scheduler else None
-            data["sparsity"] = {"weights": round(total, 6),
-                                "parameters": sum(p.numel() for p in self.model.parameters()),
-                                "thinned": bool((keeper and keeper.thinning) or self.thinning)}
+            dense = create_model(self.args.arch, self.dataset).to(self.device)
+            data["sparsity"] = sparsity_summary(self.model, next(iter(self.test_loader))[0][:1], dense)
+            data["sparsity"]["thinned"] = bool((keeper and keeper.thinning) or self.thinning)
         if self.throughput:  # training images per second, per epoch this process ran (all processes' images)
             data["throughput"] = {"train_images_per_s": self.throughput,
                                   "mean_train_images_per_s": round(sum(self.throughput) / len(self.throughput), 1)}

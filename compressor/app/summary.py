@@ -18,6 +18,7 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from compressor.pruning.masks import find_parameter
 from compressor.pruning.summary import sparsity_table
 from compressor.quantization.quant_module import QuantModule
 
@@ -38,6 +39,23 @@ def print_summary(model, kinds, loader):
             layers = compute_summary(model, next(iter(loader))[0][:1])["layers"]
             table, total = sparsity_table(model, {r["name"]: r["macs"] for r in layers})
             print(f"{table}\nTotal sparsity: {100 * total:.2f} %")
+
+
+def sparsity_summary(model, sample, dense_model=None):
+    """For summary.json: weight sparsity, parameters, MACs of one ``sample`` image, the MACs left on nonzero
+    weights, and (``dense_model``: the unpruned architecture) the dense model's MACs and parameters."""
+    layers = compute_summary(model, sample)["layers"]
+    nonzero = 0.0
+    for r in layers:
+        w = find_parameter(model, f"{r['name']}.weight")
+        nonzero += r["macs"] * int(torch.count_nonzero(w.detach())) / w.numel()
+    _, sparsity = sparsity_table(model)
+    out = {"weights": round(sparsity, 6), "parameters": sum(p.numel() for p in model.parameters()),
+           "macs": sum(r["macs"] for r in layers), "macs_on_nonzero_weights": int(round(nonzero))}
+    if dense_model is not None:
+        out["dense"] = {"parameters": sum(p.numel() for p in dense_model.parameters()),
+                        "macs": compute_summary(dense_model, sample)["totals"]["macs"]}
+    return out
 
 
 def _weight_bits(module, only_enabled):

@@ -59,8 +59,11 @@ def test_prune_thin_resume_quantize_export(tmp_path, whole_and_resumed, cli):
     assert (conv2 == 0).float().mean().item() == pytest.approx(0.6, abs=1e-3)  # masks held to the end
     summary = json.load(open(os.path.join(whole, "summary.json")))
     assert summary["sparsity"]["thinned"] is True
-    assert summary["sparsity"]["parameters"] == sum(v.numel() for k, v in a["state_dict"].items()
-                                                    if k.endswith(("weight", "bias")))
+    facts = summary["sparsity"]
+    assert facts["parameters"] == sum(v.numel() for k, v in a["state_dict"].items() if k.endswith(("weight", "bias")))
+    # conv1's filters and fc1's neurons halved: conv1, conv2 (its inputs), fc1 and fc2 (its inputs) each about half
+    assert 0.45 < facts["macs"] / facts["dense"]["macs"] < 0.55 and facts["parameters"] < facts["dense"]["parameters"]
+    assert facts["macs_on_nonzero_weights"] < facts["macs"]
     log = open(glob.glob(os.path.join(whole, "*.log"))[0]).read()
     assert "Thinning (filters) at epoch 1" in log and "conv1: 16 -> 8 channels" in log and "Parameters (epoch 2)" in log
 
