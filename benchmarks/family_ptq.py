@@ -54,14 +54,16 @@ def labels(test):
     return torch.cat([y for _, y in test])
 
 
-def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE"):
-    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer)."""
+def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE",
+         integer=False):
+    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer); ``integer``: the integer-exact
+    simulation of the exported kernels (the apps' default) instead of float fake quantization."""
     from compressor.quantization.linear.refine import calibration_images, refine
 
     q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=bits_w,
                                  per_channel_wts=per_channel, clip_acts=clip,
                                  mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
-                                 integer_arithmetic=False, cross_layer_equalization=cle, equalization_relu6=relu6,
+                                 integer_arithmetic=integer, cross_layer_equalization=cle, equalization_relu6=relu6,
                                  smoothquant_alpha=smoothquant, gptq=rounding == "gptq",
                                  adaround=rounding == "adaround", adaround_iterations=500)
     gm = q.prepare_model().eval()
@@ -139,6 +141,8 @@ def main():
     ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--w4a8", action=argparse.BooleanOptionalAction, default=True,
                     help="W4A8 rows: round to nearest, GPTQ, AdaRound")
+    ap.add_argument("--integer-export", action=argparse.BooleanOptionalAction, default=True,
+                    help="also judge the best row's export against the integer-exact simulation")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -235,6 +239,27 @@ def main():
                                  "onnx_top1": 100.0 * float((exported == truth).double().mean()),
                                  "seconds": round(time.perf_counter() - start, 1)}
         save()
+    if args.integer_export and "best_export_integer" not in result:
+        # the same export judged against the integer-exact simulation (what the apps' agreement check compares
+        # with): float fake quantization rounds accumulators and requantization differently from the kernels
+        from compressor.deploy.onnx_export import export_onnx
+        from compressor.deploy.target import format_here
+        from compressor.deploy.verify import onnx_runner
+
+        start = time.perf_counter()
+        q, gm = ours(model, calib, *settings[best], integer=True)
+        path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best_integer.onnx"),
+                           weights=format_here().weights)
+        exported = predictions(onnx_runner(path), test)
+        simulated = predictions(gm, test)
+        result["best_export_integer"] = {
+            "row": best, "format": format_here().weights,
+            "agreement": 100.0 * float((exported == simulated).double().mean()),
+            "simulated_top1": 100.0 * float((simulated == truth).double().mean()),
+            "onnx_top1": 100.0 * float((exported == truth).double().mean()),
+            "seconds": round(time.perf_counter() - start, 1)}
+        save()
+        print("best, integer simulation:", result["best_export_integer"], flush=True)
     # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
     # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
     if args.w4a8:
