@@ -152,3 +152,20 @@ def test_sense_writes_distillers_csv_and_a_plot(tmp_path, app):
     assert lines[1].startswith("conv1.weight,0.0,") and os.path.getsize(os.path.join(folder, "sensitivity.png"))
     assert main(["-a", "simplenet_digits", "--dataset", "digits", "--sense", "filter", "--sense-range", "0.5", "0.2",
                  "0.1", "-o", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_distillers_resnet20_agp_filter_recipe_runs_unchanged_in_the_app(tmp_path, root, app):
+    """examples/agp-pruning/resnet20_filters.schedule_agp.yaml as Distiller ships it: filter pruning to epoch 30,
+    thinning at 30, element and row pruning from 30 (a few images per epoch: the schedule, not the accuracy)."""
+    recipe = os.path.join(root, "schedules", "distiller", "pruning", "resnet20_filters.schedule_agp.yaml")
+    run = app(tmp_path, "agp", "--compress", recipe, "--epochs", "32", "--etrs", "0.03", "--evs", "0.2",
+              arch="resnet20_cifar")
+    ck = load_checkpoint(os.path.join(run, "checkpoint.pth.tar"))
+    assert ck["state_dict"]["layer2.0.conv1.weight"].shape == (16, 16, 3, 3)  # 50 % of its filters thinned away
+    assert ck["state_dict"]["layer3.0.conv1.weight"].shape == (64, 16, 3, 3)  # reads the thinned layer2 output
+    log = open(glob.glob(os.path.join(run, "*.log"))[0]).read()
+    assert "Thinning (filters) at epoch 30: 272474 -> 224890 parameters" in log
+    assert "AutomatedGradualPruner: epoch 30, target sparsity 0.050" in log
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["sparsity"]["thinned"] and summary["sparsity"]["macs"] < 0.85 * summary["sparsity"]["dense"]["macs"]
