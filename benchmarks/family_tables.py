@@ -59,6 +59,11 @@ def table(fp32_info, ptq):
         lines.append(f"Best of our W8A8 rows ({label(best['row'])}) exported for this CPU ({best['format']} weights): "
                      f"ONNX Runtime agrees with the simulation on {best['agreement']:.2f} % of the test images "
                      f"(ONNX top-1 {best['onnx_top1']:.2f} %).")
+    best = ptq.get("best_export_integer")
+    if best:
+        lines.append(f"Against the integer-exact simulation (the apps' check) of the same row: "
+                     f"{best['agreement']:.2f} % agreement (simulated top-1 {best['simulated_top1']:.2f} %, ONNX "
+                     f"{best['onnx_top1']:.2f} %, {best['seconds']:.0f} s).")
     return "\n".join(lines)
 
 
