@@ -28,6 +28,7 @@ function. Checkpoints are the apps' own (``--resume-from`` reads them, ``torch.l
 from compressor.core.io import save_checkpoint as _save
 from compressor.core.state_keys import load_weights
 from compressor.deploy.export import export_quantized
+from compressor.pruning.thinning import apply_record
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.training.state import TrainState, load_train_state
 
@@ -52,7 +53,9 @@ dict_config = file_config  # Distiller's name for a recipe given as a dict
 def save_checkpoint(path, epoch, scheduler, optimizer=None, arch="model", dataset="data", best_scores=()):
     """Write a checkpoint of the live run atomically (temp file, then rename): weights, optimizer, scheduler and
     quantizer state, recipe and RNG states, as plain data and tensors. Returns ``path``."""
-    state = TrainState.capture(epoch, arch, dataset, scheduler.model, optimizer, scheduler, best_scores=best_scores)
+    thinning = scheduler.keeper.thinning if scheduler.keeper is not None else None
+    state = TrainState.capture(epoch, arch, dataset, scheduler.model, optimizer, scheduler, best_scores=best_scores,
+                               thinning=thinning)
     _save(path, state.to_dict())
     return path
 
@@ -61,6 +64,8 @@ def load_checkpoint(path, scheduler, optimizer=None):
     """Restore a checkpoint written by ``save_checkpoint`` (or by the apps) into a scheduler built from the same
     recipe; returns the epoch to continue from."""
     state = load_train_state(path)
+    if state.thinning:  # a thinned model: cut this one alike (the optimizer then trains the cut parameters)
+        apply_record(scheduler.model, state.thinning, optimizer)
     load_weights(scheduler.model, state.state_dict)
     if optimizer is not None and state.optimizer_state_dict is not None:
         optimizer.load_state_dict(state.optimizer_state_dict)

@@ -107,13 +107,20 @@ def _cut(module, out_keep=None, in_keep=None, optimizer=None):
 
 
 def apply_record(model, record, optimizer=None):
-    """Cut ``model`` to a thinning record's shapes (a fresh model before thinned weights load into it)."""
+    """Cut ``model`` to a thinning record's shapes (a fresh model before thinned weights load into it); a module
+    already of the record's shape (cut before) is left as it is."""
     modules = dict(model.named_modules())
     missing = [name for name in record if name not in modules]
     if missing:
         raise ValueError(f"the thinning record names modules this model lacks: {missing[:5]}")
     for name, cut in record.items():
-        _cut(modules[name], cut.get("out"), cut.get("in"), optimizer)
+        module = modules[name]
+        out_size = module.num_features if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) else \
+            module.weight.shape[0]
+        out_keep = cut.get("out") if cut.get("out") is not None and len(cut["out"]) != out_size else None
+        in_keep = cut.get("in") if cut.get("in") is not None and len(cut["in"]) != module.weight.shape[1] else None
+        if out_keep is not None or in_keep is not None:
+            _cut(module, out_keep, in_keep, optimizer)
 
 
 def restore_thinning(model, record, source):

@@ -368,3 +368,21 @@ def test_sensitivity_prunes_one_weight_at_a_time_and_restores_it():
     assert seen[3]["layer1.0.conv1.weight"] == 8 * 16 * 9 and seen[3]["layer1.0.conv2.weight"] == 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_python_api_checkpoints_carry_the_thinning(tmp_path):
+    from compressor import api
+
+    recipe = os.path.join(ROOT, "schedules", "distiller", "pruning", "resnet20_filters.schedule_agp.yaml")
+    scheduler, opt = _run_schedule(recipe, range(28, 32))
+    path = api.save_checkpoint(str(tmp_path / "ck.pth.tar"), 31, scheduler, opt, arch="resnet20_cifar")
+    model = create_model("resnet20_cifar", "cifar10")
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    again = api.file_config(model, opt2, recipe)
+    assert api.load_checkpoint(path, again, opt2) == 32
+    assert model.layer2[0].conv1.weight.shape == (16, 16, 3, 3)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), scheduler.model.eval()(x))
+    assert any(p is model.layer2[0].conv1.weight for p in opt2.param_groups[0]["params"])
+    apply_record(model, scheduler.keeper.thinning)  # already cut: left as it is
+    assert model.layer2[0].conv1.weight.shape == (16, 16, 3, 3)
