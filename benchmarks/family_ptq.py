@@ -148,8 +148,10 @@ def main():
     torch.manual_seed(0)
     result = json.load(open(args.out)) if os.path.exists(args.out) else {}
     rows = result.setdefault("rows", {})
-    result.update({"command": "python " + " ".join(sys.argv), "machine": machine(), "arch": args.arch,
-                   "checkpoint": args.checkpoint, "dataset": args.dataset})
+    command = "python " + " ".join(sys.argv)
+    if result.setdefault("command", command) != command:  # a later piece (e.g. only the integer export) adds rows
+        result.setdefault("later_commands", []).append(command)
+    result.update({"machine": machine(), "arch": args.arch, "checkpoint": args.checkpoint, "dataset": args.dataset})
 
     def save():
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
