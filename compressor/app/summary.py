@@ -16,10 +16,9 @@ bits (one image).
 import torch
 from tabulate import tabulate
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from compressor.pruning.masks import find_parameter
-from compressor.pruning.summary import sparsity_table
+from compressor.pruning.summary import layer_macs, sparsity_table
 from compressor.quantization.quant_module import QuantModule
 
 FP_BITS = 32
@@ -68,15 +67,6 @@ def _weight_bits(module, only_enabled):
     return FP_BITS
 
 
-def _flops_per_module(counter):
-    """{module name: FLOPs} from FlopCounterMode (its keys are 'RootClass.name.of.module')."""
-    out = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key != "Global" and "." in key:
-            out[key.split(".", 1)[1]] = sum(ops.values())
-    return out
-
-
 @torch.no_grad()
 def compute_summary(model, sample, only_enabled=False):
     """Per conv/linear layer: MACs, params, bits, BOPs, memory; totals and ratios against FP32.
@@ -106,18 +96,16 @@ def compute_summary(model, sample, only_enabled=False):
     hooks = [m.register_forward_hook(mark) for m in model.modules() if isinstance(m, QuantModule)]
     hooks += [m.register_forward_hook(record(n)) for n, m in layers.items()]
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(sample.to(next(model.parameters()).device))
+        macs_of = layer_macs(model, sample)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    flops = _flops_per_module(counter)
     rows = []
     for name, module in layers.items():
         if name not in inputs:  # not called in the forward pass
             continue
-        macs = flops.get(name, 0) // 2
+        macs = macs_of.get(name, 0)
         w_bits = _weight_bits(module, only_enabled)
         act_numel, a_bits = inputs[name]
         weights = module.weight.numel()

@@ -2,8 +2,27 @@
 
 import torch
 from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
 
 from compressor.pruning.masks import prunable_parameters
+
+
+@torch.no_grad()
+def layer_macs(model, sample):
+    """{module name: MACs} of one forward pass of ``model`` on ``sample``, from PyTorch's own counter
+    (``FlopCounterMode``: FLOPs / 2 for convolutions and matrix products), in eval mode (restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(sample.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    out = {}
+    for key, ops in counter.get_flop_counts().items():  # keys: 'RootClass.name.of.module'
+        if key != "Global" and "." in key:
+            out[key.split(".", 1)[1]] = sum(ops.values()) // 2
+    return out
 
 
 def weight_sparsity(weight):

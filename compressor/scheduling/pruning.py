@@ -27,9 +27,11 @@ policies:
 import dataclasses
 import logging
 
+import torch
+
 from compressor.core.spec import Choice, Config, Spec, setting
 from compressor.pruning.pruners import PruneStep
-from compressor.pruning.summary import sparsity_table
+from compressor.pruning.summary import layer_macs, sparsity_table
 from compressor.pruning.thinning import merge_records, thin
 from compressor.scheduling.policies import Policy
 
@@ -64,6 +66,14 @@ class MaskKeeper(Policy):
         super().__init__([])
         self.masks, self.first, self.pruning_epochs = masks, first_epoch, set(pruning_epochs)
         self.thinning = None  # the thinning record (ThinningPolicy sets it), kept in checkpoints
+        self.sample = None  # one training image: the table's MACs
+
+    def set_data(self, loader, device="cpu"):
+        with torch.random.fork_rng(devices=[]):  # a random augmentation must not move the run's random streams
+            try:
+                self.sample = loader.dataset[0][0].unsqueeze(0).to(device)
+            except (IndexError, TypeError, AttributeError):
+                self.sample = None
 
     def active(self, epoch):
         return epoch >= self.first
@@ -81,7 +91,9 @@ class MaskKeeper(Policy):
     def on_epoch_end(self, model, epoch, optimizer=None, metrics=None):
         """Distiller's sparsity table after the last pruning epoch, the total after the others."""
         if epoch in self.pruning_epochs:
-            table, total = sparsity_table(model)
+            macs = layer_macs(model, self.sample) if self.sample is not None and epoch == max(self.pruning_epochs) \
+                else None
+            table, total = sparsity_table(model, macs)
             if epoch == max(self.pruning_epochs):
                 log.info("Parameters (epoch %d):\n%s", epoch, table)
             log.info("Total sparsity: %.2f %% (epoch %d)", 100 * total, epoch)

@@ -66,6 +66,7 @@ def test_prune_thin_resume_quantize_export(tmp_path, whole_and_resumed, cli):
     assert facts["macs_on_nonzero_weights"] < facts["macs"]
     log = open(glob.glob(os.path.join(whole, "*.log"))[0]).read()
     assert "Thinning (filters) at epoch 1" in log and "conv1: 16 -> 8 channels" in log and "Parameters (epoch 2)" in log
+    assert "MACs (nonzero)" in log  # the last pruning epoch's table has each layer's MACs
 
     # the thinned checkpoint quantizes after training; its pruned weights are exact zeros in the INT8 ONNX model
     done = cli("post_train_quant.py", "-a", "simplenet_digits", "--dataset", "digits",
