@@ -15,7 +15,7 @@ import torch
 from compressor.core import distributed
 from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
 from compressor.quantization.qparams import qparams_from_range, quant_range
-from compressor.quantization.quant_module import QuantModule
+from compressor.quantization.quant_module import QuantModule, float32_arithmetic
 
 
 class FakeQuantize(QuantModule):
@@ -45,22 +45,7 @@ class FakeQuantize(QuantModule):
     def get_extra_state(self):
         return {**super().get_extra_state(), "observed": self.observed}
 
-    @staticmethod
-    def in_float32(forward):
-        """Quantizer arithmetic in float32 under --amp: a bf16/fp16 input (autocast's conv output) is widened and
-        ranges, scales and rounding are computed with autocast off, so the quantized values are the ones an FP32 run
-        computes from the same input values (tests/unit/quantization/test_fake_quant.py)."""
-
-        def wrapped(self, x):
-            if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16):
-                x = x.float()
-            if torch.is_autocast_enabled(x.device.type if torch.is_tensor(x) else "cpu"):
-                with torch.autocast(x.device.type, enabled=False):
-                    return forward(self, x)
-            return forward(self, x)
-
-        wrapped.__doc__ = forward.__doc__
-        return wrapped
+    in_float32 = staticmethod(float32_arithmetic)
 
     def set_extra_state(self, state):
         super().set_extra_state(state)

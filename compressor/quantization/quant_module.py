@@ -10,7 +10,25 @@ describes; the graph layer removes the activation a module stands in for when
 
 from typing import ClassVar
 
+import torch
 from torch import nn
+
+
+def float32_arithmetic(forward):
+    """Quantizer arithmetic in float32 under --amp: a bf16/fp16 input (autocast's conv output) is widened and
+    ranges, scales and rounding are computed with autocast off, so the quantized values are the ones an FP32 run
+    computes from the same input values (tests/unit/quantization/test_fake_quant.py)."""
+
+    def wrapped(self, x):
+        if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if torch.is_autocast_enabled(x.device.type if torch.is_tensor(x) else "cpu"):
+            with torch.autocast(x.device.type, enabled=False):
+                return forward(self, x)
+        return forward(self, x)
+
+    wrapped.__doc__ = forward.__doc__
+    return wrapped
 
 
 class QuantModule(nn.Module):

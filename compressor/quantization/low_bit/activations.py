@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compressor.quantization.low_bit.ste import ClipQuantize, SignSTE
-from compressor.quantization.quant_module import QuantModule
+from compressor.quantization.quant_module import QuantModule, float32_arithmetic
 
 
 class ClippedLinearQuant(QuantModule):
@@ -21,6 +21,7 @@ class ClippedLinearQuant(QuantModule):
         self.levels = float(2**bits - 1)
         self.register_buffer("clip_val", torch.tensor([float(clip_val)]))
 
+    @float32_arithmetic
     def forward(self, x):
         if not self.enabled:
             return x

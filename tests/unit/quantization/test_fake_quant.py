@@ -192,3 +192,4 @@ def test_quantizers_compute_in_float32_under_bf16_autocast():
     plain = wq(w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(wq(w), plain)
+
