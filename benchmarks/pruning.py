@@ -24,6 +24,7 @@ import sys
 import torch
 from accuracy_stats import machine  # benchmarks/ (the script's folder is on sys.path)
 from fashion_mnist_accuracy import accuracy, run, run_folders, write_json
+from inference_speed import machine as runtime_machine
 from inference_speed import time_onnx_files
 
 from compressor.app.summary import sparsity_summary
@@ -129,7 +130,7 @@ def step_result(step, args):
         timing = time_onnx_files(paths, args.batch, args.iters, 5)
         names = ["fp32"] + list(rows)
         return {"command": "python " + " ".join(sys.argv), "batch": args.batch, "iters": args.iters,
-                "threads": torch.get_num_threads(),
+                "threads": torch.get_num_threads(), "runtime": runtime_machine(),
                 "files": {n: timing["files"][p] | {"onnx": p} for n, p in zip(names, paths)}}
     raise ValueError(step)
 

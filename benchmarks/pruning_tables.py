@@ -31,7 +31,7 @@ def accuracy_table(folder):
         delta = "" if step == "fp32" else f"{r['test']['top1'] - base['test']['top1']:+.2f}"
         lines.append(f"| {name} | {r['test']['top1']:.2f} | {r['test']['ci95'][0]:.2f}-{r['test']['ci95'][1]:.2f} | "
                      f"{delta} | {facts.get('parameters', 0):,} | {facts.get('macs', 0):,} | "
-                     f"{facts.get('macs_on_nonzero_weights', 0):,} | {100 * facts.get('weight_sparsity', 0):.1f} % | "
+                     f"{facts.get('macs_on_nonzero_weights', 0):,} | {100 * facts.get('weights', 0):.1f} % | "
                      f"{r.get('seconds', 0):.0f} |")
     return "\n".join(lines)
 
@@ -40,8 +40,9 @@ def latency_table(folder):
     r = load(folder, "latency")
     if r is None:
         return "(latency not measured yet)"
-    m = r["machine"]
-    lines = [f"ONNX Runtime on {m['cpu']} ({m['int8_capability']}; integer flags {', '.join(m['integer_flags'])}), "
+    m = r["runtime"]
+    lines = [f"ONNX Runtime {m['onnxruntime']} on {m['cpu']} (int8: {m['int8_capability']}; integer flags "
+             f"{', '.join(m['integer_flags'])}), "
              f"{r['threads']} thread(s), batch {r['batch']}, median of {r['iters']} paired runs: `{r['command']}`", "",
              "| model | ms per batch | vs dense FP32 |", "|---|---|---|"]
     for step, t in r["files"].items():
