@@ -131,7 +131,8 @@ def step_result(step, args):
         names = ["fp32"] + list(rows)
         return {"command": "python " + " ".join(sys.argv), "batch": args.batch, "iters": args.iters,
                 "threads": torch.get_num_threads(), "runtime": runtime_machine(),
-                "files": {n: timing["files"][p] | {"onnx": p} for n, p in zip(names, paths)}}
+                "files": {n: timing["files"][p] | {"onnx": p, "bytes": os.path.getsize(p)}
+                          for n, p in zip(names, paths)}}
     raise ValueError(step)
 
 

@@ -22,7 +22,8 @@ def load(folder, step):
 def accuracy_table(folder):
     base = load(folder, "fp32")
     lines = ["| model | test top-1 % | 95 % interval | vs dense FP32 (pp) | parameters | MACs (one image) | "
-             "MACs on nonzero weights | weight sparsity | fine-tune s |", "|---|---|---|---|---|---|---|---|---|"]
+             "MACs on nonzero weights | weight sparsity | s (fine-tune or PTQ) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for step, name in LABELS.items():
         r = load(folder, step)
         if r is None:
@@ -44,9 +45,10 @@ def latency_table(folder):
     lines = [f"ONNX Runtime {m['onnxruntime']} on {m['cpu']} (int8: {m['int8_capability']}; integer flags "
              f"{', '.join(m['integer_flags'])}), "
              f"{r['threads']} thread(s), batch {r['batch']}, median of {r['iters']} paired runs: `{r['command']}`", "",
-             "| model | ms per batch | vs dense FP32 |", "|---|---|---|"]
+             "| model | ONNX file KiB | ms per batch | vs dense FP32 |", "|---|---|---|---|"]
     for step, t in r["files"].items():
-        lines.append(f"| {LABELS.get(step, step)} | {t['median_ms']:.2f} | {t['vs_first']:.3f}x |")
+        lines.append(f"| {LABELS.get(step, step)} | {t['bytes'] / 1024:.0f} | {t['median_ms']:.2f} | "
+                     f"{t['vs_first']:.3f}x |")
     return "\n".join(lines)
 
 
