@@ -40,11 +40,13 @@ def structure_dim(group_type):
     return 0 if group_type.upper() == "FILTERS" else 1
 
 
-def structure_scores(weight, group_type):
-    """Mean absolute value of each structure (filter, channel or row) of ``weight``."""
+def structure_scores(weight, group_type, norm=1):
+    """Mean absolute value (``norm=1``) or root mean square (``norm=2``) of each structure (filter, channel or row)
+    of ``weight``."""
     dim = structure_dim(group_type)
-    w = weight.detach().abs().transpose(0, dim)
-    return w.reshape(w.shape[0], -1).mean(dim=1)
+    w = weight.detach().transpose(0, dim)
+    w = w.reshape(w.shape[0], -1)
+    return w.abs().mean(dim=1) if norm == 1 else w.pow(2).mean(dim=1).sqrt()
 
 
 def bottom_structures(scores, fraction, kept=None):

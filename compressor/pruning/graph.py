@@ -205,7 +205,3 @@ def channel_groups(model):
     owner = {name: tracer.sets.find(gid) for name, gid in tracer.owner.items()}
     return groups, owner
 
-
-def members(group, role):
-    """The module names of a group's norms, consumers or channelwise members (offsets dropped)."""
-    return [name for name, _ in getattr(group, role)]

@@ -266,11 +266,6 @@ class L1RankedStructureParameterPruner(Pruner):
         kind = self.config.group_type.upper()
         return "FILTERS" if kind == "3D" else kind
 
-    def _scores(self, tensor, kind):
-        dim = criteria.structure_dim(kind)
-        w = tensor.detach().transpose(0, dim).reshape(tensor.shape[dim], -1)
-        return w.abs().mean(1) if self.NORM == 1 else w.pow(2).mean(1).sqrt()
-
     def _ties(self, step, names, kind):
         """Lists of names ranked together: the leader's list, or those that share a channel group."""
         if (self.config.group_dependency or "").upper() == "LEADER":
@@ -291,9 +286,10 @@ class L1RankedStructureParameterPruner(Pruner):
             by_group.setdefault(key, []).append(name)
         return list(by_group.values())
 
-    def _score_of(self, step, name, tensor, kind):
-        """Per structure: higher is kept."""
-        return self._folded(step, name, kind, self._scores(tensor, kind))
+    def _scores_by_name(self, step, names, kind):
+        """{name: a score per structure}; higher is kept."""
+        return {n: self._folded(step, n, kind, criteria.structure_scores(step.tensor(n), kind, self.NORM))
+                for n in names}
 
     def _folded(self, step, name, kind, scores):
         """Scores of filters scaled by |gamma| / std of the batch-norm after them (``fold_batchnorm``)."""
@@ -311,14 +307,14 @@ class L1RankedStructureParameterPruner(Pruner):
     def prune(self, step):
         kind, fraction = self._kind(), self.fraction(step)
         names = [plain_name(n) for n in self.config.weights]
+        score_of = self._scores_by_name(step, names, kind)
+        leader = (self.config.group_dependency or "").upper() == "LEADER"
         for tie in self._ties(step, names, kind):
             tensors = [step.tensor(n) for n in tie]
             sizes = {t.shape[criteria.structure_dim(kind)] for t in tensors}
             if len(sizes) != 1:
                 raise ValueError(f"{', '.join(tie)} are ranked together but have {sorted(sizes)} structures")
-            scores = sum(self._score_of(step, n, t, kind) for n, t in zip(tie, tensors))
-            if (self.config.group_dependency or "").upper() == "LEADER":
-                scores = self._score_of(step, tie[0], tensors[0], kind)
+            scores = score_of[tie[0]] if leader else sum(score_of[n] for n in tie)
             kept = torch.ones_like(scores, dtype=torch.bool)
             for n in tie:
                 if n in step.masks:
@@ -435,17 +431,8 @@ class ActivationAPoZRankedFilterPruner(L1RankedStructureParameterPruner):
         """Per channel: the fraction of zeros after a ReLU; higher is pruned first (so negated)."""
         return -(x <= 0).float().mean(1)
 
-    def prune(self, step):
-        names = [plain_name(n) for n in self.config.weights]
-        scores = self._activation_scores(step, names)
-        self._score_override = scores
-        try:
-            super().prune(step)
-        finally:
-            self._score_override = None
-
-    def _score_of(self, step, name, tensor, kind):
-        return self._score_override[name]
+    def _scores_by_name(self, step, names, kind):
+        return self._activation_scores(step, names)
 
 
 class ActivationMeanRankedFilterPruner(ActivationAPoZRankedFilterPruner):
