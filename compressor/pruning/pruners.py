@@ -240,6 +240,8 @@ class StructureConfig(Config):
     group_dependency: str | None = setting(Choice(None, ["LEADER"]), "Leader: every weight follows the ranking of "
                                            "the first one listed (null: rank each, jointly where outputs meet at "
                                            "an add)")
+    group_size: int = setting(Int(1, lo=1), "prune in multiples of this many structures (Distiller's key): 8 "
+                              "keeps channel counts on the 8-channel blocks of CPU convolution kernels")
     kwargs: dict | None = setting(Spec(None), "Distiller's extra arguments (accepted, unused)")
 
 
@@ -321,7 +323,7 @@ class L1RankedStructureParameterPruner(Pruner):
                     dim = criteria.structure_dim(kind)
                     m = step.masks[n].transpose(0, dim).reshape(scores.numel(), -1)
                     kept &= m.any(1)
-            pruned = criteria.bottom_structures(scores, fraction, kept)
+            pruned = criteria.bottom_structures(scores, fraction, kept, self.config.group_size)
             for name, tensor in zip(tie, tensors):
                 step.masks.combine(name, criteria.expand_structures(tensor, kind, pruned))
                 if kind == "FILTERS":

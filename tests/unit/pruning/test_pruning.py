@@ -109,6 +109,19 @@ def test_floor_of_the_fraction_as_distiller():
     assert int((~masks["layer1.0.conv1.weight"].reshape(16, -1).any(1)).sum()) == 4  # floor(0.3 * 16)
 
 
+
+
+def test_group_size_prunes_in_multiples_and_never_removes_a_whole_layer():
+    model = _resnet()
+    masks = ParameterMasks()
+    L1RankedStructureParameterPruner(group_type="Filters", desired_sparsity=0.3, group_size=8,
+                                     weights=["layer2.0.conv1.weight", "layer3.0.conv1.weight"]
+                                     ).prune(_step(model, masks))
+    gone = {n: int((~masks[f"{n}.0.conv1.weight"].flatten(1).any(1)).sum()) for n in ("layer2", "layer3")}
+    assert gone == {"layer2": 8, "layer3": 16}  # floor(0.3 * 32 / 8) * 8 and floor(0.3 * 64 / 8) * 8
+    assert criteria.bottom_structures(torch.arange(16.0), 0.99, group_size=8).tolist() == list(range(8))
+    assert criteria.bottom_structures(torch.arange(16.0), 0.99).numel() == 15
+    assert criteria.bottom_structures(torch.arange(4.0), 0.9, group_size=8).numel() == 0
 @pytest.mark.parametrize("mode", ["filters", "channels"])
 def test_thinning_keeps_the_function_and_a_fresh_model_loads_the_thinned_weights(mode):
     model = _resnet()
