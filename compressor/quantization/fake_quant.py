@@ -1,8 +1,8 @@
 """Fake-quantization modules: quantize-dequantize in FP32, gradients by straight-through estimation.
 
-The rounding itself is torch's fused kernel (``torch.fake_quantize_per_*_affine``),
-whose backward passes the gradient through unchanged inside the quantization
-range and zeroes it outside (the clipped straight-through estimator).
+The rounding itself is ``fake_quant_op.fake_quantize``: what ``torch.fake_quantize_per_*_affine`` compute, bit
+for bit, from vectorized ops (torch's CPU kernel rounds one element at a time); its backward passes the gradient
+through unchanged inside the quantization range and zeroes it outside (the clipped straight-through estimator).
 
 Both are ``QuantModule``s with an observer (``observers``) that tracks the range; the quantization
 policy sets ``enabled`` (quantize at all) and ``observing`` (update the range). Their
@@ -13,6 +13,7 @@ a checkpoint evaluates and resumes exactly as it was saved.
 import torch
 
 from compressor.core import distributed
+from compressor.quantization.fake_quant_op import fake_quantize
 from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
 from compressor.quantization.qparams import qparams_from_range, quant_range
 from compressor.quantization.quant_module import QuantModule, float32_arithmetic
@@ -88,7 +89,7 @@ class ActivationFakeQuant(FakeQuantize):
             return x
         if self.dynamic or (self.observing and self.training) or not self.observed:
             self.observe(x)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def observe(self, x):
@@ -157,11 +158,8 @@ class WeightFakeQuant(FakeQuantize):
             return w
         if self.observing or not self.observed:
             self.observe(w)
-        if self.per_channel:
-            return torch.fake_quantize_per_channel_affine(
-                w, self.scale, self.zero_point, self.axis, self.qmin, self.qmax
-            )
-        return torch.fake_quantize_per_tensor_affine(w, self.scale, self.zero_point, self.qmin, self.qmax)
+        return fake_quantize(w, self.scale, self.zero_point, self.qmin, self.qmax,
+                             self.axis if self.per_channel else None)
 
     @torch.no_grad()
     def observe(self, w):

@@ -1,0 +1,46 @@
+"""Fake quantization (quantize-dequantize in float) with the clipped straight-through gradient, as an autograd
+Function built from vectorized tensor ops.
+
+It computes exactly what ``torch.fake_quantize_per_tensor_affine`` / ``torch.fake_quantize_per_channel_affine``
+compute, bit for bit (tests/unit/quantization/test_fake_quant_op.py): ``(clamp(round(x * (1 / scale)) + zp,
+qmin, qmax) - zp) * scale``, rounding half to even, the gradient passed where the rounded value lies inside
+[qmin, qmax] and zeroed outside. Why not torch's own kernel: on the CPU it rounds one element at a time with
+``std::nearbyint``, which cost 10 ms of a 0.75 s 8-bit QAT step of resnet20_cifar (batch 64, AVX2, one
+thread) per 64x16x32x32 activation, 25 % of the step (docs/performance.md). These vectorized in-place passes
+take 2.5 ms there against torch's 5.7 ms (best of 5, same process), and the backward is one ``where``.
+
+Scales and zero points stay tensors (no ``.item()``): nothing here waits for the device, and under
+``torch.compile`` the whole quantize-dequantize fuses into one loop.
+"""
+
+import torch
+
+
+class _FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        zp = zero_point.to(x.dtype)
+        q = x * torch.reciprocal(scale)
+        q.round_().add_(zp)
+        if not ctx.needs_input_grad[0]:
+            return q.clamp_(qmin, qmax).sub_(zp).mul_(scale)
+        out = q.clamp(qmin, qmax)
+        ctx.save_for_backward(out == q)
+        return out.sub_(zp).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, 0.0), None, None, None, None
+
+
+def fake_quantize(x, scale, zero_point, qmin, qmax, axis=None):
+    """Quantize-dequantize ``x`` with ``scale`` (float32) and ``zero_point`` (int32): one value each (per tensor),
+    or one per index of ``axis`` (per channel)."""
+    if axis is None:  # 0-dim: broadcast as a scalar, the fast path of torch's element-wise loops (3x here)
+        scale, zero_point = scale.reshape(()), zero_point.reshape(())
+    else:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return _FakeQuantize.apply(x, scale, zero_point, qmin, qmax)
