@@ -79,7 +79,7 @@ class TernaryWeight(QuantModule):
         wd = w.detach()
         delta = self.THRESHOLD * wd.abs().mean()
         keep = wd.abs() > delta
-        alpha = wd.abs()[keep].mean() if keep.any() else wd.new_zeros(())
+        alpha = (wd.abs() * keep).sum() / keep.sum().clamp(min=1)  # 0 with none kept; no branch, no device sync
         return _straight_through(w, alpha * torch.sign(wd) * keep.to(wd.dtype))
 
 
@@ -110,16 +110,19 @@ class TrainedTernaryWeight(QuantModule):
             return w
         delta = self.THRESHOLD * w.detach().abs().max()
         if not self._ready:  # a Python flag: reading the buffer every step would sync a GPU each step
-            if not bool(self.initialized):
-                self._init_scales(w.detach(), delta)
+            self._init_scales(w.detach(), delta)
             self._ready = True
         return TernarizeTTQ.apply(w, self.wp, self.wn, delta)
 
     @torch.no_grad()
     def _init_scales(self, w, delta):
-        pos, neg = w[w > delta], w[w < -delta]
-        self.wp.fill_(pos.mean().item() if pos.numel() else delta.item())
-        self.wn.fill_(-neg.mean().item() if neg.numel() else delta.item())
+        """Start the scales at the mean of the weights above +delta and below -delta (delta where there are none),
+        unless ``initialized`` (loaded): tensor arithmetic only, so torch.compile traces it without a break."""
+        pos, neg = w > delta, w < -delta
+        wp = torch.where(pos.any(), (w * pos).sum() / pos.sum().clamp(min=1), delta)
+        wn = torch.where(neg.any(), -(w * neg).sum() / neg.sum().clamp(min=1), delta)
+        self.wp.copy_(torch.where(self.initialized, self.wp, wp.reshape(1)))
+        self.wn.copy_(torch.where(self.initialized, self.wn, wn.reshape(1)))
         self.initialized.fill_(True)
 
 
