@@ -11,7 +11,9 @@ import os
 LABELS = {"fp32": "dense FP32", "agp50": "AGP element-wise 50 %", "agp70": "AGP element-wise 70 %",
           "agp80": "AGP element-wise 80 %", "agp90": "AGP element-wise 90 %",
           "filters30": "filters, ~30 % fewer MACs, thinned", "filters50": "filters, ~50 % fewer MACs, thinned",
-          "int8_dense": "dense INT8 (PTQ W8A8 per-channel)", "int8_filters50": "filters ~50 %, thinned, INT8"}
+          "int8_dense": "dense INT8 (PTQ W8A8 per-channel)", "int8_filters50": "filters ~50 %, thinned, INT8",
+          "filters50b8": "filters, >= 50 % fewer MACs in multiples of 8, thinned",
+          "int8_filters50b8": "filters >= 50 % in multiples of 8, thinned, INT8"}
 
 
 def load(folder, step):
