@@ -34,9 +34,11 @@ from compressor.models import create_model
 from compressor.pruning.thinning import apply_record
 
 DATASET = "fashion_mnist"
-FINE_TUNE = {"filters50": 6, "agp80": 6, "filters30": 6, "agp50": 6, "agp90": 6, "agp70": 6, "filters50b8": 6}  # step -> epochs
+# step -> epochs
+FINE_TUNE = {"filters50": 6, "agp80": 6, "filters30": 6, "agp50": 6, "agp90": 6, "agp70": 6, "filters50b8": 6}
 LR = 0.02
-INT8 = {"int8_dense": "fp32", "int8_filters50": "filters50", "int8_filters50b8": "filters50b8"}  # step -> the FP32 model it quantizes
+# step -> the FP32 model it quantizes
+INT8 = {"int8_dense": "fp32", "int8_filters50": "filters50", "int8_filters50b8": "filters50b8"}
 ORDER = ["fp32", "filters50", "agp80", "int8_dense", "int8_filters50", "filters30", "agp50", "agp90", "agp70",
          "filters50b8", "int8_filters50b8", "latency"]
 

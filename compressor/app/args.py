@@ -50,6 +50,9 @@ def classifier_parser():
         help="log every N minibatches (0: only at epoch end)",
     )
     p.add_argument("--compress", metavar="RECIPE", default=None, help="YAML compression recipe")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model under torch.compile (quantizers inside; compiles at the first batch, which "
+                        "takes minutes on a CPU; see docs/performance.md for when it pays)")
     add_weight_sources(
         p,
         "continue a run from its checkpoint (model, optimizer, schedules, epoch, RNG)",

@@ -23,6 +23,7 @@ from compressor.pruning.thinning import restore_thinning
 from compressor.recipe.build import build_scheduler, read_recipe
 from compressor.scheduling.pruning import ThinningPolicy
 from compressor.training import distributed as ddp
+from compressor.training.compile import compile_module, compile_report
 from compressor.training.determinism import seed_everything, set_rng_state
 from compressor.training.faults import resumable
 from compressor.training.loop import THROUGHPUT, evaluate, train_one_epoch
@@ -222,6 +223,10 @@ class ClassifierRun:
             self.net, self.eval_net = ddp.wrap(self.model, procs, self.device), self.model
         if self.scheduler:
             self.scheduler.attach(self.net, self.args.arch, self.dataset, self.device)
+        if self.args.compile:  # after attach: the policies and checkpoints keep the plain modules and names
+            same = self.eval_net is self.net
+            self.net = compile_module(self.net)
+            self.eval_net = self.net if same else compile_module(self.eval_net)
         self.criterion = nn.CrossEntropyLoss().to(self.device)
 
     def _resume(self, ckpt):
@@ -293,6 +298,8 @@ class ClassifierRun:
                 args.amp,
                 self.grad_scaler,
             )
+            if args.compile:
+                log.info("torch.compile: %s", compile_report())
             log.info("--- validate (epoch=%d)-----------", epoch)
             val = evaluate(
                 self.eval_net,

@@ -339,3 +339,23 @@ def test_channels_last_trains_qat_like_the_default_format(tmp_path, app):
     sa = json.load(open(os.path.join(plain, "summary.json")))
     sb = json.load(open(os.path.join(last, "summary.json")))
     assert abs(sa["test"]["top1"] - sb["test"]["top1"]) <= 0.6  # at most two of the 360 test images
+
+
+@pytest.mark.slow
+def test_compile_trains_qat_in_whole_graphs_with_the_plain_checkpoint(tmp_path, app):
+    """--compile (inductor): the log counts 0 graph breaks, the checkpoint holds the plain model's names (so it
+    resumes and loads without the flag), and 2 epochs of QAT end within two test images of the eager run (the
+    generated kernels sum in another order: last-bit differences)."""
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE)
+    common = ["--epochs", "2", "--compress", str(recipe), "--deterministic"]
+    plain = app(tmp_path, "plain", *common)
+    compiled = app(tmp_path, "compiled", *common, "--compile")
+    lines = [line for line in open(os.path.join(compiled, "compiled.log")) if "torch.compile:" in line]
+    assert len(lines) == 2 and all(" 0 graph break(s)" in line for line in lines)
+    a = load_checkpoint(os.path.join(plain, "checkpoint.pth.tar"))["state_dict"]
+    b = load_checkpoint(os.path.join(compiled, "checkpoint.pth.tar"))["state_dict"]
+    assert a.keys() == b.keys() and int(b["activation_quantizers.relu1.observer.num_updates"]) > 0
+    sa = json.load(open(os.path.join(plain, "summary.json")))
+    sb = json.load(open(os.path.join(compiled, "summary.json")))
+    assert abs(sa["test"]["top1"] - sb["test"]["top1"]) <= 0.6
