@@ -9,10 +9,15 @@ alike, and the median epoch time is reported.
 
 ``--recipe NAME=PATH`` (repeatable) adds the quantizer of a recipe as a variant, e.g. the
 low-bit methods of schedules/quant_aware_train/ (``--no-default`` leaves out our 8-bit QAT
-and torch.ao, keeping FP32 as the reference).
+and torch.ao, keeping FP32 as the reference). ``--compile`` adds FP32 and our QAT under
+torch.compile (compiled in the untimed first epoch); ``--torch-kernel`` adds our QAT with torch's
+own fake-quantize kernels in place of ``fake_quant_op`` (what it cost before). ``--arch``,
+``--image-size`` and ``--steps`` time other networks on digits resized, e.g.
+``--arch mobilenet_v2 --image-size 224 -b 16 --steps 20``.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -47,18 +52,40 @@ def from_recipe(path):
     return prepare
 
 
-def torch_ao(model, opt):
+def torch_ao(model, opt, size=32):
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     torch.backends.quantized.engine = "x86"
-    return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (torch.randn(1, 3, 32, 32),))
+    return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (torch.randn(1, 3, size, size),))
 
 
-def epoch_time(model, opt, loader, epoch, device):
+def compiled(prepare):
+    return lambda model, opt: torch.compile(prepare(model, opt))
+
+
+@contextlib.contextmanager
+def torch_kernels():
+    """Our QAT with torch.fake_quantize_per_*_affine instead of fake_quant_op (the same values, bit for bit)."""
+    from compressor.quantization import fake_quant
+
+    def theirs(x, scale, zero_point, qmin, qmax, axis=None):
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
+
+    ours_op, fake_quant.fake_quantize = fake_quant.fake_quantize, theirs
+    try:
+        yield
+    finally:
+        fake_quant.fake_quantize = ours_op
+
+
+def epoch_time(model, opt, loader, epoch, device, steps=None):
     model.train()
     loader.sampler.set_epoch(epoch)
     batches = [(x.to(device), y.to(device)) for x, y in loader]  # data loading is not what we measure
+    batches = batches[:steps] if steps else batches
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -81,17 +108,31 @@ def main():
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME=PATH", help="time a recipe's quantizer")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="also FP32 and our QAT under torch.compile")
+    ap.add_argument("--torch-kernel", action="store_true", help="also our QAT with torch's fake-quantize kernels")
+    ap.add_argument("--arch", default="resnet20_cifar")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="time only the first N batches of each epoch")
     args = ap.parse_args()
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    train, _, _ = load_data("digits", None, (3, 32, 32), args.batch_size)
-    base = create_model("resnet20_cifar", "digits")
+    size = args.image_size
+    train, _, _ = load_data("digits", None, (3, size, size), args.batch_size)
+    base = create_model(args.arch, "digits")
     variants = {"fp32": lambda m, o: m}
+    contexts = {}
     if not args.no_default:
         variants["ours_qat"] = ours
+        if args.torch_kernel:
+            variants["ours_qat_torch_kernel"] = ours
+            contexts["ours_qat_torch_kernel"] = torch_kernels
         if not args.no_torch_ao:
-            variants["torch_ao_qat"] = torch_ao
+            variants["torch_ao_qat"] = lambda m, o: torch_ao(m, o, size)
+    if args.compile:
+        variants["fp32_compiled"] = compiled(variants["fp32"])
+        if not args.no_default:
+            variants["ours_qat_compiled"] = compiled(ours)
     for spec in args.recipe:
         name, path = spec.split("=", 1)
         variants[name] = from_recipe(path)
@@ -104,7 +145,8 @@ def main():
         runs[name] = (model, opt, [])
     for epoch in range(args.epochs + 1):
         for name, (model, opt, times) in runs.items():
-            t = epoch_time(model, opt, train, epoch, device)
+            with contexts.get(name, contextlib.nullcontext)():
+                t = epoch_time(model, opt, train, epoch, device, args.steps)
             if epoch > 0:  # the first epoch warms caches and allocators
                 times.append(t)
             print(f"epoch {epoch} {name:13s} {t:7.2f} s", flush=True)
@@ -114,8 +156,11 @@ def main():
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
                     f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                     f"{torch.get_num_threads()} threads") + f", torch {torch.__version__}",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "arch": args.arch,
+        "image_size": size,
         "batch_size": args.batch_size,
-        "steps_per_epoch": len(train),
+        "steps_per_epoch": min(len(train), args.steps or len(train)),
         "median_epoch_s": {name: statistics.median(t) for name, (_, _, t) in runs.items()},
     }
     result["ratio_vs_fp32"] = {name: s / fp32 for name, s in result["median_epoch_s"].items()}
