@@ -134,3 +134,30 @@ def test_sigmoid_table_is_onnxruntimes_qlinearsigmoid(sx, zx, sy, zy):
 
     hook = IntegerSigmoid(torch.nn.Identity(), quantizer(sx, zx), quantizer(sy, zy))
     assert hook.table().numpy().astype(np.uint8).tolist() == theirs.tolist()
+
+
+@pytest.mark.parametrize("features", [64, 4096])
+def test_accumulator_is_exact_in_float32_where_bounded_and_float64_beyond(features):
+    """Float32 convolutions sum integers exactly below 2**24; 4096 inputs of 255 x 127 (2.6e8) are past that, so
+    the layer falls back to float64: both give the exact integer accumulator (float32 alone would round it)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(features, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.0)  # all positive: no cancellation, the sums reach the bound
+    x = torch.rand(5, features) * 255
+    in_q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    in_q.set_state(True, False)
+    in_q.set_range(0.0, 255.0)
+    w_q = WeightFakeQuant(8, M.SYMMETRIC_RESTRICTED)
+    w_q.set_state(True, True)
+    w_q(layer.weight)
+    w_q.set_state(True, False)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", w_q, unsafe=True)
+    q_x = torch.round(in_q(x).double() / in_q.scale.double())
+    q_w = torch.round(layer.weight.double() / w_q.scale.double())
+    exact = q_x @ q_w.T  # float64: exact below 2**53
+    operands = IntegerArithmetic._exact_operands(q_x.float(), q_w.float())
+    assert operands[0].dtype == (torch.float32 if features == 64 else torch.float64)
+    assert torch.equal(nn.functional.linear(*operands).double(), exact)
+    if features == 4096:
+        assert exact.abs().max() > 2**24 and not torch.equal((q_x.float() @ q_w.float().T).double(), exact)
