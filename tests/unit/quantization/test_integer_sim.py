@@ -156,7 +156,7 @@ def test_accumulator_is_exact_in_float32_where_bounded_and_float64_beyond(featur
     q_x = torch.round(in_q(x).double() / in_q.scale.double())
     q_w = torch.round(layer.weight.double() / w_q.scale.double())
     exact = q_x @ q_w.T  # float64: exact below 2**53
-    operands = IntegerArithmetic._exact_operands(q_x.float(), q_w.float())
+    operands = IntegerArithmetic(w_q, in_q, in_q)._exact_operands(q_x.float(), q_w.float())
     assert operands[0].dtype == (torch.float32 if features == 64 else torch.float64)
     assert torch.equal(nn.functional.linear(*operands).double(), exact)
     if features == 4096:
