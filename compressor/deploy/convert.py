@@ -152,12 +152,13 @@ def _plain_copy(module):
     else:
         base = type(module).__bases__[0]
         clone = base.__new__(base)
-        state = {k: v for k, v in module.__dict__.items() if k not in ("_modules", "_parameters")}
+        state = {k: v for k, v in module.__dict__.items() if k not in ("_modules", "_parameters", "forward")}
         clone.__dict__.update(copy.deepcopy(state))
         clone._modules = {k: copy.deepcopy(v) for k, v in module._modules.items() if k != "parametrizations"}
         clone._parameters = {k: copy.deepcopy(v) for k, v in module._parameters.items()}
         for pname in module.parametrizations.keys():
             clone._parameters[pname] = nn.Parameter(getattr(module, pname).detach().clone(), requires_grad=False)
+    clone.__dict__.pop("forward", None)  # the integer-arithmetic simulation's forward (IntegerArithmetic.attach)
     clone._forward_hooks.clear()  # e.g. the integer-arithmetic simulation hook
     clone._forward_pre_hooks.clear()
     return clone

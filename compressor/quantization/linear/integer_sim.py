@@ -5,11 +5,14 @@ with an int32 bias ``round(b / (s_x * s_w))``, in an accumulator of ``bits_accum
 saturates; the sum is requantized to the output grid with the multiplier
 ``M = s_x * s_w / s_y``: as a float, as a fixed-point multiplier plus shift (gemmlowp style,
 ``scale_approx_mult_bits``), or as a power of two (shift only, Courbariaux et al.). Values are
-held in float64, which represents every integer an accumulator of up to 53 bits can hold, so the
-arithmetic is exact. It runs as a forward hook that replaces the layer's output with the
-dequantized integer result, so the graph, the module names and the checkpoints stay as they are.
+held in float32 where every partial sum is provably below 2**24, else in float64, which represents every
+integer an accumulator of up to 53 bits can hold, so the arithmetic is exact. ``IntegerArithmetic.attach``
+computes the layer's output this way in place of its float forward (a forward hook alone would run the float
+convolution first only to replace its output), so the graph, the module names and the checkpoints stay as they
+are.
 """
 
+import functools
 import math
 import operator
 
@@ -85,9 +88,16 @@ class IntegerArithmetic:
             and not self.in_quant.dynamic
         )
 
+    def attach(self, layer):
+        """Compute ``layer``'s output in integer arithmetic, instead of its float forward, whenever active. The
+        object stays registered as the layer's forward hook, where the code that switches it finds it."""
+        self.replaces_forward = True
+        layer.register_forward_hook(self)
+        layer.forward = functools.partial(_integer_forward, layer, self)
+
     @torch.no_grad()
     def __call__(self, layer, inputs, output):
-        if not self.active():
+        if getattr(self, "replaces_forward", False) or not self.active():
             return None
         return self.compute(layer, inputs[0]).to(output.dtype)
 
@@ -125,6 +135,16 @@ class IntegerArithmetic:
         q_y = torch.round(acc.to(m.dtype) * m.view(channel)).double() + out.zero_point.double()
         q_y = q_y.clamp(out.qmin, out.qmax)
         return (q_y - out.zero_point.double()) * out.scale.double()
+
+
+def _integer_forward(layer, hook, x):
+    """The forward of a layer with integer arithmetic attached: the integer result when active, else its own."""
+    if not hook.active():
+        return type(layer).forward(layer, x)
+    with torch.no_grad():
+        out = hook.compute(layer, x)
+    kind = x.device.type
+    return out.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype)
 
 
 class IntegerAdd:

@@ -198,7 +198,7 @@ class PostTrainLinearQuantizer(Quantizer):
             settings = self.layer_settings(layer_name)
             hook = IntegerArithmetic(w_q, gm.get_submodule(src.target), out_q, settings.bits_accum,
                                      self.config.scale_approx_mult_bits, self.config.power_of_two_scales)
-            layer.register_forward_hook(hook)
+            hook.attach(layer)
             installed.append(layer_name)
         return installed
 
