@@ -62,7 +62,8 @@ class IntegerArithmetic:
         float64 convolution has no oneDNN kernel: it made the integer simulation ~16x the FP32 evaluation)."""
         bound = q_w.abs().flatten(1).sum(1).max() * q_x.abs().max()
         self._bound = bound
-        if float(bound) < 2.0**24:
+        # CPU only: cuDNN may take TF32 or Winograd/FFT algorithms for float32, which do not sum integers exactly
+        if q_x.device.type == "cpu" and float(bound) < 2.0**24:
             return q_x, q_w
         return q_x.double(), q_w.double()
 
@@ -99,7 +100,7 @@ class IntegerArithmetic:
     def __call__(self, layer, inputs, output):
         if getattr(self, "replaces_forward", False) or not self.active():
             return None
-        return self.compute(layer, inputs[0]).to(output.dtype)
+        return _exact_compute(self, layer, inputs[0]).to(output.dtype)
 
     def compute(self, layer, x):
         """The dequantized output of the integer computation; x and the weight are on their grids."""
@@ -141,10 +142,17 @@ def _integer_forward(layer, hook, x):
     """The forward of a layer with integer arithmetic attached: the integer result when active, else its own."""
     if not hook.active():
         return type(layer).forward(layer, x)
-    with torch.no_grad():
-        out = hook.compute(layer, x)
     kind = x.device.type
-    return out.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype)
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    return _exact_compute(hook, layer, x).to(dtype)
+
+
+@torch.no_grad()
+def _exact_compute(hook, layer, x):
+    """``hook.compute`` with autocast off (--amp): autocast would run the float32 convolution in bf16/fp16 and
+    round the integer accumulator."""
+    with torch.autocast(x.device.type, enabled=False):
+        return hook.compute(layer, x)
 
 
 class IntegerAdd:

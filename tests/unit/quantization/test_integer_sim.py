@@ -161,3 +161,24 @@ def test_accumulator_is_exact_in_float32_where_bounded_and_float64_beyond(featur
     assert torch.equal(nn.functional.linear(*operands).double(), exact)
     if features == 4096:
         assert exact.abs().max() > 2**24 and not torch.equal((q_x.float() @ q_w.float().T).double(), exact)
+
+
+def test_integer_arithmetic_is_the_same_under_autocast():
+    """--amp: autocast would run the float32 convolution of the integer operands in bf16 and round the accumulator;
+    the integer simulation turns autocast off, so the layer's output is the one computed without autocast."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.rand(2, 16, 6, 6) * 4
+    with torch.no_grad():
+        ref = layer(x)
+    in_q, w_q, out_q = quantizers(layer, x, True, (ref.min(), ref.max()))
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", w_q, unsafe=True)
+    hook = IntegerArithmetic(w_q, in_q, out_q)
+    hook.attach(layer)
+    xq = in_q(x)
+    plain = layer(xq)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(xq)
+    assert mixed.dtype == torch.bfloat16
+    assert torch.equal(mixed, plain.to(torch.bfloat16))
+    assert torch.equal(plain, hook.compute(layer, xq).float())
