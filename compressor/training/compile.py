@@ -15,17 +15,29 @@ import torch
 log = logging.getLogger("compressor")
 
 
+_START = {}  # TorchDynamo's process-wide counters when the run compiled its model
+
+
+def _counts():
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"].get("unique_graphs", 0), "breaks": dict(counters["graph_break"])}
+
+
 def compile_module(module, mode=None):
-    """``torch.compile(module)``; compiled lazily, at the first call."""
+    """``torch.compile(module)``; compiled lazily, at the first call (so a run's modules, wrapped one after the
+    other before any call, share the starting counts)."""
+    _START.clear()
+    _START.update(_counts())
     return torch.compile(module, mode=mode)
 
 
 def compile_report():
-    """'N graphs, M graph breaks' compiled so far in this process (TorchDynamo's counters), for the log."""
-    from torch._dynamo.utils import counters
-
-    graphs = counters["stats"].get("unique_graphs", 0)
-    breaks = sum(counters["graph_break"].values())
-    reasons = sorted(counters["graph_break"], key=lambda r: -counters["graph_break"][r])[:3]
-    text = f"{graphs} graph(s), {breaks} graph break(s)"
+    """'N graphs, M graph breaks' compiled since the run's compile_module (TorchDynamo's counters), for the log."""
+    now = _counts()
+    graphs = now["graphs"] - _START.get("graphs", 0)
+    breaks = {r: n - _START.get("breaks", {}).get(r, 0) for r, n in now["breaks"].items()}
+    breaks = {r: n for r, n in breaks.items() if n > 0}
+    reasons = sorted(breaks, key=lambda r: -breaks[r])[:3]
+    text = f"{graphs} graph(s), {sum(breaks.values())} graph break(s)"
     return text + (": " + "; ".join(r[:120] for r in reasons) if reasons else "")

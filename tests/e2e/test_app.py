@@ -353,6 +353,8 @@ def test_compile_trains_qat_in_whole_graphs_with_the_plain_checkpoint(tmp_path, 
     compiled = app(tmp_path, "compiled", *common, "--compile")
     lines = [line for line in open(os.path.join(compiled, "compiled.log")) if "torch.compile:" in line]
     assert len(lines) == 2 and all(" 0 graph break(s)" in line for line in lines)
+    graphs = [int(line.split("torch.compile: ")[1].split(" graph(s)")[0]) for line in lines]
+    assert 0 < graphs[0] <= graphs[1]  # it did compile (counted from this run's start, not the process's)
     a = load_checkpoint(os.path.join(plain, "checkpoint.pth.tar"))["state_dict"]
     b = load_checkpoint(os.path.join(compiled, "checkpoint.pth.tar"))["state_dict"]
     assert a.keys() == b.keys() and int(b["activation_quantizers.relu1.observer.num_updates"]) > 0
