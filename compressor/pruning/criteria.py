@@ -59,7 +59,7 @@ def bottom_structures(scores, fraction, kept=None, group_size=1):
     scores are 0 after masking anyway). A layer never vanishes: at least ``group_size`` structures stay."""
     n = scores.numel()
     k = int(math.floor(fraction * n / group_size + 1e-9)) * group_size
-    k = min(k, n - group_size)
+    k = min(k, (n - group_size) // group_size * group_size)  # a multiple too, and group_size or more stay
     if k <= 0:
         return torch.empty(0, dtype=torch.long)
     s = scores.detach().clone().float()
