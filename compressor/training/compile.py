@@ -8,12 +8,7 @@ parameter names, recipes and ``--resume-from`` are the same with and without the
 quantizer (enable, freeze) or a thinning that replaces parameters makes TorchDynamo recompile once, by its guards.
 """
 
-import logging
-
 import torch
-
-log = logging.getLogger("compressor")
-
 
 _START = {}  # TorchDynamo's process-wide counters when the run compiled its model
 
@@ -24,12 +19,12 @@ def _counts():
     return {"graphs": counters["stats"].get("unique_graphs", 0), "breaks": dict(counters["graph_break"])}
 
 
-def compile_module(module, mode=None):
+def compile_module(module):
     """``torch.compile(module)``; compiled lazily, at the first call (so a run's modules, wrapped one after the
     other before any call, share the starting counts)."""
     _START.clear()
     _START.update(_counts())
-    return torch.compile(module, mode=mode)
+    return torch.compile(module)
 
 
 def compile_report():

@@ -44,6 +44,7 @@ class IntegerArithmetic:
         self.weight_quant, self.in_quant, self.out_quant = weight_quant, in_quant, out_quant
         self.bits_accum, self.mult_bits, self.pow2 = bits_accum, mult_bits, pow2
         self.enabled = True  # off: the layer keeps its fake-quantized float32 output (fast calibration passes)
+        self.replaces_forward = False  # attach(): computed in place of the layer's forward, not in the hook
 
     @staticmethod
     def _conv(layer, x, w):
@@ -55,17 +56,19 @@ class IntegerArithmetic:
             raise NotImplementedError("integer simulation supports zero padding only")
         return fn(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
-    def _exact_operands(self, q_x, q_w):
-        """The integer operands in float32 where every partial sum stays below 2**24 in magnitude (then float32
-        sums integers exactly, in any order, and the fast float32 kernels compute the int32 accumulator), else in
-        float64. The bound is per output channel: sum |q_w| times max |q_x|. Typical 8-bit layers pass it (a
-        float64 convolution has no oneDNN kernel: it made the integer simulation ~16x the FP32 evaluation)."""
-        bound = q_w.abs().flatten(1).sum(1).max() * q_x.abs().max()
-        self._bound = bound
-        # CPU only: cuDNN may take TF32 or Winograd/FFT algorithms for float32, which do not sum integers exactly
-        if q_x.device.type == "cpu" and float(bound) < 2.0**24:
-            return q_x, q_w
-        return q_x.double(), q_w.double()
+    @staticmethod
+    def _exact_operands(q_x, q_w):
+        """(q_x, q_w, bound): the integer operands in float32 where every partial sum stays below 2**24 in
+        magnitude (then float32 sums integers exactly, in any order, and the fast float32 kernels compute the int32
+        accumulator), else in float64 (bound None). The bound is per output channel: sum |q_w| times max |q_x|.
+        Typical 8-bit layers pass it (a float64 convolution has no oneDNN kernel: it made the integer simulation
+        ~16x the FP32 evaluation). CPU only: cuDNN may take TF32 or Winograd/FFT algorithms for float32, which do
+        not sum integers exactly."""
+        if q_x.device.type == "cpu":
+            bound = float(q_w.abs().flatten(1).sum(1).max() * q_x.abs().max())
+            if bound < 2.0**24:
+                return q_x, q_w, bound
+        return q_x.double(), q_w.double(), None
 
     def multiplier(self):
         """``s_x * s_w / s_y``: in float32 as onnxruntime (MLAS) and fbgemm requantize (float(acc) times a float32
@@ -98,7 +101,7 @@ class IntegerArithmetic:
 
     @torch.no_grad()
     def __call__(self, layer, inputs, output):
-        if getattr(self, "replaces_forward", False) or not self.active():
+        if self.replaces_forward or not self.active():
             return None
         return _exact_compute(self, layer, inputs[0]).to(output.dtype)
 
@@ -109,7 +112,7 @@ class IntegerArithmetic:
         # x and w lie on their grids: dividing by the scale is an integer up to float32 rounding, which round() undoes
         q_w = torch.round(w.detach().float() / self.weight_quant.scale.float().view(shape))  # q_w - z_w
         q_x = torch.round(x.float() / self.in_quant.scale.float())  # q_x - z_x
-        q_x, q_w = self._exact_operands(q_x, q_w)
+        q_x, q_w, bound = self._exact_operands(q_x, q_w)
         acc = self._conv(layer, q_x, q_w)
         # output channels: dim 1 of a conv's output, the last dim of a linear's (tokens keep their dims before it)
         channel = (1,) * (acc.dim() - 1) + (-1,) if isinstance(layer, nn.Linear) else (1, -1) + (1,) * (acc.dim() - 2)
@@ -117,25 +120,19 @@ class IntegerArithmetic:
         if layer.bias is not None:
             bias = integer_bias(layer.bias, self.in_quant.scale, self.weight_quant.scale).view(channel)
         m = self.multiplier()
-        out = self.out_quant
-        if acc.dtype == torch.float32 and m.dtype == torch.float32 and \
-                (bias is None or float(self._bound + bias.abs().max()) < 2.0**24):
-            # every value below is an integer under 2**24 until the float32 multiplier, which onnxruntime applies
-            # in float32 too, and (q_y - z_y) * s_y rounds once to float32 either way: float32 computes the same
-            # numbers as float64, in half the memory traffic, in place
-            if bias is not None:
-                acc.add_(bias.float())
-            lim = 2 ** (self.bits_accum - 1)
-            acc.clamp_(-lim, lim - 1).mul_(m.view(channel)).round_().add_(out.zero_point.float())
-            return acc.clamp_(out.qmin, out.qmax).sub_(out.zero_point.float()).mul_(out.scale.float())
-        acc = acc.double()
+        # float32 holds every value below exactly while the accumulator plus bias stays under 2**24 and the
+        # multiplier is float32 (onnxruntime's own), and (q_y - z_y) * s_y rounds once to float32 either way:
+        # then float32 computes float64's numbers in half the memory traffic; else float64
+        if bound is None or m.dtype != torch.float32 or (bias is not None and bound + float(bias.abs().max()) >= 2**24):
+            acc = acc.double()
         if bias is not None:
-            acc = acc + bias
+            acc.add_(bias.to(acc.dtype))
         lim = 2 ** (self.bits_accum - 1)
-        acc = acc.clamp(-lim, lim - 1)
-        q_y = torch.round(acc.to(m.dtype) * m.view(channel)).double() + out.zero_point.double()
-        q_y = q_y.clamp(out.qmin, out.qmax)
-        return (q_y - out.zero_point.double()) * out.scale.double()
+        acc.clamp_(-lim, lim - 1)
+        out = self.out_quant
+        zero_point, scale = out.zero_point.to(acc.dtype), out.scale.to(acc.dtype)
+        q_y = acc.to(m.dtype).mul_(m.view(channel)).round_().to(acc.dtype)
+        return q_y.add_(zero_point).clamp_(out.qmin, out.qmax).sub_(zero_point).mul_(scale)
 
 
 def _integer_forward(layer, hook, x):

@@ -156,9 +156,9 @@ def test_accumulator_is_exact_in_float32_where_bounded_and_float64_beyond(featur
     q_x = torch.round(in_q(x).double() / in_q.scale.double())
     q_w = torch.round(layer.weight.double() / w_q.scale.double())
     exact = q_x @ q_w.T  # float64: exact below 2**53
-    operands = IntegerArithmetic(w_q, in_q, in_q)._exact_operands(q_x.float(), q_w.float())
-    assert operands[0].dtype == (torch.float32 if features == 64 else torch.float64)
-    assert torch.equal(nn.functional.linear(*operands).double(), exact)
+    a, w, bound = IntegerArithmetic._exact_operands(q_x.float(), q_w.float())
+    assert a.dtype == (torch.float32 if features == 64 else torch.float64) and (bound is None) == (features == 4096)
+    assert torch.equal(nn.functional.linear(a, w).double(), exact)
     if features == 4096:
         assert exact.abs().max() > 2**24 and not torch.equal((q_x.float() @ q_w.float().T).double(), exact)
 
