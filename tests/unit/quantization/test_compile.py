@@ -58,3 +58,23 @@ def test_the_captured_training_step_equals_eager_in_weights_and_ranges():
             assert torch.allclose(value, b[key], rtol=1e-5, atol=1e-6), key
         elif torch.is_tensor(value):
             assert torch.equal(value, b[key]), key
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small_cifar", "vit_cifar"])
+def test_other_families_quantized_are_one_graph_too(arch):
+    """Beyond ResNets: hardswish and SiLU split into gate x input, squeeze-excitation products, depthwise convs
+    (MobileNet-V3), LayerNorm, attention matmuls and softmax (ViT), under 8-bit QAT. (EfficientNet-B0, ConvNeXt and
+    MobileNet-V2 were checked the same way: one graph each.)"""
+    from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+
+    torch.manual_seed(0)
+    model = create_model(arch, "fashion_mnist")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    quantizer = QuantAwareTrainRangeLinearQuantizer(model, opt, bits_activations=8, bits_weights=8,
+                                                    mode="ASYMMETRIC_UNSIGNED", per_channel_wts=True)
+    prepared = quantizer.prepare_model()
+    quantizer.set_state(True, True)
+    dynamo.reset()
+    explained = dynamo.explain(prepared.train())(torch.randn(4, 3, 32, 32))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
