@@ -66,6 +66,19 @@ class Bool(Spec):
         return "true / false"
 
 
+class OptionalBool(Bool):
+    """true, false or null (decided from the other settings)."""
+
+    def __init__(self, default=None):
+        super().__init__(default)
+
+    def check(self, value):
+        return None if value is None else super().check(value)
+
+    def describe(self):
+        return "true / false / null"
+
+
 class Float(Spec):
     """A finite number in [lo, hi] (bounds optionally open); null too when ``optional``."""
 

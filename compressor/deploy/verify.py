@@ -5,6 +5,7 @@ import logging
 import torch
 
 from compressor.core.progress import progress
+from compressor.quantization.linear.integer_sim import integer_evaluation
 from compressor.training.metrics import topk_correct
 
 log = logging.getLogger(__name__)
@@ -15,9 +16,16 @@ REQUIRED_AGREEMENT = 99.5  # percent of top-1 predictions
 def agreement(simulated, exported, loader, device="cpu"):
     """Compare top-1 predictions of ``simulated`` (a module) and ``exported`` (a callable on CPU tensors).
 
-    Returns {agreement %, both top-1 %, largest absolute logit difference, images}.
+    The simulation is judged in its integer arithmetic where a post-training quantizer installed it (the runtime's
+    own arithmetic), whatever the model evaluates with otherwise. Returns {agreement %, both top-1 %, largest
+    absolute logit difference, images}.
     """
     simulated.eval()
+    with integer_evaluation(simulated):
+        return _agreement(simulated, exported, loader, device)
+
+
+def _agreement(simulated, exported, loader, device):
     same = correct_sim = correct_exp = seen = 0
     max_diff = 0.0
     for inputs, target in progress(loader, "verify export"):

@@ -156,3 +156,8 @@ def test_resume_and_load_weights_together_are_refused(capsys):
     assert main(["-a", "simplenet_digits", "--dataset", "digits", "--resume-from", "a", "--exp-load-weights-from",
                  "b"]) == 2
     assert "give one of --resume-from" in capsys.readouterr().err
+
+
+def test_integer_arithmetic_flag_is_the_recipe_key():
+    assert "integer_arithmetic" not in qe_config(parse("--qe"))  # null: decided by the other settings (float here)
+    assert qe_config(parse("--qe --qe-integer-arithmetic"))["integer_arithmetic"] is True

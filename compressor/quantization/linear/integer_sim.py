@@ -12,6 +12,7 @@ convolution first only to replace its output), so the graph, the module names an
 are.
 """
 
+import contextlib
 import functools
 import math
 import operator
@@ -483,3 +484,34 @@ def integer_bias(bias, in_scale, weight_scale):
 
 def accumulator_bits(w_bits, a_bits, fan_in):
     return w_bits + a_bits + math.ceil(math.log2(max(fan_in, 1)))
+
+
+_HOOK_TYPES = (IntegerArithmetic, IntegerAdd, _IntegerUnary)
+
+
+def integer_hooks(model):
+    """Every integer-arithmetic hook installed on ``model``'s modules (conv/linear, add, mul, pooling, sigmoid)."""
+    return [h for m in model.modules() for h in m._forward_hooks.values() if isinstance(h, _HOOK_TYPES)]
+
+
+def set_integer_evaluation(model, on):
+    """Switch ``model``'s installed integer arithmetic on or off; returns how many hooks it switched."""
+    hooks = integer_hooks(model)
+    for h in hooks:
+        h.enabled = on
+    return len(hooks)
+
+
+@contextlib.contextmanager
+def integer_evaluation(model, on=True):
+    """Within the block, ``model``'s installed integer arithmetic is on (or off); the previous states come back
+    after. Yields the number of hooks switched (0 for a model without any, e.g. a QAT model)."""
+    hooks = integer_hooks(model)
+    states = [h.enabled for h in hooks]
+    for h in hooks:
+        h.enabled = on
+    try:
+        yield len(hooks)
+    finally:
+        for h, state in zip(hooks, states):
+            h.enabled = state

@@ -45,7 +45,7 @@ from compressor.quantization.linear.adaround import (
     reconstruction_error,
 )
 from compressor.quantization.linear.gptq import gptq_integers, gptq_supported, input_hessian
-from compressor.quantization.linear.integer_sim import IntegerAdd, IntegerArithmetic
+from compressor.quantization.linear.integer_sim import integer_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,6 @@ def refined_layers(quantizer):
     return out
 
 
-def _integer_hooks(gm):
-    hooks = (IntegerArithmetic, IntegerAdd)
-    return [h for m in gm.modules() for h in m._forward_hooks.values() if isinstance(h, hooks)]
-
-
 @torch.no_grad()
 def capture(quantizer, layer, images, quantized, batch_size=256, want_output=False):
     """The layer's inputs (or outputs) over ``images``, in the quantized (or FP32) model.
@@ -123,9 +118,6 @@ def capture(quantizer, layer, images, quantized, batch_size=256, want_output=Fal
     """
     gm = quantizer.prepared
     quantizer.set_state(quantized, False)
-    hooks = _integer_hooks(gm)
-    for h in hooks:
-        h.enabled = False
     found = []
 
     def pre_hook(module, inputs):
@@ -139,16 +131,15 @@ def capture(quantizer, layer, images, quantized, batch_size=256, want_output=Fal
 
     handles = [layer.register_forward_pre_hook(pre_hook), layer.register_forward_hook(hook)]
     try:
-        for start in range(0, images.shape[0], batch_size):
-            try:
-                gm(images[start:start + batch_size])
-            except _Stop:
-                pass
+        with integer_evaluation(gm, False):
+            for start in range(0, images.shape[0], batch_size):
+                try:
+                    gm(images[start:start + batch_size])
+                except _Stop:
+                    pass
     finally:
         for h in handles:
             h.remove()
-        for h in hooks:
-            h.enabled = True
         quantizer.set_state(True, False)
     return torch.cat(found)
 

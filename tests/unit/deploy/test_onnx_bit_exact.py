@@ -49,7 +49,7 @@ def simulated(seed=0):
     model.eval()
     quantizer = PostTrainLinearQuantizer(
         model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
-        mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+        mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"}, integer_arithmetic=True,
     )
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(torch.randn(32, 3, 32, 32), None) for _ in range(2)])

@@ -182,3 +182,68 @@ def test_integer_arithmetic_is_the_same_under_autocast():
     assert mixed.dtype == torch.bfloat16
     assert torch.equal(mixed, plain.to(torch.bfloat16))
     assert torch.equal(plain, hook.compute(layer, xq).float())
+
+
+class _ConvAddNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        a = self.relu1(self.conv1(x))
+        return self.relu2(self.conv2(a) + a)
+
+
+def _ptq(**settings):
+    from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+
+    torch.manual_seed(0)
+    q = PostTrainLinearQuantizer(_ConvAddNet().eval(), bits_activations=8, bits_parameters=8, **settings)
+    gm = q.prepare_model().eval()
+    q.calibrate([(torch.randn(16, 3, 8, 8), None)])
+    return q, gm
+
+
+@pytest.mark.parametrize("settings, integer", [
+    ({}, False),  # the default: float fake quantization (about a third of the integer simulation's cost)
+    ({"integer_arithmetic": True}, True),
+    ({"bits_accum": 16}, True),  # a narrow accumulator saturates in integer arithmetic only
+    ({"scale_approx_mult_bits": 16}, True),
+    ({"power_of_two_scales": True}, True),
+    ({"overrides": {"conv2": {"bits_accum": 12}}}, True),
+])
+def test_evaluation_arithmetic_is_float_unless_asked_or_needed(settings, integer):
+    from compressor.quantization.linear.integer_sim import integer_evaluation, integer_hooks
+
+    q, gm = _ptq(**settings)
+    hooks = integer_hooks(gm)
+    # installed in either mode: both convs and the add
+    assert q.integer_layers == ["conv1", "conv2"] and q.integer_adds == ["relu2"] and len(hooks) == 3
+    assert q.integer_evaluation is integer and all(h.enabled is integer for h in hooks)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        evaluated = gm(x)
+        with integer_evaluation(gm, True) as switched:  # what the export's agreement check computes with
+            exact = gm(x)
+        assert switched == 3 and all(h.enabled is integer for h in hooks)  # the previous state is back
+        with integer_evaluation(gm, False):
+            fake = gm(x)
+    assert torch.equal(evaluated, exact if integer else fake)
+    if not settings:  # the two arithmetics round some requantizations differently, by an output step or two
+        step = q.activation_quantizers["relu2"].scale
+        assert 0 < (exact - fake).abs().max() <= 2 * step * (1 + 1e-6)
+
+
+def test_integer_only_settings_refuse_integer_arithmetic_false():
+    from compressor.core.errors import RecipeError
+    from compressor.recipe.build import read_recipe
+
+    text = ("quantizers:\n  q:\n    class: PostTrainLinearQuantizer\n    integer_arithmetic: false\n"
+            "    scale_approx_mult_bits: 16\n")
+    with pytest.raises(RecipeError) as err:
+        read_recipe(text, file="r.yaml")
+    assert [str(i) for i in err.value.issues] == [
+        "r.yaml:5: quantizers.q.scale_approx_mult_bits: acts in integer arithmetic only: set integer_arithmetic: "
+        "true or leave it null (then it is on)"]
