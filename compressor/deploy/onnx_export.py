@@ -203,6 +203,8 @@ class _Writer:
             return self.layernorm(op)
         if op.kind == "slice":
             return self.slice(op)
+        if op.kind == "pad":  # zeros at the ends: on an activation grid whose zero point represents 0.0 exactly
+            return self.node("Pad", [x[0], self.ints(f"{out}_pads", a["pads"])], out)
         raise ExportError(f"no ONNX lowering for reference op {op.kind!r}")
 
     def unary(self, fn, x, out):
@@ -251,8 +253,9 @@ class _Writer:
         x = op.inputs[0]
         last = not a["gather"]
         if a["axes"]:
+            steps = [self.ints("steps", a["steps"])] if a.get("steps") else []
             x = self.node("Slice", [x, self.ints("starts", a["starts"]), self.ints("ends", a["ends"]),
-                                    self.ints("axes", a["axes"])], op.output if last else None)
+                                    self.ints("axes", a["axes"]), *steps], op.output if last else None)
         for k, (axis, index) in enumerate(sorted(a["gather"], reverse=True)):  # highest axis first
             done = k == len(a["gather"]) - 1
             x = self.node("Gather", [x, self.ints("index", index)], op.output if done else None, axis=axis)

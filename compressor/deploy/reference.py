@@ -48,7 +48,7 @@ class IntWeight:
 class RefOp:
     kind: str  # quantize, conv, linear, add, relu, clip, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm,
     # const, unary (attrs fn), mul, sub, div, matmul, einsum, layernorm, softmax, transpose, reshape, expand, mean,
-    # slice
+    # slice, pad (zeros)
     inputs: list
     output: str
     attrs: dict = field(default_factory=dict)
@@ -774,6 +774,122 @@ def _view_or_reshape(b, node):
         if not b.shapes[0]:
             raise
     _reshape_to(b, node, node.args[0])
+
+
+class _Steps:
+    """Consecutive reference ops of one fx node: each step reads the previous one's value, the last is the node's."""
+
+    def __init__(self, b, node, source):
+        self.b, self.node, self.value, self.count = b, node, b.value(source), 0
+
+    def add(self, kind, extra_inputs=(), **attrs):
+        self.count += 1
+        out = f"{self.node.name}_step{self.count}"
+        self.b.ops.append(RefOp(kind, [self.value, *extra_inputs], out, attrs))
+        self.value = out
+        return self
+
+    def roll(self, shifts):
+        """torch.roll over dims 1 and 2 (positive: towards higher indices) as slices and a concat per dim."""
+        for dim, shift in zip((1, 2), shifts):
+            if shift:
+                source = self.value
+                tail = self.add("slice", starts=[-shift], ends=[2**62], axes=[dim], gather=[]).value
+                self.value = source
+                head = self.add("slice", starts=[0], ends=[-shift], axes=[dim], gather=[]).value
+                self.value = tail
+                self.add("concat", [head], axis=dim)
+        return self
+
+    def done(self):
+        if self.count == 0:
+            self.b.env[self.node] = self.value
+            return
+        self.b.ops[-1].output = self.node.name
+        self.b.env[self.node] = self.node.name
+
+
+def _window_args(b, node, x):
+    window, shift = (list(v) for v in node.args[-2:])
+    _, height, width, channels = b.shape(x)
+    ph, pw, shift = capture.window_layout(height, width, window, shift)
+    return window, shift, height, width, channels, ph, pw
+
+
+@_for_functions(capture.window_partition)
+def _window_partition(b, node):
+    x = node.args[0]
+    window, shift, height, width, channels, ph, pw = _window_args(b, node, x)
+    steps = _Steps(b, node, x)
+    if (ph, pw) != (height, width):
+        steps.add("pad", pads=[0, 0, 0, 0, 0, ph - height, pw - width, 0])
+    steps.roll([-shift[0], -shift[1]])
+    steps.add("reshape", shape=[-1, ph // window[0], window[0], pw // window[1], window[1], channels])
+    steps.add("transpose", perm=[0, 1, 3, 2, 4, 5])
+    steps.add("reshape", shape=[-1, window[0] * window[1], channels]).done()
+
+
+@_for_functions(capture.window_merge)
+def _window_merge(b, node):
+    windows, x = node.args[:2]
+    window, shift, height, width, channels, ph, pw = _window_args(b, node, x)
+    steps = _Steps(b, node, windows)
+    steps.add("reshape", shape=[-1, ph // window[0], pw // window[1], window[0], window[1], channels])
+    steps.add("transpose", perm=[0, 1, 3, 2, 4, 5])
+    steps.add("reshape", shape=[-1, ph, pw, channels])
+    steps.roll(shift)
+    if (ph, pw) != (height, width):
+        steps.add("slice", starts=[0, 0], ends=[height, width], axes=[1, 2], gather=[])
+    steps.done()
+
+
+def _patch_merging_pad_function():
+    try:
+        from torchvision.models.swin_transformer import _patch_merging_pad
+    except ImportError:
+        return None
+    return _patch_merging_pad
+
+
+def _patch_merging_pad(b, node):
+    """Swin's patch merging (fx-wrapped in torchvision): odd H/W padded by one, then the four 2x2-strided
+    sub-grids concatenated on the channels."""
+    x = node.args[0]
+    shape = b.shape(x)
+    rank, (height, width) = len(shape), shape[-3:-1]
+    h, w = rank - 3, rank - 2
+    steps = _Steps(b, node, x)
+    if height % 2 or width % 2:
+        pads = [0] * (2 * rank)
+        pads[rank + h], pads[rank + w] = height % 2, width % 2
+        steps.add("pad", pads=pads)
+    padded, parts = steps.value, []
+    for dh, dw in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        steps.value = padded
+        parts.append(steps.add("slice", starts=[dh, dw], ends=[2**62, 2**62], axes=[h, w], gather=[],
+                               steps=[2, 2]).value)
+    steps.value = parts[0]
+    steps.add("concat", parts[1:], axis=rank - 1).done()
+
+
+if _patch_merging_pad_function() is not None:
+    _for_functions(_patch_merging_pad_function())(_patch_merging_pad)
+
+
+@_for_functions(capture.window_softmax)
+def _window_softmax(b, node):
+    attn, x = node.args[:2]
+    window, shift, _, _, _, ph, pw = _window_args(b, node, x)
+    steps = _Steps(b, node, attn)
+    if shift[0] or shift[1]:
+        mask = capture.shift_window_mask(ph, pw, window, shift).unsqueeze(1)  # (windows, 1, tokens, tokens)
+        heads, tokens = b.shape(attn)[1], mask.shape[-1]
+        name = f"{node.name}_mask"
+        b.ops.append(RefOp("const", [], name, {"value": mask}))
+        steps.add("reshape", shape=[-1, mask.shape[0], heads, tokens, tokens])
+        steps.add("add", [name])
+        steps.add("reshape", shape=[-1, heads, tokens, tokens])
+    steps.add("softmax", axis=-1).done()
 
 
 @_for_modules(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, *capture.leaf_types())

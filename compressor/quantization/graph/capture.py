@@ -12,6 +12,13 @@ Two things hide computation from a symbolic trace:
   which a trace records as a constant: a model traced in training would drop paths at evaluation too.
   ``StochasticDepth`` is kept a leaf module, so the flag is read at run time.
 
+- torchvision's Swin computes its window attention inside ``shifted_window_attention``, an fx-wrapped function
+  given the qkv/proj weights as tensors: its linears were never quantized and nothing in it could be exported.
+  ``WindowAttention`` computes the same (tested against torchvision's module) from the called ``qkv`` and ``proj``
+  Linears, matmuls and a softmax; the parts that depend on the feature map's size (padding, the cyclic shift and
+  the window partition, the shifted windows' mask) are three fx-wrapped functions, ``window_partition``,
+  ``window_softmax`` and ``window_merge``, which the exporter lowers with the sizes it records. Swin V2 (cosine
+  attention, a log-spaced position MLP) is not rewritten and stays one FP32 op.
 - ``nn.Hardswish`` and ``nn.SiLU`` are split into gate and product (``split_gated_activations``): the gate gets its
   own quantizer and the product runs on onnxruntime's integer QLinearMul, as in ONNX Runtime's own quantizer
   (MobileNet-V3 small at 224x224 on an AVX2 EPYC: 19 float Mul nodes between dequantize and quantize before).
@@ -133,6 +140,110 @@ def split_gated_activations(model):
     return replaced
 
 
+def _padded(size, window):
+    return size + (window - size % window) % window
+
+
+def window_layout(height, width, window, shift):
+    """(padded height, padded width, effective shift) of a feature map for windows of ``window``: torchvision pads
+    to whole windows and shifts no dim that one window covers."""
+    ph, pw = _padded(height, window[0]), _padded(width, window[1])
+    return ph, pw, [0 if window[0] >= ph else shift[0], 0 if window[1] >= pw else shift[1]]
+
+
+def shift_window_mask(height, width, window, shift):
+    """The additive mask of shifted windows, (windows, tokens, tokens): 0 between tokens of the same region
+    before the shift, -100 between regions (torchvision's values), for a padded feature map of that size."""
+    region = torch.zeros(height, width)
+    bounds = [((0, -window[i]), (-window[i], -shift[i]), (-shift[i], None)) for i in (0, 1)]
+    count = 0
+    for h0, h1 in bounds[0]:
+        for w0, w1 in bounds[1]:
+            region[h0:h1, w0:w1] = count
+            count += 1
+    region = region.view(height // window[0], window[0], width // window[1], window[1])
+    region = region.permute(0, 2, 1, 3).reshape(-1, window[0] * window[1])
+    differs = region.unsqueeze(1) != region.unsqueeze(2)
+    return torch.zeros(differs.shape).masked_fill(differs, -100.0)
+
+
+def window_partition(x, window, shift):
+    """(B, H, W, C) -> (B * windows, tokens, C): padded to whole windows, shifted back by ``shift``, cut."""
+    batch, height, width, channels = x.shape
+    ph, pw, shift = window_layout(height, width, window, shift)
+    x = F.pad(x, (0, 0, 0, pw - width, 0, ph - height))
+    if shift[0] or shift[1]:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    x = x.view(batch, ph // window[0], window[0], pw // window[1], window[1], channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0] * window[1], channels)
+
+
+def window_merge(windows, x, window, shift):
+    """``window_partition`` undone: windows of (B * windows, tokens, C) back to ``x``'s (B, H, W, C)."""
+    batch, height, width, channels = x.shape
+    ph, pw, shift = window_layout(height, width, window, shift)
+    y = windows.reshape(batch, ph // window[0], pw // window[1], window[0], window[1], channels)
+    y = y.permute(0, 1, 3, 2, 4, 5).reshape(batch, ph, pw, channels)
+    if shift[0] or shift[1]:
+        y = torch.roll(y, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return y[:, :height, :width, :].contiguous()
+
+
+def window_softmax(attn, x, window, shift):
+    """Softmax over the last dim of the attention logits (B * windows, heads, tokens, tokens) of ``x``'s windows,
+    with the shifted windows' mask added first where a shift applies."""
+    ph, pw, shift = window_layout(x.shape[1], x.shape[2], window, shift)
+    if shift[0] or shift[1]:
+        mask = shift_window_mask(ph, pw, window, shift).to(attn)
+        windows, tokens = mask.shape[0], mask.shape[1]
+        attn = (attn.view(-1, windows, attn.shape[1], tokens, tokens) + mask.unsqueeze(1)).view(attn.shape)
+    return F.softmax(attn, dim=-1)
+
+
+for _fn in ("window_partition", "window_merge", "window_softmax"):
+    fx.wrap(_fn)  # the size-dependent parts stay calls in a trace (their Python branches read sizes)
+
+
+class WindowAttention(nn.Module):
+    """torchvision's ``ShiftedWindowAttention`` (Swin V1) as ops torch.fx sees: ``window_partition``, the ``qkv``
+    Linear, ``(q * d**-0.5) @ k^T`` plus the relative position bias, ``window_softmax``, dropout, ``@ v``, the
+    ``proj`` Linear and ``window_merge``. Shares the original's modules and parameters under the same names, so
+    its state dict is torchvision's."""
+
+    def __init__(self, swa):
+        super().__init__()
+        self.window_size, self.shift_size = list(swa.window_size), list(swa.shift_size)
+        self.num_heads = swa.num_heads
+        self.qkv, self.proj = swa.qkv, swa.proj
+        self.relative_position_bias_table = swa.relative_position_bias_table
+        self.register_buffer("relative_position_index", swa.relative_position_index)
+        self.attn_drop, self.proj_drop = nn.Dropout(swa.attention_dropout), nn.Dropout(swa.dropout)
+
+    def relative_position_bias(self):
+        tokens = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        return bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x):
+        channels, tokens = self.qkv.in_features, self.window_size[0] * self.window_size[1]
+        head_dim = channels // self.num_heads
+        windows = window_partition(x, self.window_size, self.shift_size)
+        qkv = self.qkv(windows).reshape(-1, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.matmul(q * head_dim**-0.5, k.transpose(-2, -1)) + self.relative_position_bias()
+        attn = self.attn_drop(window_softmax(attn, x, self.window_size, self.shift_size))
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, tokens, channels)
+        return window_merge(self.proj_drop(self.proj(out)), x, self.window_size, self.shift_size)
+
+
+def _window_attention_types():
+    try:
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+    except ImportError:
+        return ()
+    return (ShiftedWindowAttention,)
+
+
 def _swappable(mha):
     """None when ``SelfAttention`` computes what ``mha`` does, else why not."""
     if not mha._qkv_same_embed_dim:
@@ -143,7 +254,8 @@ def _swappable(mha):
 
 
 def swap_attention(model):
-    """Replace every ``nn.MultiheadAttention`` of ``model`` that ``SelfAttention`` can compute; returns the names."""
+    """Replace every ``nn.MultiheadAttention`` of ``model`` that ``SelfAttention`` can compute, and every Swin V1
+    ``ShiftedWindowAttention`` by ``WindowAttention``; returns the names."""
     swapped = []
     for name, module in list(model.named_modules()):
         if type(module) is not nn.MultiheadAttention:
@@ -154,4 +266,8 @@ def swap_attention(model):
             continue
         model.set_submodule(name, SelfAttention(module))
         swapped.append(name)
+    for name, module in list(model.named_modules()):
+        if type(module) in _window_attention_types():  # exactly V1's class: V2 derives from it
+            model.set_submodule(name, WindowAttention(module))
+            swapped.append(name)
     return swapped

@@ -38,7 +38,7 @@ OP_TYPES = (nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh,
             nn.GroupNorm, nn.Softmax)
 OP_FUNCTIONS = {F.hardswish, F.hardsigmoid, F.silu, F.sigmoid, torch.sigmoid, F.gelu, F.tanh, torch.tanh, F.mish,
                 F.layer_norm, F.group_norm, F.softmax, torch.softmax, torch.matmul, operator.matmul, torch.bmm,
-                torch.einsum, F.scaled_dot_product_attention}
+                torch.einsum, F.scaled_dot_product_attention, capture.window_softmax}
 OP_METHODS = {"sigmoid", "tanh", "softmax", "matmul", "bmm"}
 # Average pooling inside the network (squeeze-excitation: pool -> conv) is quantized so that the convs after it run
 # on integer kernels (QLinearGlobalAveragePool -> QLinearConv); the classifier's pooling (pool -> flatten -> fc)

@@ -147,18 +147,52 @@ def test_every_family_takes_a_qat_step_and_resumes_exactly(family):
         assert torch.equal(resumed.eval()(x), expected)
 
 
-def test_swin_quantizes_and_its_window_attention_is_refused_by_name_at_export(tmp_path):
-    model, x = _prepared_model(torchvision_model("swin_t"), 32)
+def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_path):
+    """64x64: the stages' 16, 8, 4 and 2-wide maps take padding to whole 7x7 windows, shifted windows with their
+    mask (8 -> 14), and windows that cover the map (no shift): every branch of torchvision's window attention."""
+    from compressor.quantization.graph import capture
+
+    model, x = _prepared_model(torchvision_model("swin_t"), 64)
+    with torch.no_grad():
+        fp32 = model(x)
+        rewritten = copy.deepcopy(model)
+        assert len(capture.swap_attention(rewritten)) == 12
+        assert torch.equal(rewritten(x), fp32)  # the same ops in the same order
+        assert sorted(rewritten.state_dict()) == sorted(model.state_dict())  # torchvision's names
+        export_onnx(rewritten, x[:1], str(tmp_path / "fp32.onnx"))  # pad, roll, partition, mask, merge lowered
+        assert (onnx_runner(str(tmp_path / "fp32.onnx"))(x) - fp32).abs().max() < 1e-4
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
+    sim = quantizer.prepare_model().eval()
+    quantizer.calibrate([(x[:8], None)])
+    assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
+    assert any(name.endswith("attn.window_softmax") for name in quantizer.activation_quantizers)
+    with torch.no_grad():
+        simulated = sim(x)
+    path = str(tmp_path / "int8.onnx")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)
+    exported = onnx_runner(path)(x)
+    spread = (fp32.max(1).values - fp32.min(1).values).mean()
+    # LayerNorm, softmax and GELU run in float between Q and DQ, where onnxruntime rounds some values a step apart
+    # from PyTorch: a bounded difference, and the same decision wherever the simulation's top-2 margin exceeds it
+    diff = (exported - simulated).abs().max()
+    assert diff < 0.1 * spread
+    top2 = simulated.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
+    assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
+
+
+def test_swin_v2_window_attention_stays_fp32_and_is_refused_by_name_at_export(tmp_path):
+    model, x = _prepared_model(torchvision_model("swin_v2_t"), 32)
     quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True)
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x[:4], None)])
     with torch.no_grad():
         assert torch.isfinite(sim(x)).all()
-    # the MLPs are quantized; the window attention (torchvision's fx-wrapped shifted_window_attention, which takes
-    # the qkv/proj weights as tensors) stays one FP32 op: a named gap (docs/performance.md)
+    # V2 (cosine attention; torchvision calls the same fx-wrapped shifted_window_attention) is not rewritten
     assert any(".mlp.0" in name for name in quantizer.weight_quantizers)
     assert not any(".attn.qkv" in name for name in quantizer.weight_quantizers)
-    with pytest.raises(ConversionError, match="no export handler for shifted_window_attention.*report the op"):
+    with pytest.raises(ConversionError, match="no export handler for shifted_window_attention .*report the op"):
         export_onnx(sim, x[:1], str(tmp_path / "s.onnx"))
 
 
