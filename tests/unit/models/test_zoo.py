@@ -83,8 +83,10 @@ def test_every_family_quantizes_exports_and_agrees(tmp_path, family):
     model, x = _prepared_model(build, size)
     with torch.no_grad():
         fp32 = model(x)
+    # the integer arithmetic the export's agreement check compares with (float fake quantization is the default)
     quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
-                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                         integer_arithmetic=True)
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x[:8], None)])
     with torch.no_grad():
@@ -110,7 +112,8 @@ def test_conv_nets_export_integer_for_integer(tmp_path, family):
     build, size = FAMILIES[family]
     model, x = _prepared_model(build, size)
     quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
-                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                         integer_arithmetic=True)
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x[:8], None)])
     path = str(tmp_path / "m.onnx")
@@ -162,7 +165,8 @@ def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_p
         export_onnx(rewritten, x[:1], str(tmp_path / "fp32.onnx"))  # pad, roll, partition, mask, merge lowered
         assert (onnx_runner(str(tmp_path / "fp32.onnx"))(x) - fp32).abs().max() < 1e-4
     quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
-                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                         integer_arithmetic=True)
     sim = quantizer.prepare_model().eval()
     quantizer.calibrate([(x[:8], None)])
     assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
