@@ -11,7 +11,9 @@ alike, and the median epoch time is reported.
 low-bit methods of schedules/quant_aware_train/ (``--no-default`` leaves out our 8-bit QAT
 and torch.ao, keeping FP32 as the reference). ``--compile`` adds FP32 and our QAT under
 torch.compile (compiled in the untimed first epoch); ``--torch-kernel`` adds our QAT with torch's
-own fake-quantize kernels in place of ``fake_quant_op`` (what it cost before). ``--arch``,
+own fake-quantize kernels in place of ``fake_quant_op`` (what it cost before). ``--amp`` adds FP32 and our QAT
+under bf16 autocast (the quantizers compute in float32, as the apps' ``--amp``), ``--channels-last`` adds them with
+model and images in channels-last memory format (the apps' ``--channels-last``). ``--arch``,
 ``--image-size`` and ``--steps`` time other networks on digits resized, e.g.
 ``--arch mobilenet_v2 --image-size 224 -b 16 --steps 20``.
 """
@@ -81,10 +83,12 @@ def torch_kernels():
         fake_quant.fake_quantize = ours_op
 
 
-def epoch_time(model, opt, loader, epoch, device, steps=None):
+def epoch_time(model, opt, loader, epoch, device, steps=None, channels_last=False):
     model.train()
     loader.sampler.set_epoch(epoch)
-    batches = [(x.to(device), y.to(device)) for x, y in loader]  # data loading is not what we measure
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    # data loading is not what we measure
+    batches = [(x.to(device).contiguous(memory_format=fmt), y.to(device)) for x, y in loader]
     batches = batches[:steps] if steps else batches
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -110,6 +114,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="also FP32 and our QAT under torch.compile")
     ap.add_argument("--torch-kernel", action="store_true", help="also our QAT with torch's fake-quantize kernels")
+    ap.add_argument("--amp", action="store_true", help="also FP32 and our QAT under bf16 autocast")
+    ap.add_argument("--channels-last", action="store_true", help="also FP32 and our QAT in channels-last format")
     ap.add_argument("--arch", default="resnet20_cifar")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=None, help="time only the first N batches of each epoch")
@@ -133,6 +139,17 @@ def main():
         variants["fp32_compiled"] = compiled(variants["fp32"])
         if not args.no_default:
             variants["ours_qat_compiled"] = compiled(ours)
+    channels_last = set()
+    for switch, suffix in ((args.amp, "amp_bf16"), (args.channels_last, "channels_last")):
+        if not switch:
+            continue
+        for base_name in ("fp32",) + (() if args.no_default else ("ours_qat",)):
+            name = f"{base_name}_{suffix}"
+            variants[name] = variants[base_name]
+            if suffix == "channels_last":
+                channels_last.add(name)
+            else:
+                contexts[name] = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     for spec in args.recipe:
         name, path = spec.split("=", 1)
         variants[name] = from_recipe(path)
@@ -141,18 +158,20 @@ def main():
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         model = prepare(model, opt).to(device)
+        if name in channels_last:
+            model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         runs[name] = (model, opt, [])
     for epoch in range(args.epochs + 1):
         for name, (model, opt, times) in runs.items():
             with contexts.get(name, contextlib.nullcontext)():
-                t = epoch_time(model, opt, train, epoch, device, args.steps)
+                t = epoch_time(model, opt, train, epoch, device, args.steps, name in channels_last)
             if epoch > 0:  # the first epoch warms caches and allocators
                 times.append(t)
-            print(f"epoch {epoch} {name:13s} {t:7.2f} s", flush=True)
+            print(f"epoch {epoch} {name:22s} {t:7.2f} s", flush=True)
     fp32 = statistics.median(runs["fp32"][2])
     result = {
-        "command": "python " + " ".join(sys.argv),
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + " ".join(sys.argv),
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
                     f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                     f"{torch.get_num_threads()} threads") + f", torch {torch.__version__}",
