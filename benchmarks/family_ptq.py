@@ -56,8 +56,8 @@ def labels(test):
 
 def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE",
          integer=False):
-    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer); ``integer``: the integer-exact
-    simulation of the exported kernels (the apps' default) instead of float fake quantization."""
+    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer); ``integer``: evaluate in the
+    integer-exact simulation of the exported kernels instead of float fake quantization (the apps' default)."""
     from compressor.quantization.linear.refine import calibration_images, refine
 
     q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=bits_w,
@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--w4a8", action=argparse.BooleanOptionalAction, default=True,
                     help="W4A8 rows: round to nearest, GPTQ, AdaRound")
+    ap.add_argument("--w8a8-rounding", nargs="*", default=[], choices=["gptq", "adaround"],
+                    help="also W8A8 rows with these roundings (settings of the best W8A8 per-channel row)")
     ap.add_argument("--integer-export", action=argparse.BooleanOptionalAction, default=True,
                     help="also judge the best row's export against the integer-exact simulation")
     ap.add_argument("--out", required=True)
@@ -220,6 +222,25 @@ def main():
             save()
             print("torch_ao_x86:", rows["torch_ao_x86"]["error"])
 
+    def rounded_rows(bits_w, roundings):
+        """Per-channel rows at ``bits_w``-bit weights with the settings (clip, DFQ or SmoothQuant) of the best W8A8
+        per-channel row, for each rounding: nearest, GPTQ, AdaRound."""
+        w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
+        best8 = max(w8, key=lambda k: w8[k]["top1"])
+        _, clip, cle, sq = settings[best8]
+        for rounding in roundings:
+            key = f"ours_w{bits_w}a8_{best8[len('ours_'):]}_{rounding}"
+            settings[key] = (True, clip, cle, sq, bits_w, rounding)
+
+            def make(key=key):
+                q, gm = ours(model, calib, *settings[key])
+                quantizers[key] = (q, gm)
+                return gm
+
+            row(key, make)
+
+    rounded_rows(8, args.w8a8_rounding)  # W8A8 with learned (AdaRound) or second-order (GPTQ) rounding
+
     ours_rows = {k: v for k, v in rows.items()
                  if k.startswith("ours_") and "w4a8" not in k and "top1" in v and k in settings}
     best = max(ours_rows, key=lambda k: ours_rows[k]["top1"])
@@ -241,19 +262,23 @@ def main():
                                  "onnx_top1": 100.0 * float((exported == truth).double().mean()),
                                  "seconds": round(time.perf_counter() - start, 1)}
         save()
-    if args.integer_export and "best_export_integer" not in result:
+    if args.integer_export and result.get("best_export_integer", {}).get("row") != best:
         # the same export judged against the integer-exact simulation (what the apps' agreement check compares
         # with): float fake quantization rounds accumulators and requantization differently from the kernels
         from compressor.deploy.onnx_export import export_onnx
         from compressor.deploy.target import format_here
         from compressor.deploy.verify import onnx_runner
+        from compressor.quantization.linear.integer_sim import integer_evaluation
 
         start = time.perf_counter()
-        q, gm = ours(model, calib, *settings[best], integer=True)
+        if best not in quantizers:
+            quantizers[best] = ours(model, calib, *settings[best])
+        q, gm = quantizers[best]  # the same model, its integer arithmetic switched on
         path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best_integer.onnx"),
                            weights=format_here().weights)
         exported = predictions(onnx_runner(path), test)
-        simulated = predictions(gm, test)
+        with integer_evaluation(gm, True):
+            simulated = predictions(gm, test)
         result["best_export_integer"] = {
             "row": best, "format": format_here().weights,
             "agreement": 100.0 * float((exported == simulated).double().mean()),
@@ -265,19 +290,7 @@ def main():
     # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
     # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
     if args.w4a8:
-        w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
-        best8 = max(w8, key=lambda k: w8[k]["top1"])
-        _, clip, cle, sq = settings[best8]
-        for rounding in ("nearest", "gptq", "adaround"):
-            key = f"ours_w4a8_{best8[len('ours_'):]}_{rounding}"
-            settings[key] = (True, clip, cle, sq, 4, rounding)
-
-            def make4(key=key):
-                q, gm = ours(model, calib, *settings[key])
-                quantizers[key] = (q, gm)
-                return gm
-
-            row(key, make4)
+        rounded_rows(4, ("nearest", "gptq", "adaround"))
     print("best:", result["best_export"])
     return 0
 

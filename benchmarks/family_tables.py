@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Markdown tables for docs/results.md from the family benchmarks' JSON (train_families.py, family_ptq.py).
+"""Markdown tables for docs/results.md from the family benchmarks' JSON (train_families.py, family_ptq.py,
+family_qat.py).
 
     python benchmarks/family_tables.py [--dir docs/benchmarks/fashion_mnist/families]
 
 One table per family: FP32, then every PTQ row (ours, ONNX Runtime's quantize_static, torch.ao), each with its test
-top-1 on all 10,000 images, the 95 % interval, the change against FP32 and the seconds the row took.
+top-1 on all 10,000 images, the 95 % interval, the change against FP32 and the seconds the row took; then the
+QAT fine-tunings, with their export's agreement.
 """
 
 import argparse
@@ -27,11 +29,11 @@ def label(key):
         rr = method.endswith("_reduce_range")
         return (f"ONNX Runtime quantize_static, {method.removesuffix('_reduce_range')} (QDQ, per-channel"
                 f"{', reduce_range: 7-bit weights' if rr else ''})")
-    if key.startswith("ours_w4a8_"):
-        rest = key[len("ours_w4a8_"):]
-        setup, rounding = rest.rsplit("_", 1)
-        names = {"nearest": "round to nearest", "gptq": "GPTQ", "adaround": "AdaRound"}
-        return f"ours W4A8 {setup.replace('_', ' ')}, {names[rounding]}"
+    for bits in ("w4a8", "w8a8"):
+        if key.startswith(f"ours_{bits}_"):
+            setup, rounding = key[len(f"ours_{bits}_"):].rsplit("_", 1)
+            names = {"nearest": "round to nearest", "gptq": "GPTQ", "adaround": "AdaRound"}
+            return f"ours {bits.upper()} {setup.replace('_', ' ')}, {names[rounding]}"
     if key.startswith("ours_"):
         parts = key[len("ours_"):].rsplit("_", 1)
         setup = parts[0].replace("per_channel", "per-channel").replace("per_tensor", "per-tensor")
@@ -40,7 +42,27 @@ def label(key):
     return key
 
 
-def table(fp32_info, ptq):
+QAT_LABELS = {"qat_8bit": "ours 8-bit QAT (W8A8 per-channel)", "qat_w4a8": "ours W4A8 QAT (per-channel)"}
+
+
+def qat_lines(qat_rows, base):
+    """Table rows of the QAT fine-tunings (family_qat.py), and a line per run on its export."""
+    rows, notes = [], []
+    for r in qat_rows:
+        t = r["test"]
+        delta = "" if base is None else f"{t['top1'] - base:+.2f}"
+        rows.append(f"| {QAT_LABELS.get(r['step'], r['step'])}, {r['epochs']} x {r['train_images_per_epoch']:,} "
+                    f"images | {t['top1']:.2f} | {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f} | {delta} | "
+                    f"{r.get('wall_time_s') or r['seconds_this_piece']:.0f} |")
+        e = r.get("export_onnx") or {}
+        if e.get("agreement") is not None:
+            notes.append(f"{QAT_LABELS.get(r['step'], r['step'])} exported for this CPU: ONNX Runtime agrees with "
+                         f"the simulation on {e['agreement']:.2f} % of {e['images']:,} test images (ONNX top-1 "
+                         f"{e['exported_top1']:.2f} %). Command: `{r['command']}`.")
+    return rows, notes
+
+
+def table(fp32_info, ptq, qat_rows=()):
     rows = ptq["rows"]
     base = rows.get("fp32", {}).get("top1")
     lines = ["| model | test top-1 % | 95 % interval | vs FP32 (pp) | s |", "|---|---|---|---|---|"]
@@ -53,6 +75,8 @@ def table(fp32_info, ptq):
         delta = "" if base is None or key == "fp32" else f"{r['top1'] - base:+.2f}"
         lines.append(f"| {label(key)} | {r['top1']:.2f} | {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f} | {delta} | "
                      f"{r['seconds']:.0f} |")
+    more, notes = qat_lines(qat_rows, base)
+    lines += more
     best = ptq.get("best_export")
     if best:
         lines.append("")
@@ -64,6 +88,8 @@ def table(fp32_info, ptq):
         lines.append(f"Against the integer-exact simulation (the apps' check) of the same row: "
                      f"{best['agreement']:.2f} % agreement (simulated top-1 {best['simulated_top1']:.2f} %, ONNX "
                      f"{best['onnx_top1']:.2f} %, {best['seconds']:.0f} s).")
+    if notes:
+        lines += [""] + notes
     return "\n".join(lines)
 
 
@@ -83,7 +109,8 @@ def main():
                   f"{fp32_info.get('wall_time_s') or 0:.0f} s).")
         print(f"PTQ: `{ptq['command']}` on {m['cpu']} ({m['cpu_capability']}), {m['threads']} thread(s), "
               f"{ptq['calibration_images']} calibration images.\n")
-        print(table(fp32_info, ptq))
+        qat = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.dir, f"{arch}_qat_*.json")))]
+        print(table(fp32_info, ptq, qat))
         print()
 
 

@@ -103,28 +103,41 @@ def fp32_step(args):
             "best_val": summary["best"], "epochs": summary["epochs"], "run_dir": args.fp32_run}
 
 
+def resumable_run(cmd, work, name):
+    """Run the app command ``cmd`` (run folders ``work/name___*``) to completion once: a finished run (its
+    summary.json) is reused; a run killed mid-way continues from its last epoch's checkpoint (``--resume-from``
+    in place of ``--exp-load-weights-from``: the same batches, the same result). Returns (run folder, seconds of
+    this call, the checkpoint it resumed from or None)."""
+    def finished():
+        return [f for f in run_folders(work, name) if os.path.exists(os.path.join(f, "summary.json"))]
+
+    done, seconds, resumed = finished(), 0.0, None
+    if not done:
+        partial = [f for f in run_folders(work, name) if os.path.exists(os.path.join(f, "checkpoint.pth.tar"))]
+        go = cmd
+        if partial:
+            resumed = os.path.join(partial[-1], "checkpoint.pth.tar")
+            if "--exp-load-weights-from" in go:
+                i = go.index("--exp-load-weights-from")
+                go = go[:i] + go[i + 2:]
+            go = go + ["--resume-from", resumed]
+        seconds, code = run(go, os.path.join(work, f"{name}.out"))
+        if code != 0:
+            raise RuntimeError(f"{name} failed (exit {code}); see {os.path.join(work, name + '.out')}")
+        done = finished()
+    return done[-1], seconds, resumed
+
+
 def fine_tune_step(step, args):
     cmd = fine_tune_command(step, args.checkpoint, args.work)
-    done = [f for f in run_folders(args.work, step) if os.path.exists(os.path.join(f, "summary.json"))]
-    seconds, resumed = 0.0, None
-    if not done:
-        partial = [f for f in run_folders(args.work, step) if os.path.exists(os.path.join(f, "checkpoint.pth.tar"))]
-        go = cmd
-        if partial:  # killed mid-way: continue from its last completed epoch (same batches, same result)
-            resumed = os.path.join(partial[-1], "checkpoint.pth.tar")
-            i = go.index("--exp-load-weights-from")
-            go = go[:i] + ["--resume-from", resumed] + go[i + 2:]
-        seconds, code = run(go, os.path.join(args.work, f"{step}.out"))
-        if code != 0:
-            raise RuntimeError(f"{step} failed (exit {code}); see {os.path.join(args.work, step + '.out')}")
-        done = [f for f in run_folders(args.work, step) if os.path.exists(os.path.join(f, "summary.json"))]
-    summary = json.load(open(os.path.join(done[-1], "summary.json")))
+    folder, seconds, resumed = resumable_run(cmd, args.work, step)
+    summary = json.load(open(os.path.join(folder, "summary.json")))
     recipe, epochs, lr, seed = FINE_TUNE[step]
     result = {"command": "python " + " ".join(cmd), "recipe": f"schedules/fashion_mnist/{recipe}", "epochs": epochs,
               "lr": lr, "seed": seed, "train_images_per_epoch": 13500, "test": accuracy(summary["test"]["top1"], 10000),
               "best_val": summary["best"], "model_size_bits": summary.get("model_size_bits"),
               "bits_weights": summary.get("bits_weights"), "bits_activations": summary.get("bits_activations"),
-              "run_dir": done[-1], "seconds": seconds}
+              "run_dir": folder, "seconds": seconds}
     if resumed:
         result["resumed_from"] = resumed
     return result

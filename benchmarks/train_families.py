@@ -19,7 +19,7 @@ import os
 import sys
 
 from accuracy_stats import machine  # benchmarks/ (the script's folder is on sys.path)
-from fashion_mnist_accuracy import accuracy, run, run_folders, write_json
+from fashion_mnist_accuracy import accuracy, resumable_run, write_json
 
 # arch -> (epochs, fraction of the 54,000 training images per epoch, batch, lr, weight decay, optimizer);
 # budgets sized to this 2-core machine (training images/s on one thread in the docstring of each recipe)
@@ -42,25 +42,14 @@ def command(arch, work):
 
 def train(arch, work):
     cmd = command(arch, work)
-    done = [f for f in run_folders(work, arch) if os.path.exists(os.path.join(f, "summary.json"))]
-    seconds, resumed = 0.0, None
-    if not done:
-        partial = [f for f in run_folders(work, arch) if os.path.exists(os.path.join(f, "checkpoint.pth.tar"))]
-        go = cmd
-        if partial:  # killed mid-way: continue from its last completed epoch
-            resumed = os.path.join(partial[-1], "checkpoint.pth.tar")
-            go = cmd + ["--resume-from", resumed]
-        seconds, code = run(go, os.path.join(work, f"{arch}.out"))
-        if code != 0:
-            raise RuntimeError(f"{arch} failed (exit {code}); see {os.path.join(work, arch + '.out')}")
-        done = [f for f in run_folders(work, arch) if os.path.exists(os.path.join(f, "summary.json"))]
-    summary = json.load(open(os.path.join(done[-1], "summary.json")))
+    folder, seconds, resumed = resumable_run(cmd, work, arch)
+    summary = json.load(open(os.path.join(folder, "summary.json")))
     epochs, etrs = PLAN[arch][:2]
     images = int(round(54000 * etrs)) * epochs
     result = {"arch": arch, "command": "python " + " ".join(cmd), "recipe": f"schedules/fashion_mnist/{arch}_fp32.yaml",
               "epochs": epochs, "train_images_seen": images, "test": accuracy(summary["test"]["top1"], 10000),
-              "best_val": summary["best"], "run_dir": done[-1],
-              "checkpoint": os.path.join(done[-1], "checkpoint.pth.tar"),
+              "best_val": summary["best"], "run_dir": folder,
+              "checkpoint": os.path.join(folder, "checkpoint.pth.tar"),
               "seconds_this_piece": seconds, "wall_time_s": summary.get("wall_time_s")}
     if resumed:
         result["resumed_from"] = resumed
