@@ -32,22 +32,8 @@ def adapt_state_dict(state, model):
     out = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") and key not in target else key
-        if key in target:
-            out[key] = value
-            continue
-        if PARAM_KEY in key and key.endswith(ORIGINAL_SUFFIX):
-            prefix, rest = key.split(PARAM_KEY, 1)
-            plain = f"{prefix}.{rest[: -len(ORIGINAL_SUFFIX)]}"
-            if plain in target:
-                out[plain] = value
-                continue
-        parts = key.rsplit(".", 1)
-        if len(parts) == 2:
-            prepared = f"{parts[0]}{PARAM_KEY}{parts[1]}{ORIGINAL_SUFFIX}"
-            if prepared in target:
-                out[prepared] = value
-                continue
-        out[key] = value  # left for load_state_dict to report
+        # the first name the model has, else the key as it is, for load_state_dict to report
+        out[next((c for c in _candidates(key) if c in target), key)] = value
     # BatchNorm's num_batches_tracked (PyTorch >= 0.4.1) may be absent from older checkpoints (Distiller's
     # SSL examples); PyTorch's own loader accepts that, and so do we (the counter only matters with momentum=None)
     missing = [k for k in target if k not in out and not is_quant_state(k) and not k.endswith("num_batches_tracked")]
@@ -70,6 +56,40 @@ def adapt_state_dict(state, model):
             "not a training checkpoint)"
         )
     return kept
+
+
+# torch's nn.MultiheadAttention keeps its input projection as in_proj_weight / in_proj_bias; a traced model computes
+# it with a called Linear (the quantizer's SelfAttention), whose state is in_proj.weight / in_proj.bias
+_ALIASES = (("in_proj_weight", "in_proj.weight"), ("in_proj_bias", "in_proj.bias"))
+
+
+def _aliases(key):
+    out = []
+    for a, b in _ALIASES:
+        for this, other in ((a, b), (b, a)):
+            if key == this or key.endswith("." + this):
+                out.append(key[: len(key) - len(this)] + other)
+    return out
+
+
+def _unparametrized(key):
+    if PARAM_KEY in key and key.endswith(ORIGINAL_SUFFIX):
+        prefix, rest = key.split(PARAM_KEY, 1)
+        return [f"{prefix}.{rest[: -len(ORIGINAL_SUFFIX)]}"]
+    return []
+
+
+def _parametrized(key):
+    parts = key.rsplit(".", 1)
+    return [f"{parts[0]}{PARAM_KEY}{parts[1]}{ORIGINAL_SUFFIX}"] if len(parts) == 2 and PARAM_KEY not in key else []
+
+
+def _candidates(key):
+    """``key`` and the names the same tensor has in a plain or a prepared model, in order of preference."""
+    found = [key]
+    for step in (_unparametrized, _aliases, _parametrized):
+        found += [c for k in list(found) for c in step(k) if c not in found]
+    return found
 
 
 def is_quant_state(key):

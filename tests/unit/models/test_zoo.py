@@ -265,3 +265,24 @@ def test_sites_that_saw_no_data_are_an_error_naming_them():
     quantizer.prepare_model()
     with pytest.raises(RangeError, match=r"\d+ activation site\(s\) saw no data in calibration: input, conv_proj"):
         quantizer.calibrate([])  # e.g. an empty calibration set: once a ValueError traceback from the statistics
+
+
+def test_a_plain_vit_state_dict_loads_into_the_quantization_prepared_model_and_back():
+    """--exp-load-weights-from of an FP32 ViT into a QAT run: torch's MultiheadAttention names its projection
+    in_proj_weight, the prepared model holds it at in_proj.parametrizations.weight.original (a QAT fine-tune of the
+    Fashion-MNIST ViT refused its own FP32 checkpoint before)."""
+    from compressor.core.state_keys import load_weights
+
+    torch.manual_seed(0)
+    fp32 = tiny_vit().eval()
+    plain = fp32.state_dict()
+    quantizer = QuantAwareTrainRangeLinearQuantizer(tiny_vit(), None, bits_activations=8, bits_weights=8)
+    prepared = quantizer.prepare_model()
+    load_weights(prepared, plain)
+    state = prepared.state_dict()
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj"
+    assert torch.equal(state[f"{name}.parametrizations.weight.original"], plain[f"{name}_weight"])
+    assert torch.equal(state[f"{name}.bias"], plain[f"{name}_bias"])
+    back = tiny_vit()
+    load_weights(back, state)  # a QAT checkpoint's FP32 master weights into the plain model
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in plain.items())
