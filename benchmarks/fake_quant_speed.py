@@ -8,24 +8,16 @@ and under torch.compile, forward alone and forward plus backward; best of 5 roun
 import argparse
 import json
 import sys
-import time
 
 import torch
-from accuracy_stats import machine  # benchmarks/ (the script's folder is on sys.path)
+from accuracy_stats import best_seconds, machine  # benchmarks/ (the script's folder is on sys.path)
 
 from compressor.core.io import atomic_write_text
 from compressor.quantization.fake_quant_op import fake_quantize
 
 
-def best_ms(fn, iters=10, rounds=5):
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - start) / iters)
-    return 1e3 * best
+def best_ms(fn):
+    return 1e3 * best_seconds(fn, iters=10, rounds=5)
 
 
 def main():

@@ -19,10 +19,9 @@ import copy
 import functools
 import json
 import sys
-import time
 
 import torch
-from accuracy_stats import machine, wilson  # benchmarks/ (the script's folder is on sys.path)
+from accuracy_stats import best_seconds, machine, wilson  # benchmarks/ (the script's folder is on sys.path)
 from ptq_accuracy import ours_quantizer
 
 from compressor.core.io import atomic_write_text, load_checkpoint
@@ -32,15 +31,8 @@ from compressor.models import create_model
 from compressor.quantization.linear.integer_sim import IntegerArithmetic, _integer_forward, integer_evaluation
 
 
-def best_seconds(fn, iters=4, rounds=3):
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - start) / iters)
-    return best
+def best_of_3(fn):
+    return best_seconds(fn, iters=4, rounds=3)
 
 
 @torch.no_grad()
@@ -104,14 +96,14 @@ def main():
             identical = torch.equal(a, gm(x))
             replace_forward(True)
         for _ in range(2):
-            f = best_seconds(lambda: fp32(x))
+            f = best_of_3(lambda: fp32(x))
             with integer_evaluation(gm, False):
-                fake = best_seconds(lambda: gm(x))
+                fake = best_of_3(lambda: gm(x))
             with integer_evaluation(gm, True):
                 replace_forward(False)
-                hook = best_seconds(lambda: gm(x))
+                hook = best_of_3(lambda: gm(x))
                 replace_forward(True)
-                replaced = best_seconds(lambda: gm(x))
+                replaced = best_of_3(lambda: gm(x))
             rows.append({"fp32_ms": 1e3 * f, "float_fake_quant_ms": 1e3 * fake, "hook_ms": 1e3 * hook,
                          "replaced_forward_ms": 1e3 * replaced, "float_fake_quant_vs_fp32": fake / f,
                          "hook_vs_fp32": hook / f, "replaced_vs_fp32": replaced / f})

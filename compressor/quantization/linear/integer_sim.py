@@ -495,23 +495,21 @@ def integer_hooks(model):
 
 
 def set_integer_evaluation(model, on):
-    """Switch ``model``'s installed integer arithmetic on or off; returns how many hooks it switched."""
+    """Switch ``model``'s installed integer arithmetic on or off; returns the hooks' previous states."""
     hooks = integer_hooks(model)
+    states = [h.enabled for h in hooks]
     for h in hooks:
         h.enabled = on
-    return len(hooks)
+    return list(zip(hooks, states))
 
 
 @contextlib.contextmanager
 def integer_evaluation(model, on=True):
     """Within the block, ``model``'s installed integer arithmetic is on (or off); the previous states come back
     after. Yields the number of hooks switched (0 for a model without any, e.g. a QAT model)."""
-    hooks = integer_hooks(model)
-    states = [h.enabled for h in hooks]
-    for h in hooks:
-        h.enabled = on
+    previous = set_integer_evaluation(model, on)
     try:
-        yield len(hooks)
+        yield len(previous)
     finally:
-        for h, state in zip(hooks, states):
+        for h, state in previous:
             h.enabled = state

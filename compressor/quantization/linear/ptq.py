@@ -157,10 +157,10 @@ class PostTrainLinearQuantizer(Quantizer):
         self._add_input_quantizers(gm)
         self.set_state(True, False)  # post-training: quantized, nothing learns
         # installed always (the export's agreement check computes with it); on in evaluation as integer_arithmetic says
-        self.integer_layers, self.integer_hooks = self._install_integer_arithmetic(gm)
+        self.integer_layers = self._install_integer_arithmetic(gm)
         self.integer_adds = install_integer_adds(gm)
         self.integer_evaluation = self._integer_evaluation()
-        hooks = set_integer_evaluation(gm, self.integer_evaluation)
+        hooks = len(set_integer_evaluation(gm, self.integer_evaluation))
         log.info("Quantized evaluation in %s (%d integer-arithmetic sites installed for the export's agreement "
                  "check%s)", "integer arithmetic" if self.integer_evaluation else "float fake quantization",
                  hooks, "" if self.integer_evaluation else "; integer_arithmetic: true evaluates with them")
@@ -196,7 +196,7 @@ class PostTrainLinearQuantizer(Quantizer):
         for node in gm.graph.nodes:
             if node.op == "call_module":
                 calls.setdefault(node.target, []).append(node)
-        installed, hooks = [], []
+        installed = []
         traced = graph.trace(self.model)
         for site in graph.find_activation_sites(traced, self.config.quantize_inputs):
             layer_name = site.head_name
@@ -217,8 +217,7 @@ class PostTrainLinearQuantizer(Quantizer):
                                      self.config.scale_approx_mult_bits, self.config.power_of_two_scales)
             hook.attach(layer)
             installed.append(layer_name)
-            hooks.append(hook)
-        return installed, hooks
+        return installed
 
     def _integer_evaluation(self):
         """integer_arithmetic, or when null: on only where the recipe asks for what float fake quantization does
@@ -226,7 +225,7 @@ class PostTrainLinearQuantizer(Quantizer):
         if self.config.integer_arithmetic is not None:
             return self.config.integer_arithmetic
         return bool(self.config.scale_approx_mult_bits or self.config.power_of_two_scales
-                    or any(h.bits_accum < 32 for h in self.integer_hooks))
+                    or any(self.layer_settings(name).bits_accum < 32 for name in self.integer_layers))
 
     def site_settings(self, site):
         if site.name == "input":  # Distiller's input_overrides / inputs_quant_auto_fallback of the layer reading it
