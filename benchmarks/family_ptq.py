@@ -56,19 +56,23 @@ def labels(test):
 
 def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE",
          integer=False):
-    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer); ``integer``: evaluate in the
-    integer-exact simulation of the exported kernels instead of float fake quantization (the apps' default)."""
+    """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer), with ``+bc`` also empirical bias
+    correction; ``integer``: evaluate in the integer-exact simulation of the exported kernels instead of float fake
+    quantization (the apps' default)."""
     from compressor.quantization.linear.refine import calibration_images, refine
+
+    rounding, bias_correction = rounding.removesuffix("+bc"), rounding.endswith("+bc")
 
     q = PostTrainLinearQuantizer(copy.deepcopy(model), bits_activations=8, bits_parameters=bits_w,
                                  per_channel_wts=per_channel, clip_acts=clip,
                                  mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
                                  integer_arithmetic=integer, cross_layer_equalization=cle, equalization_relu6=relu6,
                                  smoothquant_alpha=smoothquant, gptq=rounding == "gptq",
-                                 adaround=rounding == "adaround", adaround_iterations=500)
+                                 adaround=rounding == "adaround", adaround_iterations=500,
+                                 bias_correction=bias_correction)
     gm = q.prepare_model().eval()
     q.calibrate(calib)
-    if rounding != "nearest":
+    if rounding != "nearest" or bias_correction:
         q.refinement_rows = refine(q, calibration_images(calib, "cpu"))
     return q, gm
 
@@ -141,8 +145,12 @@ def main():
     ap.add_argument("--skip-torch-ao", action="store_true")
     ap.add_argument("--w4a8", action=argparse.BooleanOptionalAction, default=True,
                     help="W4A8 rows: round to nearest, GPTQ, AdaRound")
-    ap.add_argument("--w8a8-rounding", nargs="*", default=[], choices=["gptq", "adaround"],
-                    help="also W8A8 rows with these roundings (settings of the best W8A8 per-channel row)")
+    roundings = ["nearest", "gptq", "adaround"]
+    ap.add_argument("--w8a8-rounding", nargs="*", default=[], choices=roundings[1:] + [r + "+bc" for r in roundings],
+                    help="also W8A8 rows with these roundings (settings of the best W8A8 per-channel row); +bc: "
+                    "with empirical bias correction")
+    ap.add_argument("--w4a8-rounding", nargs="*", default=roundings, choices=roundings + [r + "+bc" for r in roundings],
+                    help="the W4A8 rows' roundings (with --w4a8)")
     ap.add_argument("--integer-export", action=argparse.BooleanOptionalAction, default=True,
                     help="also judge the best row's export against the integer-exact simulation")
     ap.add_argument("--out", required=True)
@@ -290,7 +298,7 @@ def main():
     # W4A8: per-channel weights (with DFQ or SmoothQuant where W8A8 gained from them), activations clipped as the best
     # W8A8 per-channel row, weights rounded to nearest, by GPTQ and by AdaRound
     if args.w4a8:
-        rounded_rows(4, ("nearest", "gptq", "adaround"))
+        rounded_rows(4, args.w4a8_rounding)
     print("best:", result["best_export"])
     return 0
 

@@ -33,7 +33,8 @@ def label(key):
         if key.startswith(f"ours_{bits}_"):
             setup, rounding = key[len(f"ours_{bits}_"):].rsplit("_", 1)
             names = {"nearest": "round to nearest", "gptq": "GPTQ", "adaround": "AdaRound"}
-            return f"ours {bits.upper()} {setup.replace('_', ' ')}, {names[rounding]}"
+            how = names[rounding.removesuffix("+bc")] + (" + bias correction" if rounding.endswith("+bc") else "")
+            return f"ours {bits.upper()} {setup.replace('_', ' ')}, {how}"
     if key.startswith("ours_"):
         parts = key[len("ours_"):].rsplit("_", 1)
         setup = parts[0].replace("per_channel", "per-channel").replace("per_tensor", "per-tensor")

@@ -3,7 +3,9 @@
 Both run on a prepared, calibrated ``PostTrainLinearQuantizer`` and walk its conv/linear layers in
 execution order. For each layer they take its inputs from the quantized-so-far model (every layer
 before it already refined, activations quantized: the errors a layer really sees) and its outputs
-from the FP32 model (quantizers off) on the same calibration images.
+from the FP32 model (quantizers off) on the same calibration images. Both models run once, node by
+node in step (``lockstep``), refining each layer when the quantized pass reaches it, instead of two
+passes from the input per layer.
 
 - AdaRound (``adaround: true``, see ``adaround.py``) learns the rounding of the layer's weights and
   writes the dequantized learned integers into the FP32 master weight, exactly on the weight
@@ -34,6 +36,7 @@ import time
 
 import torch
 from tabulate import tabulate
+from torch import fx
 
 from compressor.core.progress import progress
 from compressor.core.spec import Bool, Config, Float, Int, setting
@@ -110,8 +113,46 @@ def refined_layers(quantizer):
 
 
 @torch.no_grad()
+def lockstep(quantizer, images, originals):
+    """Yield (name, layer, weight quantizer, inputs from the quantized model, outputs of the FP32 model) for each
+    refined layer in execution order, from one FP32 and one quantized pass over ``images``, node by node.
+
+    The caller refines the layer before asking for the next one: the quantized pass then goes on through the
+    refined layer, so each layer sees what the layers refined before it produce. The FP32 pass reads a layer's
+    weights before they change (and ``originals`` when a layer is called again). Both passes use float32 fake
+    quantization, as ``capture``. Running the network from the input twice per layer instead is quadratic in depth.
+    """
+    gm = quantizer.prepared
+    pending = {name: (layer, wq) for name, layer, wq in refined_layers(quantizer)}
+    done = []
+    fp32, quant = fx.Interpreter(gm), fx.Interpreter(gm)
+    fp32.args_iter, quant.args_iter = iter([images.clone()]), iter([images])  # an in-place op must not reach both
+    try:
+        with integer_evaluation(gm, False):
+            for node in gm.graph.nodes:
+                if node.op == "output":
+                    break
+                quantizer.set_state(False, False)
+                again = node.op == "call_module" and any(name == node.target for name, _, _ in done)
+                with original_parameters(done, originals) if again else contextlib.nullcontext():
+                    fp32.env[node] = fp32.run_node(node)
+                quantizer.set_state(True, False)  # the caller refines against the quantized weights
+                if node.op == "call_module" and node.target in pending:
+                    layer, wq = pending.pop(node.target)
+                    yield node.target, layer, wq, quant.env[node.args[0]].detach(), fp32.env[node].detach()
+                    done.append((node.target, layer, wq))
+                quant.env[node] = quant.run_node(node)
+                for interp in (fp32, quant):  # free each value after its last use, as Interpreter.run does
+                    for used in interp.user_to_last_uses.get(node, []):
+                        del interp.env[used]
+    finally:
+        quantizer.set_state(True, False)
+
+
+@torch.no_grad()
 def capture(quantizer, layer, images, quantized, batch_size=256, want_output=False):
-    """The layer's inputs (or outputs) over ``images``, in the quantized (or FP32) model.
+    """The layer's inputs (or outputs) over ``images``, in the quantized (or FP32) model: one layer's activations
+    for a check (the tests compare ``lockstep`` with it), from a pass from the input.
 
     The quantized pass uses fake quantization in float32, not the float64 integer simulation: the
     same grid values (within one LSB of requantization rounding), several times faster on CPU.
@@ -200,11 +241,9 @@ def refine(quantizer, images, config=None):
     originals = {name: (layer.parametrizations.weight.original.detach().clone(),
                         None if layer.bias is None else layer.bias.detach().clone()) for name, layer, _ in layers}
     rows = []
-    for name, layer, wq in progress(layers, "AdaRound / GPTQ / bias correction"):  # minutes on 2 cores: a bar and ETA
-        started = time.perf_counter()
-        x_q = capture(quantizer, layer, images, quantized=True)
-        with original_parameters(layers, originals):
-            target = capture(quantizer, layer, images, quantized=False, want_output=True)
+    started = time.perf_counter()
+    steps = lockstep(quantizer, images, originals)
+    for name, layer, wq, x_q, target in progress(steps, "AdaRound / GPTQ / bias correction", total=len(layers)):
         weight, scale, zero_point = _grid(layer, wq)
         row = {"layer": name, "bits": wq.bits}
         nearest = nearest_integers(weight, scale, zero_point, wq.qmin, wq.qmax)
@@ -230,7 +269,8 @@ def refine(quantizer, images, config=None):
             row["bias_shift"] = correct_bias(layer, x_q, target)
         with torch.no_grad():
             row["error"] = reconstruction_error(layer_output(layer, x_q, layer.weight), target).item()
-        row["seconds"] = round(time.perf_counter() - started, 2)
+        row["seconds"] = round(time.perf_counter() - started, 2)  # with the passes up to this layer
+        started = time.perf_counter()
         rows.append(row)
     return rows
 
@@ -252,10 +292,13 @@ def correct_bias(layer, x_q, target):
 
 @torch.no_grad()
 def mean_output_shift(layer, x_q, target):
-    """Per output channel: mean over samples and positions of (quantized output - FP32 output)."""
+    """Per output channel: mean over samples and positions (tokens) of (quantized output - FP32 output).
+
+    The channel axis is 1 for a convolution and the last one for a linear layer (a ViT's are [images, tokens,
+    features])."""
     diff = layer_output(layer, x_q, layer.weight) - target
-    dims = [d for d in range(diff.dim()) if d != 1]
-    return diff.mean(dim=dims)
+    channel = diff.dim() - 1 if isinstance(layer, torch.nn.Linear) else 1
+    return diff.mean(dim=[d for d in range(diff.dim()) if d != channel])
 
 
 def refinement_table(rows):
@@ -272,7 +315,7 @@ def refine_after_calibration(quantizer, loader, device="cpu"):
     """The post-training apps' one call: refine if the quantizer's config asks for it, log the table."""
     if not wants_refinement(quantizer.config):
         return None
-    what = " + ".join(k for k, on in (("AdaRound", quantizer.config["adaround"]),
+    what = " + ".join(k for k, on in (("AdaRound", quantizer.config["adaround"]), ("GPTQ", quantizer.config["gptq"]),
                                        ("bias correction", quantizer.config["bias_correction"])) if on)
     images = calibration_images(loader, device)
     started = time.perf_counter()

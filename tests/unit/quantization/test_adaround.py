@@ -12,7 +12,15 @@ from compressor.quantization.linear.adaround import (
     rounding_regularizer,
 )
 from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
-from compressor.quantization.linear.refine import calibration_images, capture, mean_output_shift, refine, refined_layers
+from compressor.quantization.linear.refine import (
+    calibration_images,
+    capture,
+    lockstep,
+    mean_output_shift,
+    original_parameters,
+    refine,
+    refined_layers,
+)
 from compressor.recipe.build import read_recipe
 
 
@@ -130,6 +138,58 @@ def test_bias_correction_zeroes_the_mean_output_shift_on_its_calibration_data():
     x_q = capture(ref, refined_layers(ref)[1][1], data, quantized=True)
     target = capture(ref, refined_layers(ref)[1][1], data, quantized=False, want_output=True)
     assert mean_output_shift(refined_layers(ref)[1][1], x_q, target).abs().max().item() > 1e-3
+
+
+def test_lockstep_gives_each_layer_what_passes_from_the_input_give_after_the_layers_before_it_changed():
+    q, gm, images = _tiny_quantizer()
+    layers = refined_layers(q)
+    originals = {name: (layer.parametrizations.weight.original.detach().clone(), layer.bias.detach().clone())
+                 for name, layer, _ in layers}
+    seen = []
+    for name, layer, wq, x_q, target in lockstep(q, images, originals):
+        assert wq is q.weight_quantizers[f"{name}.weight"]
+        assert not torch.equal(layer.weight, layer.parametrizations.weight.original)  # quantizers on for the caller
+        assert torch.allclose(x_q, capture(q, layer, images, quantized=True), atol=1e-6)
+        with original_parameters(layers, originals):
+            fp32 = capture(q, layer, images, quantized=False, want_output=True)
+        assert torch.allclose(target, fp32, atol=1e-6)
+        with torch.no_grad():  # a refinement: the quantized inputs of the layers after it must see it, FP32 not
+            layer.bias.add_(0.25)
+            layer.parametrizations.weight.original.mul_(0.9)
+        seen.append(name)
+    assert seen == ["conv1", "conv2", "fc"]
+    assert not torch.allclose(layers[2][1].bias, originals["fc"][1])
+
+
+class _Tokens(nn.Module):
+    """A linear layer on [images, tokens, features], as a ViT's: 8 tokens, 6 output features."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 6)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.relu(self.proj(x.flatten(1, 2)))).mean(1)
+
+
+def test_bias_correction_of_a_linear_layer_on_tokens_corrects_each_output_feature():
+    torch.manual_seed(0)
+    q = PostTrainLinearQuantizer(_Tokens().eval(), bits_activations=4, bits_parameters=3, bias_correction=True)
+    q.prepare_model()
+    images = torch.randn(64, 1, 8, 8)
+    q.calibrate([(images, None)])
+    layers = refined_layers(q)
+    proj = layers[0][1]
+    x_q = capture(q, proj, images, quantized=True)
+    before = proj.bias.detach().clone()
+    refine(q, images)
+    with original_parameters(layers[:1], {"proj": (proj.parametrizations.weight.original.detach(), before)}):
+        fp32 = capture(q, proj, images, quantized=False, want_output=True)
+    shift = mean_output_shift(proj, x_q, fp32)
+    assert shift.shape == (6,) and shift.abs().max().item() < 1e-5
+    assert (proj.bias.detach() - before).abs().max().item() > 1e-3  # it did correct something
 
 
 def test_refinement_keys_are_validated_with_the_recipe():
