@@ -18,11 +18,12 @@ def agreement(simulated, exported, loader, device="cpu"):
 
     The simulation is judged in its integer arithmetic where a post-training quantizer installed it (the runtime's
     own arithmetic), whatever the model evaluates with otherwise. Returns {agreement %, both top-1 %, largest
-    absolute logit difference, images}.
+    absolute logit difference, images, the simulation's arithmetic: ``integer`` or ``float`` fake quantization (a model
+    without integer arithmetic installed: QAT models, FP32 models)}.
     """
     simulated.eval()
-    with integer_evaluation(simulated):
-        return _agreement(simulated, exported, loader, device)
+    with integer_evaluation(simulated) as hooks:
+        return {**_agreement(simulated, exported, loader, device), "arithmetic": "integer" if hooks else "float"}
 
 
 def _agreement(simulated, exported, loader, device):

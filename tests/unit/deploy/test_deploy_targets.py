@@ -208,6 +208,34 @@ def test_an_export_that_disagrees_is_an_error_unless_accepted(tmp_path, digits, 
         export_quantized(sim, digits[2], onnx_path=path)
     report = export_quantized(sim, digits[2], onnx_path=path, accept_disagreement=True)
     assert report["onnx"]["agreement"] < 50 and report["agreement_accepted"]
+    assert report["onnx"]["arithmetic"] == "integer"  # a post-training model: judged in its integer arithmetic
+
+
+def test_a_qat_export_that_disagrees_says_it_was_judged_against_float_fake_quantization(tmp_path, digits,
+                                                                                        monkeypatch):
+    from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
+
+    state, calib, test = digits
+    model = create_model("simplenet_digits", "digits")
+    model.load_state_dict(state)
+    q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_activations=8, bits_weights=8, per_channel_wts=True)
+    gm = q.prepare_model()
+    q.set_state(True, True)
+    gm.train()
+    with torch.no_grad():
+        for x, _ in calib:  # the moving-average ranges see data
+            gm(x)
+    gm.eval()
+
+    def broken_runtime(path, threads=None):
+        run = onnx_runner(path, threads)
+        return lambda x: run(x).roll(1, dims=1)
+
+    monkeypatch.setattr(export_module, "onnx_runner", broken_runtime)
+    with pytest.raises(ExportError, match="judged against the model's float fake quantization: only post-training"):
+        export_quantized(gm, test, onnx_path=str(tmp_path / "qat.onnx"))
+    report = export_quantized(gm, test, onnx_path=str(tmp_path / "qat.onnx"), accept_disagreement=True)
+    assert report["onnx"]["arithmetic"] == "float"
 
 
 def test_onnx_export_uses_no_deprecated_pytorch_api(tmp_path, digits):
