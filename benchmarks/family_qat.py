@@ -11,6 +11,10 @@ last epoch's checkpoint:
 
     OMP_NUM_THREADS=1 python benchmarks/family_qat.py --arch efficientnet_b0_cifar [--steps qat_8bit] [--list]
 
+``--recheck-export`` exports a finished step's QAT checkpoint again (``--evaluate --export-onnx``) and records the
+check as ``export_onnx_integer``: since QAT models are judged in integer arithmetic (batch-norm folded as exported),
+not in their float fake quantization.
+
 Checkpoints stay in ``--work`` (runs/families by default), never in git.
 """
 
@@ -60,6 +64,19 @@ def fine_tune(arch, step, work):
     return result
 
 
+def recheck_export(result, work):
+    """The finished step's checkpoint evaluated and exported again by the app; its agreement check as it is now."""
+    cmd = ["apps/compress_classifier.py", "-a", result["arch"], "--dataset", "fashion_mnist",
+           "--resume-from", os.path.join(result["run_dir"], "checkpoint.pth.tar"), "--compress", result["recipe"],
+           "--evaluate", "--export-onnx", "--export-accept-disagreement", "-o", work,
+           "-n", f"{result['arch']}_{result['step']}_recheck"]
+    folder, seconds, _ = resumable_run(cmd, work, f"{result['arch']}_{result['step']}_recheck")
+    onnx = (json.load(open(os.path.join(folder, "summary.json"))).get("export") or {}).get("onnx", {})
+    keys = ("agreement", "simulated_top1", "exported_top1", "max_logit_diff", "images", "arithmetic")
+    return {**{k: onnx.get(k) for k in keys}, "command": "OMP_NUM_THREADS=1 python " + " ".join(cmd),
+            "seconds": seconds}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", nargs="+", required=True, choices=list(PLAN))
@@ -67,6 +84,8 @@ def main():
     p.add_argument("--work", default="runs/families", help="FP32 run folders are found, QAT ones written, here")
     p.add_argument("--out-dir", default="docs/benchmarks/fashion_mnist/families")
     p.add_argument("--list", action="store_true", help="print each step's command and exit")
+    p.add_argument("--recheck-export", action="store_true",
+                   help="export each finished step's checkpoint again and record its agreement check")
     args = p.parse_args()
     for arch in args.arch:
         for step in args.steps:
@@ -74,6 +93,14 @@ def main():
                 print("python " + " ".join(command(arch, step, fp32_checkpoint(arch, args.work), args.work)))
                 continue
             out = os.path.join(args.out_dir, f"{arch}_{step}.json")
+            if os.path.exists(out) and args.recheck_export:
+                result = json.load(open(out))
+                if "export_onnx_integer" not in result:
+                    result["export_onnx_integer"] = recheck_export(result, args.work)
+                    write_json(out, result)
+                print(f"{arch} {step}: export agreement {result['export_onnx']['agreement']} % (float simulation) "
+                      f"-> {result['export_onnx_integer']['agreement']} % ({out})", flush=True)
+                continue
             if os.path.exists(out):
                 print(f"{arch} {step}: done ({out})")
                 continue

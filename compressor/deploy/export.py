@@ -136,10 +136,10 @@ def _enforce_agreement(report, accept):
               f"agreement): {lines} [target {report['int8_target']}, format {report['format']}, engine " \
               f"{report['engine']}]"
     if any(r.get("arithmetic") == "float" for _, r in failed):
-        message += (" (judged against the model's float fake quantization: only post-training quantized models have "
-                    "the integer-exact simulation, so a QAT model's requantizations round one step apart from the "
-                    "integer kernels' where values fall between grid points, and a network that amplifies such "
-                    "noise, as EfficientNet does, changes a few % of its predictions; docs/results.md)")
+        message += (" (judged against the model's float fake quantization: none of its layers has an integer-exact "
+                    "simulation, so its requantizations round one step apart from the integer kernels' where values "
+                    "fall between grid points, and a network that amplifies such noise, as EfficientNet does, "
+                    "changes a few % of its predictions; docs/results.md)")
     if accept:
         log.warning("WARNING (accepted by --export-accept-disagreement): %s", message)
         return

@@ -5,7 +5,7 @@ import logging
 import torch
 
 from compressor.core.progress import progress
-from compressor.quantization.linear.integer_sim import integer_evaluation
+from compressor.quantization.linear.integer_sim import integer_simulation
 from compressor.training.metrics import topk_correct
 
 log = logging.getLogger(__name__)
@@ -16,13 +16,13 @@ REQUIRED_AGREEMENT = 99.5  # percent of top-1 predictions
 def agreement(simulated, exported, loader, device="cpu"):
     """Compare top-1 predictions of ``simulated`` (a module) and ``exported`` (a callable on CPU tensors).
 
-    The simulation is judged in its integer arithmetic where a post-training quantizer installed it (the runtime's
-    own arithmetic), whatever the model evaluates with otherwise. Returns {agreement %, both top-1 %, largest
-    absolute logit difference, images, the simulation's arithmetic: ``integer`` or ``float`` fake quantization (a model
-    without integer arithmetic installed: QAT models, FP32 models)}.
+    The simulation is judged in its integer arithmetic (the runtime's own), whatever the model evaluates with
+    otherwise: a post-training quantizer's, or for a QAT model one installed for the check (batch-norm folded as the
+    exporter folds it). Returns {agreement %, both top-1 %, largest absolute logit difference, images, the
+    simulation's arithmetic: ``integer``, or ``float`` for a model with nothing to compute in integers (FP32)}.
     """
     simulated.eval()
-    with integer_evaluation(simulated) as hooks:
+    with integer_simulation(simulated) as hooks:
         return {**_agreement(simulated, exported, loader, device), "arithmetic": "integer" if hooks else "float"}
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from compressor.quantization.fake_quant import WeightFakeQuant
 from compressor.quantization.graph import capture
 
 
@@ -41,8 +42,9 @@ def power_of_two(m):
 class IntegerArithmetic:
     """Forward hook of a conv/linear whose input, weights and output are all quantized."""
 
-    def __init__(self, weight_quant, in_quant, out_quant, bits_accum=32, mult_bits=None, pow2=False):
+    def __init__(self, weight_quant, in_quant, out_quant, bits_accum=32, mult_bits=None, pow2=False, norm=None):
         self.weight_quant, self.in_quant, self.out_quant = weight_quant, in_quant, out_quant
+        self.norm = norm  # a batch-norm after the layer (a QAT model's), folded as the exporter folds it
         self.bits_accum, self.mult_bits, self.pow2 = bits_accum, mult_bits, pow2
         self.enabled = True  # off: the layer keeps its fake-quantized float32 output (fast calibration passes)
         self.replaces_forward = False  # attach(): computed in place of the layer's forward, not in the hook
@@ -71,12 +73,13 @@ class IntegerArithmetic:
                 return q_x, q_w, bound
         return q_x.double(), q_w.double(), None
 
-    def multiplier(self):
+    def multiplier(self, weight_scale=None):
         """``s_x * s_w / s_y``: in float32 as onnxruntime (MLAS) and fbgemm requantize (float(acc) times a float32
         multiplier), or in float64 rounded to a fixed-point multiplier or a power of two."""
+        w_scale = self.weight_quant.scale if weight_scale is None else weight_scale
         if not (self.pow2 or self.mult_bits):
-            return self.in_quant.scale.float() * self.weight_quant.scale.float() / self.out_quant.scale.float()
-        s_x, s_w, s_y = (q.scale.double() for q in (self.in_quant, self.weight_quant, self.out_quant))
+            return self.in_quant.scale.float() * w_scale.float() / self.out_quant.scale.float()
+        s_x, s_w, s_y = (q.double() for q in (self.in_quant.scale, w_scale, self.out_quant.scale))
         m = s_x * s_w / s_y
         if self.pow2:
             return power_of_two(m)
@@ -95,10 +98,45 @@ class IntegerArithmetic:
 
     def attach(self, layer):
         """Compute ``layer``'s output in integer arithmetic, instead of its float forward, whenever active. The
-        object stays registered as the layer's forward hook, where the code that switches it finds it."""
+        object stays registered as the layer's forward hook, where the code that switches it finds it. A folded
+        batch-norm passes its input through while active."""
         self.replaces_forward = True
-        layer.register_forward_hook(self)
+        self.handle = layer.register_forward_hook(self)
         layer.forward = functools.partial(_integer_forward, layer, self)
+        if self.norm is not None:
+            self.norm.forward = functools.partial(_folded_norm_forward, self.norm, self)
+
+    def detach(self, layer):
+        """Undo ``attach``: the layer (and batch-norm) compute in float again, and the hook is gone."""
+        self.handle.remove()
+        for module in (layer, self.norm):
+            if module is not None:
+                module.__dict__.pop("forward", None)
+
+    def operands(self, layer):
+        """(integer weights ``q_w - z_w``, their scale per output channel or one, the float bias or None) of the
+        integer layer. With a batch-norm after it, folded as the exporter folds it (``reference._fold_norm``, the
+        same float32 operations): integers negated where gamma / sigma is negative and zeroed where it is 0, the
+        scale times |gamma / sigma|, the bias (b - mean) * gamma / sigma + beta."""
+        w = layer.weight  # fake-quantized by the parametrization
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        scale = self.weight_quant.scale.float()
+        # w lies on its grid: dividing by the scale is an integer up to float32 rounding, which round() undoes
+        q_w = torch.round(w.detach().float() / scale.view(shape))
+        bias = None if layer.bias is None else layer.bias.detach().float()
+        norm = self.norm
+        if norm is None:
+            return q_w, scale, bias
+        factor = norm.weight.detach().float() if norm.affine else torch.ones_like(norm.running_var)
+        factor = factor / torch.sqrt(norm.running_var.float() + norm.eps)
+        beta = norm.bias.detach().float() if norm.affine else torch.zeros_like(factor)
+        bias = (torch.zeros_like(factor) if bias is None else bias) - norm.running_mean.float()
+        bias = bias * factor + beta
+        dead = factor == 0
+        sign = torch.where(factor < 0, -1.0, 1.0)
+        q_w = torch.where(dead.view(shape), 0.0, q_w * sign.view(shape))
+        scale = torch.where(dead, torch.ones_like(factor), scale.expand_as(factor) * factor.abs())
+        return q_w, scale, bias
 
     @torch.no_grad()
     def __call__(self, layer, inputs, output):
@@ -108,19 +146,16 @@ class IntegerArithmetic:
 
     def compute(self, layer, x):
         """The dequantized output of the integer computation; x and the weight are on their grids."""
-        w = layer.weight  # fake-quantized by the parametrization
-        shape = (-1,) + (1,) * (w.dim() - 1)
-        # x and w lie on their grids: dividing by the scale is an integer up to float32 rounding, which round() undoes
-        q_w = torch.round(w.detach().float() / self.weight_quant.scale.float().view(shape))  # q_w - z_w
-        q_x = torch.round(x.float() / self.in_quant.scale.float())  # q_x - z_x
+        q_w, w_scale, float_bias = self.operands(layer)  # q_w - z_w
+        q_x = torch.round(x.float() / self.in_quant.scale.float())  # q_x - z_x: on its grid, as the weight
         q_x, q_w, bound = self._exact_operands(q_x, q_w)
         acc = self._conv(layer, q_x, q_w)
         # output channels: dim 1 of a conv's output, the last dim of a linear's (tokens keep their dims before it)
         channel = (1,) * (acc.dim() - 1) + (-1,) if isinstance(layer, nn.Linear) else (1, -1) + (1,) * (acc.dim() - 2)
         bias = None
-        if layer.bias is not None:
-            bias = integer_bias(layer.bias, self.in_quant.scale, self.weight_quant.scale).view(channel)
-        m = self.multiplier()
+        if float_bias is not None:
+            bias = integer_bias(float_bias, self.in_quant.scale, w_scale).view(channel)
+        m = self.multiplier(w_scale)
         # float32 holds every value below exactly while the accumulator plus bias stays under 2**24 and the
         # multiplier is float32 (onnxruntime's own), and (q_y - z_y) * s_y rounds once to float32 either way:
         # then float32 computes float64's numbers in half the memory traffic; else float64
@@ -143,6 +178,11 @@ def _integer_forward(layer, hook, x):
     kind = x.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
     return _exact_compute(hook, layer, x).to(dtype)
+
+
+def _folded_norm_forward(norm, hook, x):
+    """A batch-norm folded into the integer layer before it: the input passes through while that is active."""
+    return x if hook.active() else type(norm).forward(norm, x)
 
 
 @torch.no_grad()
@@ -501,6 +541,82 @@ def set_integer_evaluation(model, on):
     for h in hooks:
         h.enabled = on
     return list(zip(hooks, states))
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _sole_user(node):
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _enabled_weight_quantizer(layer):
+    chain = getattr(getattr(layer, "parametrizations", None), "weight", None)
+    if chain is None or len(chain) != 1 or not isinstance(chain[0], WeightFakeQuant) or not chain[0].enabled:
+        return None
+    return chain[0]
+
+
+def install_integer_layers(gm):
+    """Attach ``IntegerArithmetic`` to each conv/linear [-> batch-norm] [-> ReLU] -> activation quantizer of ``gm``
+    whose input is on a quantizer's grid and whose weight is fake-quantized, from the graph alone: the integer
+    layers of a model no post-training quantizer prepared (a QAT model, batch-norm unfolded). Returns the number
+    attached; ``remove_integer_arithmetic`` takes them off."""
+    modules = dict(gm.named_modules())
+    calls = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    attached = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or not isinstance(modules[node.target], _LAYERS):
+            continue
+        layer = modules[node.target]
+        wq, src, nxt, norm = _enabled_weight_quantizer(layer), grid_source(gm, node.args[0]), _sole_user(node), None
+        if wq is None or src is None or nxt is None:
+            continue
+        if nxt.op == "call_module" and isinstance(modules[nxt.target], _NORMS) and calls[nxt.target] == 1:
+            norm, nxt = modules[nxt.target], _sole_user(nxt)
+        if nxt is not None and ((nxt.op == "call_module" and isinstance(modules[nxt.target], nn.ReLU))
+                                or (nxt.op == "call_function" and nxt.target in _RELUS)):
+            nxt = _sole_user(nxt)
+        if nxt is None or nxt.op != "call_module" or not nxt.target.startswith("activation_quantizers."):
+            continue
+        hook = IntegerArithmetic(wq, modules[src.target], modules[nxt.target], norm=norm)
+        hook.enabled = False  # switched on by integer_evaluation
+        hook.attach(layer)
+        attached += 1
+    return attached
+
+
+def remove_integer_arithmetic(model):
+    """Take every integer-arithmetic hook (and replaced forward) off ``model``: it computes in float again."""
+    for module in list(model.modules()):
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, IntegerArithmetic):
+                hook.detach(module)
+            elif isinstance(hook, _HOOK_TYPES):
+                del module._forward_hooks[key]
+
+
+@contextlib.contextmanager
+def integer_simulation(model):
+    """Within the block, ``model`` computes in integer arithmetic: a post-training quantizer's installed hooks
+    switched on, or, on a model without them whose graph holds activation quantizers (a QAT model), hooks
+    installed for the block (``install_integer_layers``, ``install_integer_adds``) and taken off after. Yields the
+    number of hooks on (0: the model has nothing to compute in integers, e.g. an FP32 model)."""
+    gm = next((m for m in model.modules() if isinstance(m, fx.GraphModule)), None)
+    installed = not integer_hooks(model) and gm is not None and hasattr(gm, "activation_quantizers")
+    if installed:
+        install_integer_layers(gm)
+        install_integer_adds(gm)
+    try:
+        with integer_evaluation(model) as hooks:
+            yield hooks
+    finally:
+        if installed:
+            remove_integer_arithmetic(gm)
 
 
 @contextlib.contextmanager

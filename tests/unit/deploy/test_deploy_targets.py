@@ -211,30 +211,69 @@ def test_an_export_that_disagrees_is_an_error_unless_accepted(tmp_path, digits, 
     assert report["onnx"]["arithmetic"] == "integer"  # a post-training model: judged in its integer arithmetic
 
 
-def test_a_qat_export_that_disagrees_says_it_was_judged_against_float_fake_quantization(tmp_path, digits,
-                                                                                        monkeypatch):
+class _QatNet(torch.nn.Module):
+    """conv-bn-relu, conv-bn + residual add, relu, global pooling, linear (QAT quantizes no pooling output, so the
+    linear layer computes in float in ONNX Runtime too)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.relu1(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(self.pool(self.relu2(self.bn2(self.conv2(x)) + x)), 1))
+
+
+def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_computes_in_float_again(tmp_path):
+    from compressor.quantization.linear.integer_sim import integer_hooks, integer_simulation
     from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
-    state, calib, test = digits
-    model = create_model("simplenet_digits", "digits")
-    model.load_state_dict(state)
-    q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_activations=8, bits_weights=8, per_channel_wts=True)
+    torch.manual_seed(0)
+    model = _QatNet()
+    q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_activations=8, bits_weights=8, per_channel_wts=False,
+                                            mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
     gm = q.prepare_model()
     q.set_state(True, True)
     gm.train()
     with torch.no_grad():
-        for x, _ in calib:  # the moving-average ranges see data
-            gm(x)
+        for _ in range(4):  # moving-average ranges and batch-norm statistics from data
+            gm(torch.randn(16, 3, 8, 8))
+        model.bn1.weight[0] = -model.bn1.weight[0]  # folded: integers negated ...
+        model.bn2.weight[1] = 0.0  # ... and a dead channel
     gm.eval()
+    path = str(tmp_path / "qat.onnx")
+    export_onnx(gm, torch.zeros(1, 3, 8, 8), path, weights=format_here().weights)
+    x = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        before = gm(x)
+        with integer_simulation(gm) as hooks:
+            integer = gm(x)
+        after = gm(x)
+    assert hooks == 3  # the two convolutions with their batch-norms folded, the add
+    assert integer_hooks(gm) == [] and torch.equal(before, after)  # taken off: float fake quantization again
+    assert torch.equal(integer, onnx_runner(path)(x))  # what ONNX Runtime computes, to the bit
+
+
+def test_a_check_without_integer_arithmetic_says_it_was_judged_against_float_fake_quantization(tmp_path, digits,
+                                                                                               monkeypatch):
+    import contextlib
+
+    from compressor.deploy import verify
+
+    sim = _simulated(digits)
 
     def broken_runtime(path, threads=None):
         run = onnx_runner(path, threads)
         return lambda x: run(x).roll(1, dims=1)
 
     monkeypatch.setattr(export_module, "onnx_runner", broken_runtime)
-    with pytest.raises(ExportError, match="judged against the model's float fake quantization: only post-training"):
-        export_quantized(gm, test, onnx_path=str(tmp_path / "qat.onnx"))
-    report = export_quantized(gm, test, onnx_path=str(tmp_path / "qat.onnx"), accept_disagreement=True)
+    monkeypatch.setattr(verify, "integer_simulation", lambda model: contextlib.nullcontext(0))  # nothing integer
+    with pytest.raises(ExportError, match="judged against the model's float fake quantization: none of its layers"):
+        export_quantized(sim, digits[2], onnx_path=str(tmp_path / "m.onnx"))
+    report = export_quantized(sim, digits[2], onnx_path=str(tmp_path / "m.onnx"), accept_disagreement=True)
     assert report["onnx"]["arithmetic"] == "float"
 
 
