@@ -55,11 +55,15 @@ def qat_lines(qat_rows, base):
         rows.append(f"| {QAT_LABELS.get(r['step'], r['step'])}, {r['epochs']} x {r['train_images_per_epoch']:,} "
                     f"images | {t['top1']:.2f} | {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f} | {delta} | "
                     f"{r.get('wall_time_s') or r['seconds_this_piece']:.0f} |")
-        e = r.get("export_onnx") or {}
+        e, i = r.get("export_onnx") or {}, r.get("export_onnx_integer") or {}
         if e.get("agreement") is not None:
+            again = "" if i.get("agreement") is None else (
+                f" Judged as the apps judge it now, against the integer-exact simulation (batch-norm folded as "
+                f"exported): **{i['agreement']:.2f} %** (simulated top-1 {i['simulated_top1']:.2f} %, ONNX "
+                f"{i['exported_top1']:.2f} %, largest logit difference {i['max_logit_diff']:.4f}; `{i['command']}`).")
             notes.append(f"{QAT_LABELS.get(r['step'], r['step'])} exported for this CPU: ONNX Runtime agrees with "
-                         f"the simulation on {e['agreement']:.2f} % of {e['images']:,} test images (ONNX top-1 "
-                         f"{e['exported_top1']:.2f} %). Command: `{r['command']}`.")
+                         f"the float fake-quantized simulation on {e['agreement']:.2f} % of {e['images']:,} test "
+                         f"images (ONNX top-1 {e['exported_top1']:.2f} %). Command: `{r['command']}`.{again}")
     return rows, notes
 
 

@@ -22,7 +22,7 @@ import sys
 
 import torch
 from accuracy_stats import best_seconds, machine, wilson  # benchmarks/ (the script's folder is on sys.path)
-from ptq_accuracy import ours_quantizer
+from ptq_accuracy import ours_quantizer, torch_ao
 
 from compressor.core.io import atomic_write_text, load_checkpoint
 from compressor.core.state_keys import load_weights
@@ -75,6 +75,7 @@ def main():
     fp32 = copy.deepcopy(model)
     calib = load_calibration_data(args.dataset, None, (3, 32, 32), 128, 256)
     x = torch.cat([images for images, _ in calib])[: args.batch]
+    ao = torch_ao(model, calib, 8)
     _, gm = ours_quantizer(model, calib, 8, 8, "NONE")
     gm.eval()
     layers = [(m, h) for m in gm.modules() for h in m._forward_hooks.values() if isinstance(h, IntegerArithmetic)]
@@ -104,9 +105,11 @@ def main():
                 hook = best_of_3(lambda: gm(x))
                 replace_forward(True)
                 replaced = best_of_3(lambda: gm(x))
+            converted = best_of_3(lambda: ao(x))
             rows.append({"fp32_ms": 1e3 * f, "float_fake_quant_ms": 1e3 * fake, "hook_ms": 1e3 * hook,
-                         "replaced_forward_ms": 1e3 * replaced, "float_fake_quant_vs_fp32": fake / f,
-                         "hook_vs_fp32": hook / f, "replaced_vs_fp32": replaced / f})
+                         "replaced_forward_ms": 1e3 * replaced, "torch_ao_int8_ms": 1e3 * converted,
+                         "float_fake_quant_vs_fp32": fake / f, "hook_vs_fp32": hook / f,
+                         "replaced_vs_fp32": replaced / f, "torch_ao_int8_vs_fp32": converted / f})
             print(json.dumps(rows[-1]), flush=True)
     result = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "arch": args.arch, "batch": len(x),
               "integer_layers": len(layers), "identical_outputs": identical, "rounds": rows, "machine": machine()}
