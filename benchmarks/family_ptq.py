@@ -10,8 +10,10 @@ correctness (packed, for McNemar's test) and the seconds it took (quantization +
 in float fake quantization (the grids the export uses); the best of our W8A8 rows is then exported for this CPU and its
 ONNX Runtime predictions compared with the simulation's on the same images (agreement). ONNX Runtime's rows quantize
 the FP32 ONNX export of the same model (QDQ, per-channel int8 weights, uint8 activations: its defaults) with
-MinMax, Entropy and Percentile calibration, after its quant_pre_process. Rows land in --out as they
-finish; a rerun skips those already there.
+MinMax, Entropy and Percentile calibration, after its quant_pre_process. ``--w8a8-rounding`` / ``--w4a8-rounding``
+add rows with AdaRound, GPTQ and, with ``+bc``, empirical bias correction (e.g. ``nearest+bc``), on the settings of
+the best W8A8 per-channel row. Rows land in --out as they finish; a rerun skips those already there (name the
+roundings of the earlier pieces again: the best row is chosen among the rows this run knows the settings of).
 """
 
 import argparse
