@@ -21,6 +21,13 @@ LABELS = {
 }
 
 
+def _setup(text):
+    """per_channel_sq0.5_MSE -> per-channel + SmoothQuant 0.5 MSE (the JSON's row keys, spelled out)."""
+    text = text.replace("per_channel", "per-channel").replace("per_tensor", "per-tensor")
+    text = text.replace("_cle", " + DFQ").replace("_sq0.5", " + SmoothQuant 0.5")
+    return text.replace("_", " ")
+
+
 def label(key):
     if key in LABELS:
         return LABELS[key]
@@ -34,12 +41,10 @@ def label(key):
             setup, rounding = key[len(f"ours_{bits}_"):].rsplit("_", 1)
             names = {"nearest": "round to nearest", "gptq": "GPTQ", "adaround": "AdaRound"}
             how = names[rounding.removesuffix("+bc")] + (" + bias correction" if rounding.endswith("+bc") else "")
-            return f"ours {bits.upper()} {setup.replace('_', ' ')}, {how}"
+            return f"ours {bits.upper()} {_setup(setup)}, {how}"
     if key.startswith("ours_"):
         parts = key[len("ours_"):].rsplit("_", 1)
-        setup = parts[0].replace("per_channel", "per-channel").replace("per_tensor", "per-tensor")
-        setup = setup.replace("_cle", " + DFQ").replace("_sq0.5", " + SmoothQuant 0.5")
-        return f"ours W8A8 {setup}, clip {parts[1]}"
+        return f"ours W8A8 {_setup(parts[0])}, clip {parts[1]}"
     return key
 
 
