@@ -9,6 +9,7 @@ traceback see ...", and a failure on another rank alone is still reported. torch
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -17,9 +18,20 @@ import torch
 from compressor.core.errors import CompressorError, RecipeError
 
 
+class _StoppedByTorchrun(Exception):
+    """SIGTERM under torchrun: its agent stops the other workers when one of them fails."""
+
+
+def _stopped(signum, frame):
+    raise _StoppedByTorchrun
+
+
 def run_guarded(fn, *args):
     """Run an app's body; 0 on success, 2 with a message for a user mistake. Restores global torch state."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    # torchrun's agent sends SIGTERM to the remaining workers when one dies; rank 0 used to end without a word when
+    # that came before gloo noticed the dead peer (seen with the machine busy)
+    previous = signal.signal(signal.SIGTERM, _stopped) if _under_torchrun() else None
     try:
         fn(*args)
         return 0
@@ -33,6 +45,11 @@ def run_guarded(fn, *args):
     except KeyboardInterrupt:
         report(["error: interrupted (Ctrl-C)"])
         return 130
+    except _StoppedByTorchrun:
+        report(["error: another process of this torchrun job is gone, or the job was stopped (torchrun sent SIGTERM); "
+                "its own output says why. The last checkpoint written is intact: continue with "
+                "--resume-from RUN_FOLDER/checkpoint.pth.tar"])
+        return 128 + signal.SIGTERM
     except RuntimeError as exc:
         if not lost_peer(exc):
             raise
@@ -45,6 +62,12 @@ def run_guarded(fn, *args):
         return 2
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _under_torchrun():
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) >= 2 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting",

@@ -71,6 +71,27 @@ def test_a_rank_killed_mid_training_leaves_one_clear_error_on_rank_0(tmp_path, r
     """kill -9 of rank 1 while training: rank 0 says another process is gone and how to resume (exit 1), with no
     gloo traceback; the last checkpoint still loads."""
     import signal
+
+    err = _signal_a_rank_after_the_first_checkpoint(tmp_path, root, 1, signal.SIGKILL)
+    assert "error: another process of this torchrun job is gone" in err
+    assert "--resume-from" in err
+    assert "pair.cc" not in err and "GLHF" not in err  # gloo's own traceback text
+    ckpt = glob.glob(os.path.join(str(tmp_path), "k___*", "checkpoint.pth.tar"))[0]
+    assert load_checkpoint(ckpt)["epoch"] >= 0
+
+
+def test_rank_0_stopped_by_torchruns_sigterm_says_so_and_how_to_resume(tmp_path, root):
+    """torchrun's agent sends SIGTERM to the other workers when one dies; when that reaches rank 0 before gloo
+    reports the dead peer (a busy machine), rank 0 still says what happened instead of ending silently."""
+    import signal
+
+    err = _signal_a_rank_after_the_first_checkpoint(tmp_path, root, 0, signal.SIGTERM)
+    assert "error: another process of this torchrun job is gone, or the job was stopped (torchrun sent SIGTERM)" in err
+    assert "--resume-from" in err and "Traceback" not in err.split("torchrun sent SIGTERM")[0]
+
+
+def _signal_a_rank_after_the_first_checkpoint(tmp_path, root, rank, signum):
+    """Start a long 2-process torchrun training, send ``signum`` to ``rank`` once a checkpoint exists; its stderr."""
     import time
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -90,19 +111,16 @@ def test_a_rank_killed_mid_training_leaves_one_clear_error_on_rank_0(tmp_path, r
                     env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
                 except OSError:
                     continue
-                if str(tmp_path).encode() in cmdline and b"RANK=1" in env and b"LOCAL_RANK=1" in env:
+                if str(tmp_path).encode() in cmdline and f"RANK={rank}".encode() in env and \
+                        f"LOCAL_RANK={rank}".encode() in env:
                     victim = int(pid)
-        assert victim, "rank 1 not found after the first checkpoint"
-        os.kill(victim, signal.SIGKILL)
-        out, err = proc.communicate(timeout=180)
+        assert victim, f"rank {rank} not found after the first checkpoint"
+        os.kill(victim, signum)
+        _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "error: another process of this torchrun job is gone" in err
-    assert "--resume-from" in err
-    assert "pair.cc" not in err and "GLHF" not in err  # gloo's own traceback text
-    ckpt = glob.glob(os.path.join(str(tmp_path), "k___*", "checkpoint.pth.tar"))[0]
-    assert load_checkpoint(ckpt)["epoch"] >= 0
+    return err
 
 
 PRUNE_RECIPE = """version: 1
