@@ -27,6 +27,7 @@ from compressor.core.errors import ConversionError
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from compressor.quantization.graph import capture
 from compressor.quantization.graph.sites import NORM_TYPES
+from compressor.quantization.linear.integer_sim import norm_fold
 from compressor.quantization.quant_module import QuantModule
 
 
@@ -296,9 +297,7 @@ def _fold_norm(weight, bias, norm):
     """Batch-norm (eval statistics) folded into the weight and bias of the layer before it."""
     if norm.training:
         raise ConversionError("convert a model in eval mode")
-    factor = norm.weight.detach().float() if norm.affine else torch.ones_like(norm.running_var)
-    factor = factor / torch.sqrt(norm.running_var.float() + norm.eps)
-    beta = norm.bias.detach().float() if norm.affine else torch.zeros_like(factor)
+    factor, beta = norm_fold(norm)
     bias = (bias - norm.running_mean.float()) * factor + beta
     if not isinstance(weight, IntWeight):
         return weight * factor.view((-1,) + (1,) * (weight.dim() - 1)), bias

@@ -127,11 +127,8 @@ class IntegerArithmetic:
         norm = self.norm
         if norm is None:
             return q_w, scale, bias
-        factor = norm.weight.detach().float() if norm.affine else torch.ones_like(norm.running_var)
-        factor = factor / torch.sqrt(norm.running_var.float() + norm.eps)
-        beta = norm.bias.detach().float() if norm.affine else torch.zeros_like(factor)
-        bias = (torch.zeros_like(factor) if bias is None else bias) - norm.running_mean.float()
-        bias = bias * factor + beta
+        factor, beta = norm_fold(norm)
+        bias = ((torch.zeros_like(factor) if bias is None else bias) - norm.running_mean.float()) * factor + beta
         dead = factor == 0
         sign = torch.where(factor < 0, -1.0, 1.0)
         q_w = torch.where(dead.view(shape), 0.0, q_w * sign.view(shape))
@@ -178,6 +175,14 @@ def _integer_forward(layer, hook, x):
     kind = x.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
     return _exact_compute(hook, layer, x).to(dtype)
+
+
+def norm_fold(norm):
+    """(gamma / sigma, beta) of a batch-norm's evaluation statistics in float32: what folding it into the layer
+    before multiplies by and adds (the exporter and the integer simulation both fold with these)."""
+    factor = norm.weight.detach().float() if norm.affine else torch.ones_like(norm.running_var)
+    factor = factor / torch.sqrt(norm.running_var.float() + norm.eps)
+    return factor, norm.bias.detach().float() if norm.affine else torch.zeros_like(factor)
 
 
 def _folded_norm_forward(norm, hook, x):
