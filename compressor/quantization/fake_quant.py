@@ -15,7 +15,7 @@ import torch
 from compressor.core import distributed
 from compressor.quantization.fake_quant_op import fake_quantize
 from compressor.quantization.observers import EmaMinMaxObserver, MinMaxObserver
-from compressor.quantization.qparams import qparams_from_range, quant_range
+from compressor.quantization.qparams import qparams_from_range, quant_range, reciprocal_grid
 from compressor.quantization.quant_module import QuantModule, float32_arithmetic
 
 
@@ -74,6 +74,9 @@ class ActivationFakeQuant(FakeQuantize):
     def __init__(self, bits, mode, ema_decay=0.999, dynamic=False):
         super().__init__(bits, mode)
         self.dynamic = dynamic
+        # a softmax's output: scales kept at 1 / n, the grid ONNX Runtime's QLinearSoftmax computes on
+        # (qparams.reciprocal_grid); set where the quantizer is placed
+        self.reciprocal_scale = False
         self.observer = EmaMinMaxObserver(ema_decay)
         self.batch_range = MinMaxObserver()
         # checkpoints written before the observer was a submodule hold its buffers at the top level
@@ -82,6 +85,12 @@ class ActivationFakeQuant(FakeQuantize):
     @property
     def ema_decay(self):
         return self.observer.ema_decay
+
+    @torch.no_grad()
+    def _set_qparams(self, lo, hi):
+        super()._set_qparams(lo, hi)
+        if self.reciprocal_scale:
+            self.scale.copy_(reciprocal_grid(self.scale))
 
     @FakeQuantize.in_float32
     def forward(self, x):
@@ -125,11 +134,12 @@ class ActivationFakeQuant(FakeQuantize):
         return (self.observer.biased_min / correction).item(), (self.observer.biased_max / correction).item()
 
     def get_extra_state(self):
-        return {**super().get_extra_state(), "dynamic": self.dynamic}
+        return {**super().get_extra_state(), "dynamic": self.dynamic, "reciprocal_scale": self.reciprocal_scale}
 
     def set_extra_state(self, state):
         super().set_extra_state(state)
         self.dynamic = bool(state.get("dynamic", False))
+        self.reciprocal_scale = bool(state.get("reciprocal_scale", self.reciprocal_scale))
 
 
 def _move_observer_buffers(state_dict, prefix, *args):

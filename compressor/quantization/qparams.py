@@ -46,6 +46,23 @@ def qparams_from_range(min_val, max_val, bits, mode):
     return scale, zero_point.to(torch.int32)
 
 
+def reciprocal_grid(scale):
+    """The scale ``1 / n`` (n an integer) nearest above ``scale``, as float32 with ``floor(1 / s) == n`` in float32.
+
+    ONNX Runtime's QLinearSoftmax (what DequantizeLinear -> Softmax -> QuantizeLinear fuses to) requantizes its
+    output with ``floor(1 / scale)``, not with the scale the graph stores: on any other scale the deployed softmax
+    lands up to a few steps from the simulation's (1.1 % of a trained ViT's first attention probabilities did).
+    The range only grows (``1 / n >= scale``), by under one step of 255.
+    """
+    scale = scale.float()
+    n = torch.floor(1.0 / scale.double()).clamp(min=1.0)
+    grid = (1.0 / n).float()
+    # float32(1 / n) may sit a hair above 1 / n, where floor(1 / s) gives n - 1: one step down then suffices (the
+    # quotient moves by 2**-24 relative), without a branch on values (QAT under torch.compile: no graph break)
+    low = torch.floor(torch.ones((), dtype=torch.float32, device=grid.device) / grid) < n.float()
+    return torch.where(low, torch.nextafter(grid, torch.zeros_like(grid)), grid)
+
+
 def to_distiller(scale, zero_point):
     """Distiller's (multiplicative scale, zero point) for reports and stats files."""
     return 1.0 / scale, -zero_point.to(torch.float32)

@@ -119,6 +119,10 @@ class Quantizer:
         self.activation_quantizers = graph.instrument(
             gm, sites, lambda site: self.make_activation_quantizer(site, self.site_settings(site))
         )
+        for site in sites:  # softmax outputs on the grid ONNX Runtime's QLinearSoftmax computes (1 / n)
+            quant = self.activation_quantizers.get(site.name)
+            if graph.softmax_dim(gm, site.node) is not None and hasattr(quant, "reciprocal_scale"):
+                quant.reciprocal_scale = True
 
         weight_rows = {}
         for name, module in graph.weight_modules(gm):

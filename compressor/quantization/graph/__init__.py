@@ -12,9 +12,10 @@ from compressor.quantization.graph.sites import (
                                                  is_model_boundary,
                                                  is_relu,
                                                  node_kind,
+                                                 softmax_dim,
                                                  trace,
                                                  weight_modules,
 )
 
 __all__ = ["LAYER_TYPES", "NORM_TYPES", "WEIGHT_TYPES", "ActivationSite", "find_activation_sites", "insert_after",
-           "instrument", "is_model_boundary", "is_relu", "node_kind", "trace", "weight_modules"]
+           "instrument", "is_model_boundary", "is_relu", "node_kind", "softmax_dim", "trace", "weight_modules"]

@@ -104,6 +104,22 @@ def is_shape_value(node):
     return False
 
 
+def softmax_dim(gm, node):
+    """The dim of a plain softmax node (``nn.Softmax``, ``F.softmax``, ``torch.softmax``, ``x.softmax``), else None:
+    what ONNX Runtime runs on its QLinearSoftmax kernel when both sides are quantized."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        return mod.dim if isinstance(mod, nn.Softmax) else None
+    plain = (node.op == "call_function" and node.target in (F.softmax, torch.softmax)) or (
+        node.op == "call_method" and node.target == "softmax")
+    if not plain or node.kwargs.get("dtype") is not None or len(node.args) > 2:
+        return None
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dim if isinstance(dim, int) else None
+
+
 def node_kind(gm, node):
     if node is None:
         return None

@@ -247,3 +247,70 @@ def test_integer_only_settings_refuse_integer_arithmetic_false():
     assert [str(i) for i in err.value.issues] == [
         "r.yaml:5: quantizers.q.scale_approx_mult_bits: acts in integer arithmetic only: set integer_arithmetic: "
         "true or leave it null (then it is on)"]
+
+
+def _ort_softmax(sx, zx, sy, zy, length):
+    """A DequantizeLinear -> Softmax -> QuantizeLinear graph (onnxruntime fuses it to QLinearSoftmax)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]),
+         helper.make_node("Softmax", ["f"], ["s"], axis=-1),
+         helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, length])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, length])],
+        [const("sx", sx, np.float32), const("zx", zx, np.uint8), const("sy", sy, np.float32),
+         const("zy", zy, np.uint8)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).double()
+
+
+@pytest.mark.parametrize("sx, zx, sy, zy, length", [(0.05, 128, 1 / 255, 0, 17), (0.023, 200, 0.0011176, 0, 64),
+                                                    (0.2, 10, 0.0036, 2, 5), (0.07, 100, 1 / 256, 0, 197)])
+def test_softmax_is_onnxruntimes_qlinearsoftmax(sx, zx, sy, zy, length):
+    """Random stored inputs through onnxruntime's QLinearSoftmax: the emulation gives its integers (2 of 9.6 million
+    differed in a wider sweep, float32 quotients that sit on a half), where the float softmax quantized again
+    misses 1-6 % of them: the kernel requantizes with floor(1 / s_y), not 1 / s_y."""
+    from compressor.quantization.linear.integer_sim import IntegerSoftmax
+
+    def quantizer(scale, zero_point):
+        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+        q.scale.fill_(scale)
+        q.zero_point.fill_(zero_point)
+        return q
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (40000 // length, length), dtype=torch.uint8)
+    theirs = _ort_softmax(sx, zx, sy, zy, length)(x)
+    values = ((x.double() - zx) * torch.tensor(sx, dtype=torch.float32).double()).float()  # the dequantized inputs
+    ours = IntegerSoftmax(nn.Identity(), quantizer(sx, zx), quantizer(sy, zy), -1).stored(values)
+    assert (ours != theirs).double().mean() <= 1e-4
+    requantized = (torch.round(torch.softmax(values, -1) / sy) + zy).clamp(0, 255).double()
+    if torch.floor(1 / torch.tensor(sy, dtype=torch.float32)) * sy < 0.999:  # a scale that is not 1 / n
+        assert (requantized != theirs).double().mean() > 0.005
+
+
+def test_reciprocal_grid_is_the_scale_qlinearsoftmax_computes_on():
+    from compressor.quantization.qparams import reciprocal_grid
+
+    scales = torch.cat([1.0 / torch.arange(1, 5000, dtype=torch.float64), torch.rand(5000, dtype=torch.float64)])
+    scales = scales.float().clamp(min=1e-4)
+    grid = reciprocal_grid(scales)
+    n = torch.floor(torch.ones((), dtype=torch.float32) / grid)  # what the kernel multiplies by, in float32
+    assert torch.all(grid >= scales * (1 - 1e-6))  # the range only grows...
+    assert torch.all(n * scales.double() <= 1 + 1e-6)  # ...by under one step
+    assert torch.allclose(n.double() * grid.double(), torch.ones_like(n).double(), rtol=1e-6)
+    q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    q.reciprocal_scale = True
+    q.set_range(0.0, 0.2851)  # a clipped attention probability range
+    assert float(torch.floor(1 / q.scale)) == 894 and int(q.zero_point) == 0
+    restored = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    restored.load_state_dict(q.state_dict())
+    assert restored.reciprocal_scale  # a checkpoint keeps the rule for later ranges
