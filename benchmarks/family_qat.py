@@ -64,13 +64,14 @@ def fine_tune(arch, step, work):
     return result
 
 
-def recheck_export(result, work):
-    """The finished step's checkpoint evaluated and exported again by the app; its agreement check as it is now."""
+def recheck_export(result, work, tag=None):
+    """The finished step's checkpoint evaluated and exported again by the app; its agreement check as it is now.
+    ``tag``: a new check after the previous one (runs named ``..._recheck_<tag>``)."""
+    name = f"{result['arch']}_{result['step']}_recheck" + (f"_{tag}" if tag else "")
     cmd = ["apps/compress_classifier.py", "-a", result["arch"], "--dataset", "fashion_mnist",
            "--resume-from", os.path.join(result["run_dir"], "checkpoint.pth.tar"), "--compress", result["recipe"],
-           "--evaluate", "--export-onnx", "--export-accept-disagreement", "-o", work,
-           "-n", f"{result['arch']}_{result['step']}_recheck"]
-    folder, seconds, _ = resumable_run(cmd, work, f"{result['arch']}_{result['step']}_recheck")
+           "--evaluate", "--export-onnx", "--export-accept-disagreement", "-o", work, "-n", name]
+    folder, seconds, _ = resumable_run(cmd, work, name)
     onnx = (json.load(open(os.path.join(folder, "summary.json"))).get("export") or {}).get("onnx", {})
     keys = ("agreement", "simulated_top1", "exported_top1", "max_logit_diff", "images", "arithmetic")
     return {**{k: onnx.get(k) for k in keys}, "command": "OMP_NUM_THREADS=1 python " + " ".join(cmd),
@@ -86,6 +87,9 @@ def main():
     p.add_argument("--list", action="store_true", help="print each step's command and exit")
     p.add_argument("--recheck-export", action="store_true",
                    help="export each finished step's checkpoint again and record its agreement check")
+    p.add_argument("--recheck-tag", default=None,
+                   help="with --recheck-export: check again where a check is recorded (after a change to the "
+                        "integer simulation); the previous record moves to export_onnx_integer_before")
     args = p.parse_args()
     for arch in args.arch:
         for step in args.steps:
@@ -95,8 +99,12 @@ def main():
             out = os.path.join(args.out_dir, f"{arch}_{step}.json")
             if os.path.exists(out) and args.recheck_export:
                 result = json.load(open(out))
-                if "export_onnx_integer" not in result:
-                    result["export_onnx_integer"] = recheck_export(result, args.work)
+                again = args.recheck_tag and result.get("export_onnx_integer", {}).get("tag") != args.recheck_tag
+                if "export_onnx_integer" not in result or again:
+                    if "export_onnx_integer" in result:
+                        result.setdefault("export_onnx_integer_before", []).append(result["export_onnx_integer"])
+                    check = recheck_export(result, args.work, args.recheck_tag)
+                    result["export_onnx_integer"] = {**check, **({"tag": args.recheck_tag} if args.recheck_tag else {})}
                     write_json(out, result)
                 print(f"{arch} {step}: export agreement {result['export_onnx']['agreement']} % (float simulation) "
                       f"-> {result['export_onnx_integer']['agreement']} % ({out})", flush=True)

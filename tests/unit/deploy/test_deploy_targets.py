@@ -215,10 +215,10 @@ class _QatNet(torch.nn.Module):
     """conv-bn-relu, conv-bn + residual add, relu, global pooling, linear (QAT quantizes no pooling output, so the
     linear layer computes in float in ONNX Runtime too)."""
 
-    def __init__(self):
+    def __init__(self, first_relu=torch.nn.ReLU):
         super().__init__()
         nn = torch.nn
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), first_relu()
         self.conv2, self.bn2, self.relu2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
         self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
 
@@ -227,12 +227,16 @@ class _QatNet(torch.nn.Module):
         return self.fc(torch.flatten(self.pool(self.relu2(self.bn2(self.conv2(x)) + x)), 1))
 
 
-def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_computes_in_float_again(tmp_path):
+@pytest.mark.parametrize("first_relu", [torch.nn.ReLU, torch.nn.ReLU6])
+def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_computes_in_float_again(tmp_path,
+                                                                                                     first_relu):
+    """ReLU6 (MobileNet-V2's): its quantizer's range lies inside [0, 6], onnxruntime drops the Clip and fuses the
+    convolution to QLinearConv; left in float, the check of MobileNet-V2's 8-bit QAT export read 98.82 %."""
     from compressor.quantization.linear.integer_sim import integer_hooks, integer_simulation
     from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
     torch.manual_seed(0)
-    model = _QatNet()
+    model = _QatNet(first_relu)
     q = QuantAwareTrainRangeLinearQuantizer(model, None, bits_activations=8, bits_weights=8, per_channel_wts=False,
                                             mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"})
     gm = q.prepare_model()
