@@ -201,6 +201,9 @@ class _Writer:
             return self.node("ReduceMean", x, out, axes=a["axes"], keepdims=int(a["keepdim"]))
         if op.kind == "layernorm":
             return self.layernorm(op)
+        if op.kind == "normalize":  # x / max(||x||_2, eps)
+            norm = self.node("ReduceL2", x, axes=[a["axis"]], keepdims=1)
+            return self.node("Div", [x[0], self.node("Max", [norm, self.scalar("eps", a["eps"])])], out)
         if op.kind == "slice":
             return self.slice(op)
         if op.kind == "pad":  # zeros at the ends: on an activation grid whose zero point represents 0.0 exactly

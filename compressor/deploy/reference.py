@@ -49,7 +49,7 @@ class IntWeight:
 class RefOp:
     kind: str  # quantize, conv, linear, add, relu, clip, concat, maxpool, avgpool, global_avgpool, flatten, batchnorm,
     # const, unary (attrs fn), mul, sub, div, matmul, einsum, layernorm, softmax, transpose, reshape, expand, mean,
-    # slice, pad (zeros)
+    # slice, pad (zeros), normalize
     inputs: list
     output: str
     attrs: dict = field(default_factory=dict)
@@ -664,6 +664,16 @@ def _softmax_module(b, node):
 def _softmax_function(b, node):
     x, dim = _call_args(node, ["input", "dim"], {"dim": None})
     _softmax(b, node, x, dim)
+
+
+@_for_functions(F.normalize)
+def _normalize(b, node):
+    """``x / max(||x||_p, eps)`` along ``dim`` (Swin V2's cosine attention): p = 2 only."""
+    x, p, dim, eps = _call_args(node, ["input", "p", "dim", "eps"], {"p": 2.0, "dim": 1, "eps": 1e-12})
+    if float(p) != 2.0:
+        raise ConversionError(f"{node.name}: normalize with p={p} is not exported (p=2 is)")
+    rank = _rank(b, x)
+    b.emit(node, "normalize", [x], axis=int(dim) % rank, eps=float(eps))
 
 
 def _rank(b, node):

@@ -17,8 +17,10 @@ Two things hide computation from a symbolic trace:
   ``WindowAttention`` computes the same (tested against torchvision's module) from the called ``qkv`` and ``proj``
   Linears, matmuls and a softmax; the parts that depend on the feature map's size (padding, the cyclic shift and
   the window partition, the shifted windows' mask) are three fx-wrapped functions, ``window_partition``,
-  ``window_softmax`` and ``window_merge``, which the exporter lowers with the sizes it records. Swin V2 (cosine
-  attention, a log-spaced position MLP) is not rewritten and stays one FP32 op.
+  ``window_softmax`` and ``window_merge``, which the exporter lowers with the sizes it records. Swin V2's
+  ``WindowAttentionV2`` adds cosine attention (``F.normalize`` of q and k, times the clamped logit scale) and
+  computes its position bias (a small MLP on log-spaced coordinates, from parameters alone) in one fx-wrapped
+  function, ``continuous_position_bias``: no activation of it is quantized and the exporter folds it to a constant.
 - ``nn.Hardswish`` and ``nn.SiLU`` are split into gate and product (``split_gated_activations``): the gate gets its
   own quantizer and the product runs on onnxruntime's integer QLinearMul, as in ONNX Runtime's own quantizer
   (MobileNet-V3 small at 224x224 on an AVX2 EPYC: 19 float Mul nodes between dequantize and quantize before).
@@ -29,6 +31,7 @@ so a plain torchvision state dict still loads.
 """
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +218,8 @@ class WindowAttention(nn.Module):
         self.window_size, self.shift_size = list(swa.window_size), list(swa.shift_size)
         self.num_heads = swa.num_heads
         self.qkv, self.proj = swa.qkv, swa.proj
-        self.relative_position_bias_table = swa.relative_position_bias_table
+        if isinstance(getattr(swa, "relative_position_bias_table", None), nn.Parameter):  # V1's (V2: an MLP)
+            self.relative_position_bias_table = swa.relative_position_bias_table
         self.register_buffer("relative_position_index", swa.relative_position_index)
         self.attn_drop, self.proj_drop = nn.Dropout(swa.attention_dropout), nn.Dropout(swa.dropout)
 
@@ -236,12 +240,64 @@ class WindowAttention(nn.Module):
         return window_merge(self.proj_drop(self.proj(out)), x, self.window_size, self.shift_size)
 
 
+def continuous_position_bias(coords, w0, b0, w2, index, tokens):
+    """Swin V2's relative position bias, (1, heads, tokens, tokens): ``16 * sigmoid`` of its MLP (Linear, ReLU,
+    Linear without bias) on the log-spaced coordinate table, gathered by the relative position index."""
+    table = F.linear(F.relu(F.linear(coords, w0, b0)), w2).view(-1, w2.shape[0])
+    bias = table[index].view(tokens, tokens, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+    return 16 * torch.sigmoid(bias)
+
+
+fx.wrap("continuous_position_bias")  # computed from parameters alone: one call, never a quantization site
+
+
+class WindowAttentionV2(WindowAttention):
+    """torchvision's ``ShiftedWindowAttentionV2`` as ops torch.fx sees: ``WindowAttention`` with cosine attention,
+    ``normalize(q) @ normalize(k)^T`` times ``exp(min(logit_scale, log 100))``, and the position bias of
+    ``continuous_position_bias``. Shares the original's parameters under the same names.
+
+    torchvision zeroes the key part of the qkv bias at every forward (a zeroed copy); here the called ``qkv``
+    Linear reads its bias, whose key part is zeroed once and kept zero (its gradient masked), which computes the
+    same."""
+
+    def __init__(self, swa):
+        super().__init__(swa)
+        self.logit_scale, self.cpb_mlp = swa.logit_scale, swa.cpb_mlp
+        self.register_buffer("relative_coords_table", swa.relative_coords_table)
+        if self.qkv.bias is not None:
+            length = self.qkv.bias.numel() // 3
+            keep = torch.ones_like(self.qkv.bias)
+            keep[length:2 * length] = 0
+            with torch.no_grad():
+                self.qkv.bias.mul_(keep)
+            self.qkv.bias.register_hook(lambda grad: grad * keep)
+            self.register_load_state_dict_post_hook(lambda module, keys: module.qkv.bias.data.mul_(keep))
+
+    def relative_position_bias(self):
+        return continuous_position_bias(self.relative_coords_table, self.cpb_mlp[0].weight, self.cpb_mlp[0].bias,
+                                        self.cpb_mlp[2].weight, self.relative_position_index,
+                                        self.window_size[0] * self.window_size[1])
+
+    def forward(self, x):
+        channels, tokens = self.qkv.in_features, self.window_size[0] * self.window_size[1]
+        windows = window_partition(x, self.window_size, self.shift_size)
+        qkv = self.qkv(windows).reshape(-1, tokens, 3, self.num_heads, channels // self.num_heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.matmul(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(-2, -1))
+        attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp() + self.relative_position_bias()
+        attn = self.attn_drop(window_softmax(attn, x, self.window_size, self.shift_size))
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, tokens, channels)
+        return window_merge(self.proj_drop(self.proj(out)), x, self.window_size, self.shift_size)
+
+
 def _window_attention_types():
+    """{torchvision's Swin window attention class: our rewrite} (V2 derives from V1: matched by exact type)."""
     try:
-        from torchvision.models.swin_transformer import ShiftedWindowAttention
+        from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
     except ImportError:
-        return ()
-    return (ShiftedWindowAttention,)
+        return {}
+    return {ShiftedWindowAttention: WindowAttention, ShiftedWindowAttentionV2: WindowAttentionV2}
 
 
 def _swappable(mha):
@@ -254,8 +310,9 @@ def _swappable(mha):
 
 
 def swap_attention(model):
-    """Replace every ``nn.MultiheadAttention`` of ``model`` that ``SelfAttention`` can compute, and every Swin V1
-    ``ShiftedWindowAttention`` by ``WindowAttention``; returns the names."""
+    """Replace every ``nn.MultiheadAttention`` of ``model`` that ``SelfAttention`` can compute, every Swin
+    ``ShiftedWindowAttention`` by ``WindowAttention`` and every ``ShiftedWindowAttentionV2`` by
+    ``WindowAttentionV2``; returns the names."""
     swapped = []
     for name, module in list(model.named_modules()):
         if type(module) is not nn.MultiheadAttention:
@@ -266,8 +323,9 @@ def swap_attention(model):
             continue
         model.set_submodule(name, SelfAttention(module))
         swapped.append(name)
+    rewrites = _window_attention_types()
     for name, module in list(model.named_modules()):
-        if type(module) in _window_attention_types():  # exactly V1's class: V2 derives from it
-            model.set_submodule(name, WindowAttention(module))
+        if type(module) in rewrites:
+            model.set_submodule(name, rewrites[type(module)](module))
             swapped.append(name)
     return swapped

@@ -38,7 +38,7 @@ OP_TYPES = (nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh,
             nn.GroupNorm, nn.Softmax)
 OP_FUNCTIONS = {F.hardswish, F.hardsigmoid, F.silu, F.sigmoid, torch.sigmoid, F.gelu, F.tanh, torch.tanh, F.mish,
                 F.layer_norm, F.group_norm, F.softmax, torch.softmax, torch.matmul, operator.matmul, torch.bmm,
-                torch.einsum, F.scaled_dot_product_attention, capture.window_softmax}
+                torch.einsum, F.scaled_dot_product_attention, capture.window_softmax, F.normalize}
 OP_METHODS = {"sigmoid", "tanh", "softmax", "matmul", "bmm"}
 # Average pooling inside the network (squeeze-excitation: pool -> conv) is quantized so that the convs after it run
 # on integer kernels (QLinearGlobalAveragePool -> QLinearConv); the classifier's pooling (pool -> flatten -> fc)
@@ -105,13 +105,16 @@ def is_shape_value(node):
 
 
 def softmax_dim(gm, node):
-    """The dim of a plain softmax node (``nn.Softmax``, ``F.softmax``, ``torch.softmax``, ``x.softmax``), else None:
-    what ONNX Runtime runs on its QLinearSoftmax kernel when both sides are quantized."""
+    """The dim of a softmax node (``nn.Softmax``, ``F.softmax``, ``torch.softmax``, ``x.softmax``, Swin's
+    ``window_softmax``), else None: what ONNX Runtime runs on its QLinearSoftmax kernel when both sides are
+    quantized."""
     if not isinstance(node, fx.Node):
         return None
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         return mod.dim if isinstance(mod, nn.Softmax) else None
+    if node.op == "call_function" and node.target is capture.window_softmax:
+        return -1  # Swin's: a plain softmax where no shift applies (QLinearSoftmax), masked first where one does
     plain = (node.op == "call_function" and node.target in (F.softmax, torch.softmax)) or (
         node.op == "call_method" and node.target == "softmax")
     if not plain or node.kwargs.get("dtype") is not None or len(node.args) > 2:

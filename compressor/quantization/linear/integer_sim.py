@@ -417,9 +417,27 @@ class IntegerSoftmax(_IntegerUnary):
     block's attention probabilities up to 3 steps from onnxruntime's.
     """
 
-    def __init__(self, source, in_quant, out_quant, dim):
+    def __init__(self, source, in_quant, out_quant, dim, window=None):
+        """``window``: (the module whose output is a Swin block's input, window size, shift) for ``window_softmax``,
+        which is QLinearSoftmax only where no shift applies (a shifted window's mask is added in float first)."""
         super().__init__(source, in_quant, out_quant)
         self.dim = dim
+        self.window, self.block_input = window, None
+        if window is not None:
+            window[0].register_forward_hook(self._keep_block_input)
+
+    def _keep_block_input(self, module, inputs, output):
+        self.block_input = output
+
+    def active(self):
+        if not super().active():
+            return False
+        if self.window is None:
+            return True
+        if self.block_input is None:
+            return False
+        _, _, shift = capture.window_layout(self.block_input.shape[1], self.block_input.shape[2], *self.window[1:])
+        return not (shift[0] or shift[1])
 
     @staticmethod
     def table(x_scale, length):
@@ -575,12 +593,19 @@ def _install_sigmoid(gm, modules, calls, node, out):
 
 
 def _install_softmax(gm, modules, calls, node, out):
-    """Hook ``IntegerSoftmax`` when ``node`` is a plain softmax of a quantizer's output."""
+    """Hook ``IntegerSoftmax`` when ``node`` is a softmax of a quantizer's output (Swin's ``window_softmax``: of a
+    block whose input is a quantizer's output)."""
     dim = softmax_dim(gm, node)
     src = _quantizer_called_once(node.args[0], calls) if dim is not None and len(node.users) == 1 else None
     if src is None:
         return False
-    out.register_forward_hook(IntegerSoftmax(modules[src.target], modules[src.target], out, dim))
+    window = None
+    if node.target is capture.window_softmax:  # (attn, x, window, shift): x must be a quantizer's own output
+        block = _quantizer_called_once(node.args[1], calls)
+        if block is None:
+            return False
+        window = (modules[block.target], list(node.args[2]), list(node.args[3]))
+    out.register_forward_hook(IntegerSoftmax(modules[src.target], modules[src.target], out, dim, window))
     return True
 
 

@@ -14,7 +14,6 @@ import torchvision
 from torchvision.models.maxvit import MaxVit
 from torchvision.models.vision_transformer import VisionTransformer
 
-from compressor.core.errors import ConversionError
 from compressor.deploy.onnx_export import export_onnx
 from compressor.deploy.target import format_here
 from compressor.deploy.verify import onnx_runner
@@ -26,6 +25,13 @@ from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantiz
 def tiny_vit():
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
                              num_classes=10)
+
+
+def tiny_swin_v2():
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    return SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=[4, 4],
+                           block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2, num_classes=10)
 
 
 def tiny_maxvit():
@@ -186,18 +192,47 @@ def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_p
     assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
 
 
-def test_swin_v2_window_attention_stays_fp32_and_is_refused_by_name_at_export(tmp_path):
-    model, x = _prepared_model(torchvision_model("swin_v2_t"), 32)
-    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True)
-    sim = quantizer.prepare_model().eval()
-    quantizer.calibrate([(x[:4], None)])
+def test_swin_v2_cosine_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_path):
+    """Swin V2: cosine attention (normalize q and k, the clamped logit scale) and the position MLP's bias, folded to
+    a constant at export; the key part of the qkv bias stays zero as torchvision computes it. A 3-stage V2 at 64x64:
+    shifted windows with their mask (16x16 and 8x8 maps, window 4) and a window that covers the map (4x4, no
+    shift: QLinearSoftmax). The attention matmuls run in float in onnxruntime (a value per 10^5 a step apart) and
+    the logit scale (up to 100) carries such steps on: a bounded difference and the same clear decisions."""
+    from compressor.quantization.graph import capture
+
+    model, x = _prepared_model(tiny_swin_v2, 64)
     with torch.no_grad():
-        assert torch.isfinite(sim(x)).all()
-    # V2 (cosine attention; torchvision calls the same fx-wrapped shifted_window_attention) is not rewritten
-    assert any(".mlp.0" in name for name in quantizer.weight_quantizers)
-    assert not any(".attn.qkv" in name for name in quantizer.weight_quantizers)
-    with pytest.raises(ConversionError, match="no export handler for shifted_window_attention .*report the op"):
-        export_onnx(sim, x[:1], str(tmp_path / "s.onnx"))
+        fp32 = model(x)
+        rewritten = copy.deepcopy(model)
+        assert len(capture.swap_attention(rewritten)) == 6
+        assert torch.equal(rewritten(x), fp32)
+        assert sorted(rewritten.state_dict()) == sorted(model.state_dict())
+        export_onnx(rewritten, x[:1], str(tmp_path / "fp32.onnx"))
+        assert (onnx_runner(str(tmp_path / "fp32.onnx"))(x) - fp32).abs().max() < 1e-4
+    attention = rewritten.features[1][0].attn
+    loss = rewritten(x).square().mean()
+    loss.backward()
+    length = attention.qkv.bias.numel() // 3
+    assert not attention.qkv.bias.grad[length:2 * length].any()  # torchvision's k-bias takes no gradient either
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                         integer_arithmetic=True)
+    sim = quantizer.prepare_model().eval()
+    quantizer.calibrate([(x[:8], None)])
+    assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
+    assert not any("cpb_mlp" in name for name in quantizer.weight_quantizers)  # the bias MLP stays FP32
+    assert any(name.endswith("attn.normalize") for name in quantizer.activation_quantizers)
+    with torch.no_grad():
+        simulated = sim(x)
+    path = str(tmp_path / "int8.onnx")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)
+    exported = onnx_runner(path)(x)
+    spread = (fp32.max(1).values - fp32.min(1).values).mean()
+    diff = (exported - simulated).abs().max()
+    assert diff < 0.1 * spread
+    top2 = simulated.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
+    assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
 
 
 def test_multihead_attention_is_computed_by_called_projections_with_the_same_outputs_and_names():
