@@ -57,7 +57,8 @@ def fine_tune(arch, step, work):
               "recipe": f"schedules/fashion_mnist/{STEPS[step]}", "epochs": EPOCHS,
               "train_images_per_epoch": int(round(54000 * PLAN[arch][1])),
               "test": accuracy(summary["test"]["top1"], 10000), "best_val": summary["best"],
-              "export_onnx": {k: onnx.get(k) for k in ("agreement", "simulated_top1", "exported_top1", "images")},
+              "export_onnx": {k: onnx.get(k) for k in ("agreement", "simulated_top1", "exported_top1", "images",
+                                                         "arithmetic", "max_logit_diff")},
               "run_dir": folder, "seconds_this_piece": seconds, "wall_time_s": summary.get("wall_time_s")}
     if resumed:
         result["resumed_from"] = resumed

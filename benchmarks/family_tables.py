@@ -66,8 +66,12 @@ def qat_lines(qat_rows, base):
                 f" Judged as the apps judge it now, against the integer-exact simulation (batch-norm folded as "
                 f"exported): **{i['agreement']:.2f} %** (simulated top-1 {i['simulated_top1']:.2f} %, ONNX "
                 f"{i['exported_top1']:.2f} %, largest logit difference {i['max_logit_diff']:.4f}; `{i['command']}`).")
+            for b in r.get("export_onnx_integer_before", []):
+                again += f" Before the simulation's change `{i.get('tag')}`: {b['agreement']:.2f} %."
+            against = {"integer": "the integer-exact simulation (the apps' check)"}.get(
+                e.get("arithmetic"), "the float fake-quantized simulation")
             notes.append(f"{QAT_LABELS.get(r['step'], r['step'])} exported for this CPU: ONNX Runtime agrees with "
-                         f"the float fake-quantized simulation on {e['agreement']:.2f} % of {e['images']:,} test "
+                         f"{against} on {e['agreement']:.2f} % of {e['images']:,} test "
                          f"images (ONNX top-1 {e['exported_top1']:.2f} %). Command: `{r['command']}`.{again}")
     return rows, notes
 
@@ -119,6 +123,9 @@ def main():
                   f"{fp32_info.get('wall_time_s') or 0:.0f} s).")
         print(f"PTQ: `{ptq['command']}` on {m['cpu']} ({m['cpu_capability']}), {m['threads']} thread(s), "
               f"{ptq['calibration_images']} calibration images.\n")
+        if ptq.get("rerun"):
+            earlier = "; ".join(f"`{c}`" for c in ptq.get("earlier_commands", []))
+            print(f"Rerun: {ptq['rerun']}. Earlier commands: {earlier}.\n")
         qat = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.dir, f"{arch}_qat_*.json")))]
         print(table(fp32_info, ptq, qat))
         print()

@@ -10,6 +10,8 @@ training images, export for this CPU (``--int8-target auto``), and the app's agr
 there (resumable).
 
     OMP_NUM_THREADS=2 python benchmarks/zoo.py --out docs/benchmarks/zoo.json
+    python benchmarks/zoo.py --out /tmp/zoo/again.json --arch swin_v2_t --merge-into docs/benchmarks/zoo_avx2.json
+    python benchmarks/zoo.py --table docs/benchmarks/zoo_avx2.json      # docs/zoo.md's table
 """
 
 import argparse
@@ -139,10 +141,16 @@ def main():
     ap.add_argument("--arch", nargs="*", help="these archs only (default: every torchvision classifier)")
     ap.add_argument("--test-images", type=int, default=120)
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per arch")
+    ap.add_argument("--merge-into", metavar="JSON", help="after the run, put --out's rows into this file's rows "
+                    "(a later run of some archs, after a fix), its command appended to that file's commands")
+    ap.add_argument("--table", metavar="JSON", help="print the markdown table of docs/zoo.md from JSON and exit")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print("ROW " + json.dumps(one(args.one, args.test_images)))
+        return
+    if args.table:
+        print(table(json.load(open(args.table))["rows"]))
         return
     if not args.out:
         ap.error("--out is required")
@@ -175,10 +183,34 @@ def main():
         result["rows"][arch] = row
         agree = row.get("export", {}).get("onnx", {}).get("agreement")
         print(f"{arch}: {agree if agree is not None else row.get('error')}", flush=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
+        write(args.out, result)
+    if args.merge_into:
+        merged = json.load(open(args.merge_into))
+        merged["rows"].update({arch: result["rows"][arch] for arch in archs if arch in result["rows"]})
+        merged["rows"] = dict(sorted(merged["rows"].items()))
+        merged.setdefault("commands", []).append(result["command"])
+        write(args.merge_into, merged)
+
+
+def write(path, data):
+    """JSON written atomically (temp file, then rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def table(rows):
+    """docs/zoo.md's table: one line per arch, refusals and time-outs in bold."""
+    lines = ["| arch | input | FP32 top-1 | W8A8 sim top-1 | export agreement | largest logit diff | s |",
+             "|---|---|---|---|---|---|---|"]
+    for arch, r in sorted(rows.items()):
+        onnx = (r.get("export") or {}).get("onnx") or {}
+        if "error" in r or not onnx:
+            lines.append(f"| {arch} | | | | **{str(r.get('error', 'no export'))[:150]}** | | {r['seconds']:.0f} |")
+            continue
+        lines.append(f"| {arch} | {r['input'][1]} | {r['fp32_test_top1']:.1f} | {onnx['simulated_top1']:.1f} | "
+                     f"{onnx['agreement']:.2f} % | {onnx['max_logit_diff']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -700,13 +700,17 @@ def _clip_bounds(node, modules):
 
 
 def _within(quant, clip):
-    """Whether ``quant``'s grid lies inside ``clip``: then clipping before it changes nothing, and onnxruntime
-    removes the Clip (MobileNet-V2's ReLU6 before its quantizers), fusing the convolution to QLinearConv."""
+    """Whether clipping to ``clip`` before ``quant`` changes no quantized value: the clip's min quantizes to the
+    grid's lowest level and its max to the highest. onnxruntime then removes the Clip (its ClipQuantFusion, on the
+    same half-step bounds), and the convolution before it fuses to QLinearConv: MobileNet-V2's ReLU6 before
+    quantizers whose QAT range ends at 6.00007."""
     if not quant.observed or quant.scale.numel() != 1:
         return False
-    lo = (quant.qmin - int(quant.zero_point)) * float(quant.scale)
-    hi = (quant.qmax - int(quant.zero_point)) * float(quant.scale)
-    return clip[0] <= lo and hi <= clip[1]
+    scale = torch.tensor(float(quant.scale), dtype=torch.float32)
+    zero_point = int(quant.zero_point)
+    lowest = float(scale * (quant.qmin - zero_point + 0.5))  # the largest value that quantizes to qmin
+    highest = float(scale * (quant.qmax - zero_point - 0.5))  # the smallest value that quantizes to qmax
+    return clip[0] <= lowest and highest <= clip[1]
 
 
 def remove_integer_arithmetic(model):

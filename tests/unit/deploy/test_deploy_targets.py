@@ -230,7 +230,7 @@ class _QatNet(torch.nn.Module):
 @pytest.mark.parametrize("first_relu", [torch.nn.ReLU, torch.nn.ReLU6])
 def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_computes_in_float_again(tmp_path,
                                                                                                      first_relu):
-    """ReLU6 (MobileNet-V2's): its quantizer's range lies inside [0, 6], onnxruntime drops the Clip and fuses the
+    """ReLU6 (MobileNet-V2's): where the clip changes no quantized value onnxruntime drops the Clip and fuses the
     convolution to QLinearConv; left in float, the check of MobileNet-V2's 8-bit QAT export read 98.82 %."""
     from compressor.quantization.linear.integer_sim import integer_hooks, integer_simulation
     from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
@@ -259,6 +259,19 @@ def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_com
     assert hooks == 3  # the two convolutions with their batch-norms folded, the add
     assert integer_hooks(gm) == [] and torch.equal(before, after)  # taken off: float fake quantization again
     assert torch.equal(integer, onnx_runner(path)(x))  # what ONNX Runtime computes, to the bit
+
+
+@pytest.mark.parametrize("top, redundant", [(6.00007, True), (5.9, True), (6.02, False)])
+def test_a_clip_is_redundant_where_its_bounds_quantize_to_the_grids_ends(top, redundant):
+    """A QAT range ending at 6.00007 (MobileNet-V2's) still rounds 6 to the top level: the ReLU6 changes nothing
+    and onnxruntime removes it (its ClipQuantFusion, on the same half-step bounds); at 6.02, 6 lands a step below."""
+    from compressor.quantization.fake_quant import ActivationFakeQuant
+    from compressor.quantization.linear.integer_sim import _within
+    from compressor.quantization.modes import LinearQuantMode
+
+    quant = ActivationFakeQuant(8, LinearQuantMode.ASYMMETRIC_UNSIGNED)
+    quant.set_range(0.0, top)
+    assert _within(quant, (0.0, 6.0)) is redundant
 
 
 def test_a_check_without_integer_arithmetic_says_it_was_judged_against_float_fake_quantization(tmp_path, digits,
