@@ -155,6 +155,9 @@ def main():
                     help="the W4A8 rows' roundings (with --w4a8)")
     ap.add_argument("--integer-export", action=argparse.BooleanOptionalAction, default=True,
                     help="also judge the best row's export against the integer-exact simulation")
+    ap.add_argument("--rounding-setup", metavar="SETUP",
+                    help="the W8A8 row whose settings the rounded rows take (e.g. per_channel_LAPLACE), instead of "
+                         "the best per-channel row")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -236,7 +239,7 @@ def main():
         """Per-channel rows at ``bits_w``-bit weights with the settings (clip, DFQ or SmoothQuant) of the best W8A8
         per-channel row, for each rounding: nearest, GPTQ, AdaRound."""
         w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
-        best8 = max(w8, key=lambda k: w8[k]["top1"])
+        best8 = max(w8, key=lambda k: w8[k]["top1"]) if not args.rounding_setup else f"ours_{args.rounding_setup}"
         _, clip, cle, sq = settings[best8]
         for rounding in roundings:
             key = f"ours_w{bits_w}a8_{best8[len('ours_'):]}_{rounding}"
