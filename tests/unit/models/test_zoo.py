@@ -156,6 +156,23 @@ def test_every_family_takes_a_qat_step_and_resumes_exactly(family):
         assert torch.equal(resumed.eval()(x), expected)
 
 
+def _assert_export_decides_as_simulated(sim, x, fp32, tmp_path):
+    """LayerNorm, GELU and the attention matmuls run in float between Q and DQ, where onnxruntime rounds some values a
+    step apart from PyTorch: a bounded difference, and the same decision wherever the simulation's top-2 margin
+    exceeds it (on at least half of the images)."""
+    with torch.no_grad():
+        simulated = sim(x)
+    path = str(tmp_path / "int8.onnx")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)
+    exported = onnx_runner(path)(x)
+    spread = (fp32.max(1).values - fp32.min(1).values).mean()
+    diff = (exported - simulated).abs().max()
+    assert diff < 0.1 * spread
+    top2 = simulated.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
+    assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
+
+
 def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_path):
     """64x64: the stages' 16, 8, 4 and 2-wide maps take padding to whole 7x7 windows, shifted windows with their
     mask (8 -> 14), and windows that cover the map (no shift): every branch of torchvision's window attention."""
@@ -177,19 +194,7 @@ def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_p
     quantizer.calibrate([(x[:8], None)])
     assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
     assert any(name.endswith("attn.window_softmax") for name in quantizer.activation_quantizers)
-    with torch.no_grad():
-        simulated = sim(x)
-    path = str(tmp_path / "int8.onnx")
-    export_onnx(sim, x[:1], path, weights=format_here().weights)
-    exported = onnx_runner(path)(x)
-    spread = (fp32.max(1).values - fp32.min(1).values).mean()
-    # LayerNorm, softmax and GELU run in float between Q and DQ, where onnxruntime rounds some values a step apart
-    # from PyTorch: a bounded difference, and the same decision wherever the simulation's top-2 margin exceeds it
-    diff = (exported - simulated).abs().max()
-    assert diff < 0.1 * spread
-    top2 = simulated.topk(2, 1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
-    assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
+    _assert_export_decides_as_simulated(sim, x, fp32, tmp_path)
 
 
 def test_swin_v2_cosine_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_path):
@@ -222,17 +227,7 @@ def test_swin_v2_cosine_window_attention_is_rewritten_exactly_quantized_and_expo
     assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
     assert not any("cpb_mlp" in name for name in quantizer.weight_quantizers)  # the bias MLP stays FP32
     assert any(name.endswith("attn.normalize") for name in quantizer.activation_quantizers)
-    with torch.no_grad():
-        simulated = sim(x)
-    path = str(tmp_path / "int8.onnx")
-    export_onnx(sim, x[:1], path, weights=format_here().weights)
-    exported = onnx_runner(path)(x)
-    spread = (fp32.max(1).values - fp32.min(1).values).mean()
-    diff = (exported - simulated).abs().max()
-    assert diff < 0.1 * spread
-    top2 = simulated.topk(2, 1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
-    assert clear.sum() >= len(x) // 2 and torch.equal(exported.argmax(1)[clear], simulated.argmax(1)[clear])
+    _assert_export_decides_as_simulated(sim, x, fp32, tmp_path)
 
 
 def test_multihead_attention_is_computed_by_called_projections_with_the_same_outputs_and_names():
