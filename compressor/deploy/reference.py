@@ -605,7 +605,8 @@ def _binary(kind):
 _for_functions(operator.mul, torch.mul)(_for_methods("mul", "mul_")(_binary("mul")))
 _for_functions(operator.sub, torch.sub)(_for_methods("sub")(_binary("sub")))
 _for_functions(operator.truediv, torch.div)(_for_methods("div")(_binary("div")))
-_for_functions(torch.matmul, operator.matmul, torch.bmm)(_for_methods("matmul", "bmm")(_binary("matmul")))
+_for_modules(capture.MatMul)(_for_functions(torch.matmul, operator.matmul, torch.bmm)(
+    _for_methods("matmul", "bmm")(_binary("matmul"))))
 
 
 @_for_functions(torch.einsum)

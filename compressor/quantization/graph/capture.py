@@ -32,6 +32,7 @@ so a plain torchvision state dict still loads.
 
 import logging
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class Tracer(fx.Tracer):
     """torch.fx's tracer that keeps modules whose behaviour depends on ``training`` as calls."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, leaf_types()) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (*leaf_types(), MatMul)) or super().is_leaf_module(m, qualname)
 
 
 def symbolic_trace(model):
@@ -130,6 +131,35 @@ class SiLUProduct(nn.Module):
 
 
 _GATED = {nn.Hardswish: HardswishProduct, nn.SiLU: SiLUProduct}
+
+
+class MatMul(nn.Module):
+    """``torch.matmul`` as a module call, put in place of each matmul/bmm of a traced graph (``sites.trace``): a
+    functional op in an fx graph shows nobody its operands, a module call shows them to a forward pre-hook, where
+    the integer simulation reads the two integer operands of onnxruntime's QLinearMatMul. No parameters, no state;
+    ``site_name`` is the name the functional op's site had, which the site keeps (recipes' overrides and
+    checkpoints' quantizer names read the same). A leaf of ``Tracer``: a traced graph traced again keeps it."""
+
+    def __init__(self, site_name):
+        super().__init__()
+        self.site_name = site_name
+
+    def forward(self, a, b):
+        return torch.matmul(a, b)
+
+    def extra_repr(self):
+        return self.site_name
+
+
+_MATMUL_FUNCTIONS = (torch.matmul, torch.bmm, operator.matmul)
+_MATMUL_METHODS = ("matmul", "bmm")
+
+
+def is_matmul(node):
+    """True for a two-operand matmul/bmm call of an fx graph (function, method or ``a @ b``), no keywords."""
+    functional = (node.op == "call_function" and node.target in _MATMUL_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _MATMUL_METHODS)
+    return functional and len(node.args) == 2 and not node.kwargs
 
 
 def split_gated_activations(model):

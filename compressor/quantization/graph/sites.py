@@ -35,7 +35,7 @@ JOIN_METHODS = {"add", "add_", "mul", "mul_"}
 # runs them in float between dequantize and quantize (or on kernels such as QLinearSigmoid / QLinearMatMul),
 # while the conv before them keeps its own integer kernel (conv -> bn is a site, then hardswish is one).
 OP_TYPES = (nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh, nn.Mish, nn.LayerNorm,
-            nn.GroupNorm, nn.Softmax)
+            nn.GroupNorm, nn.Softmax, capture.MatMul)
 OP_FUNCTIONS = {F.hardswish, F.hardsigmoid, F.silu, F.sigmoid, torch.sigmoid, F.gelu, F.tanh, torch.tanh, F.mish,
                 F.layer_norm, F.group_norm, F.softmax, torch.softmax, torch.matmul, operator.matmul, torch.bmm,
                 torch.einsum, F.scaled_dot_product_attention, capture.window_softmax, F.normalize}
@@ -73,10 +73,28 @@ def trace(model):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             changed = True
+    changed = _matmuls_as_modules(gm) or changed
     if changed:
         gm.graph.lint()
         gm.recompile()
     return gm
+
+
+def _matmuls_as_modules(gm):
+    """Put a ``capture.MatMul`` call in place of each matmul of ``gm``, held in ``gm.matmuls`` (the model's own
+    modules stay as they were) and named for its site as the functional op was (``find_activation_sites``' names).
+    Returns the number replaced."""
+    namer = _Namer(name for name, _ in gm.named_modules())
+    names = {node: namer.name(gm, node) for node in gm.graph.nodes
+             if node.op in ("placeholder", "call_module", "call_function", "call_method")}
+    replaced = 0
+    for node in gm.graph.nodes:
+        if capture.is_matmul(node):
+            target = "matmuls." + re.sub(r"[^0-9a-zA-Z_]", "_", names[node])
+            gm.add_submodule(target, capture.MatMul(names[node]))
+            node.op, node.target = "call_module", target
+            replaced += 1
+    return replaced
 
 
 _SHAPE_METHODS = {"size", "dim", "numel", "shape"}
@@ -194,6 +212,9 @@ class _Namer:
         scope = list(stack.keys())[-1] if stack else ""
         if node.op == "call_module":
             base = scope if scope and scope.split("@")[0] == node.target else node.target
+            module = gm.get_submodule(node.target)
+            if isinstance(module, capture.MatMul):  # a matmul keeps the name of its functional op's site
+                base = module.site_name
             if base in self.taken:
                 k = 1
                 while f"{node.target}@{k}" in self.taken:

@@ -222,8 +222,7 @@ class IntegerAdd:
         self.a_quant, self.b_quant, self.out_quant, self.relu = a_quant, b_quant, out_quant, relu
         self.enabled = True
         self.inputs = {}
-        a.register_forward_hook(self._keep("a"))
-        b.register_forward_hook(self._keep("b"))
+        self.keepers = [a.register_forward_hook(self._keep("a")), b.register_forward_hook(self._keep("b"))]
 
     def _keep(self, key):
         def hook(module, inputs, output):
@@ -293,7 +292,7 @@ class _IntegerUnary:
         self.in_quant, self.out_quant = in_quant, out_quant
         self.enabled = True
         self.input = None
-        source.register_forward_hook(self._keep)
+        self.keepers = [source.register_forward_hook(self._keep)]
 
     def _keep(self, module, inputs, output):
         self.input = output
@@ -424,7 +423,7 @@ class IntegerSoftmax(_IntegerUnary):
         self.dim = dim
         self.window, self.block_input = window, None
         if window is not None:
-            window[0].register_forward_hook(self._keep_block_input)
+            self.keepers.append(window[0].register_forward_hook(self._keep_block_input))
 
     def _keep_block_input(self, module, inputs, output):
         self.block_input = output
@@ -476,6 +475,47 @@ class IntegerSoftmax(_IntegerUnary):
         return ((self.stored(self.input) - z_out) * self.out_quant.scale.double()).to(output.dtype)
 
 
+class IntegerMatMul:
+    """Forward hook of the quantizer after a matmul (``capture.MatMul``) of two values on 8-bit per-tensor grids
+    (attention's q @ k^T and probabilities @ v): the output as onnxruntime's QLinearMatMul computes it, not as a
+    float32 matmul quantized again. The integer products ``(q_a - z_a)(q_b - z_b)`` are summed exactly (float64
+    holds every such sum) and requantized with the float32 multiplier ``s_a * s_b / s_y`` (MLAS's
+    ``float(acc) * m``, rounded to nearest even, plus ``z_y``, saturated), as the integer convolutions are.
+
+    The operands come from a forward pre-hook on the matmul module: they are the values after the reshapes,
+    transposes and selections between their quantizers and the matmul (which the exporter runs on the stored
+    integers, so that onnxruntime fuses the matmul)."""
+
+    def __init__(self, matmul, a_quant, b_quant, out_quant):
+        self.a_quant, self.b_quant, self.out_quant = a_quant, b_quant, out_quant
+        self.enabled = True
+        self.operands = None
+        self.keepers = [matmul.register_forward_pre_hook(self._keep)]
+
+    def _keep(self, module, inputs):
+        self.operands = inputs
+
+    def active(self):
+        quants = (self.a_quant, self.b_quant, self.out_quant)
+        return (self.enabled and self.operands is not None
+                and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
+                and all(q.scale.numel() == 1 for q in quants))
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        if not self.active():
+            return None
+        a, b = self.operands
+        q_a = torch.round(a.double() / self.a_quant.scale.double())  # q - z: on the grid, exact
+        q_b = torch.round(b.double() / self.b_quant.scale.double())
+        acc = torch.matmul(q_a, q_b)  # exact: |sum| < 2**53
+        f32, out = torch.float32, self.out_quant
+        m = self.a_quant.scale.to(f32) * self.b_quant.scale.to(f32) / out.scale.to(f32)
+        z_out = float(int(out.zero_point))
+        q_y = torch.round(acc.to(f32) * m).double().add(z_out).clamp(out.qmin, out.qmax)
+        return ((q_y - z_out) * out.scale.double()).to(output.dtype)
+
+
 _ADDS = (operator.add, operator.iadd, torch.add)
 _SIGMOIDS = (torch.sigmoid, F.sigmoid)
 _MULS = (operator.mul, torch.mul)
@@ -483,8 +523,19 @@ _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d,)
 _RELUS = (F.relu, torch.relu)
 
 
-GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout) + capture.leaf_types()
+IDENTITY_IN_EVALUATION = (nn.Identity, nn.Dropout) + capture.leaf_types()
 # (StochasticDepth: the identity in evaluation, as dropout; EfficientNet's residual adds read it)
+GRID_PRESERVING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) + IDENTITY_IN_EVALUATION
+
+
+def _kept_value(gm, node, calls):
+    """The module call whose output a hook can keep for ``node``'s value: ``node`` itself, or through modules that
+    are the identity in evaluation (Swin's blocks call one ``stochastic_depth`` twice, so its output hook would keep
+    the second call's value for both adds: neither add was simulated as QLinearAdd), the first one called once."""
+    while node.op == "call_module" and calls[node.target] != 1 and \
+            isinstance(gm.get_submodule(node.target), IDENTITY_IN_EVALUATION) and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
 
 
 # ops that move or select values without computing new ones (ShuffleNet's channel shuffle and chunk)
@@ -535,7 +586,7 @@ def install_integer_adds(gm):
             continue
         prev, relu = node.args[0], False
         if _install_global_pool(gm, modules, calls, prev, out) or _install_sigmoid(gm, modules, calls, prev, out) \
-                or _install_softmax(gm, modules, calls, prev, out):
+                or _install_softmax(gm, modules, calls, prev, out) or _install_matmul(gm, modules, calls, prev, out):
             installed.append(node.target.removeprefix("activation_quantizers."))
             continue
         if isinstance(prev, fx.Node) and len(prev.users) == 1 and (
@@ -551,7 +602,10 @@ def install_integer_adds(gm):
             continue
         a, b = prev.args
         sources = [grid_source(gm, arg) for arg in (a, b)]
-        if None in sources or a is b or any(arg.op != "call_module" for arg in (a, b)) or \
+        if None in sources:
+            continue
+        a, b = (_kept_value(gm, arg, calls) for arg in (a, b))
+        if a is b or any(arg.op != "call_module" for arg in (a, b)) or \
                 calls[a.target] != 1 or calls[b.target] != 1:  # the hooks keep module outputs
             continue
         a_quant, b_quant = (modules[src.target] for src in sources)
@@ -612,6 +666,18 @@ def _install_softmax(gm, modules, calls, node, out):
     return True
 
 
+def _install_matmul(gm, modules, calls, node, out):
+    """Hook ``IntegerMatMul`` when ``node`` is a ``capture.MatMul`` (called once) of two values on quantizer grids."""
+    ok = isinstance(node, fx.Node) and node.op == "call_module" and isinstance(modules[node.target], capture.MatMul) \
+        and calls[node.target] == 1 and len(node.users) == 1
+    sources = [grid_source(gm, arg) for arg in node.args] if ok else [None]
+    if None in sources:
+        return False
+    a_quant, b_quant = (modules[src.target] for src in sources)
+    out.register_forward_hook(IntegerMatMul(modules[node.target], a_quant, b_quant, out))
+    return True
+
+
 def integer_bias(bias, in_scale, weight_scale):
     """The int32 bias on the accumulator's grid (scale ``s_x * s_w``), rounded in float32 as a QDQ
     runtime quantizes it (onnxruntime's BiasQuantization); the ONNX writer stores these integers."""
@@ -622,7 +688,7 @@ def accumulator_bits(w_bits, a_bits, fan_in):
     return w_bits + a_bits + math.ceil(math.log2(max(fan_in, 1)))
 
 
-_HOOK_TYPES = (IntegerArithmetic, IntegerAdd, _IntegerUnary)
+_HOOK_TYPES = (IntegerArithmetic, IntegerAdd, _IntegerUnary, IntegerMatMul)
 
 
 def integer_hooks(model):
@@ -724,6 +790,8 @@ def remove_integer_arithmetic(model):
                 hook.detach(module)
             elif isinstance(hook, _HOOK_TYPES):
                 del module._forward_hooks[key]
+                for keeper in hook.keepers:  # the hooks keeping its inputs, on other modules
+                    keeper.remove()
 
 
 @contextlib.contextmanager

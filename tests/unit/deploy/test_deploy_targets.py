@@ -251,6 +251,11 @@ def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_com
     path = str(tmp_path / "qat.onnx")
     export_onnx(gm, torch.zeros(1, 3, 8, 8), path, weights=format_here().weights)
     x = torch.randn(64, 3, 8, 8)
+
+    def hook_count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in gm.modules())
+
+    registered = hook_count()
     with torch.no_grad():
         before = gm(x)
         with integer_simulation(gm) as hooks:
@@ -258,6 +263,7 @@ def test_a_qat_model_is_judged_in_integer_arithmetic_folded_as_exported_then_com
         after = gm(x)
     assert hooks == 3  # the two convolutions with their batch-norms folded, the add
     assert integer_hooks(gm) == [] and torch.equal(before, after)  # taken off: float fake quantization again
+    assert hook_count() == registered  # the add's hooks keeping its inputs too (they piled up, one per check)
     assert torch.equal(integer, onnx_runner(path)(x))  # what ONNX Runtime computes, to the bit
 
 

@@ -197,13 +197,31 @@ def test_swin_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_p
     _assert_export_decides_as_simulated(sim, x, fp32, tmp_path)
 
 
+def _fused_op_types(path, tmp_path):
+    """The op types of onnxruntime's optimized graph of the ONNX file at ``path`` (what its CPU kernels run)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # QDQ fusions, no layouts
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
 def test_swin_v2_cosine_window_attention_is_rewritten_exactly_quantized_and_exported(tmp_path):
     """Swin V2: cosine attention (normalize q and k, the clamped logit scale) and the position MLP's bias, folded to
     a constant at export; the key part of the qkv bias stays zero as torchvision computes it. A 3-stage V2 at 64x64:
     shifted windows with their mask (16x16 and 8x8 maps, window 4) and a window that covers the map (4x4, no
-    shift: QLinearSoftmax). The attention matmuls run in float in onnxruntime (a value per 10^5 a step apart) and
-    the logit scale (up to 100) carries such steps on: a bounded difference and the same clear decisions."""
+    shift: QLinearSoftmax). Every attention matmul runs on onnxruntime's QLinearMatMul (v reaches it through a
+    Gather, which the export runs on the stored integers), simulated as that kernel computes; both residual adds of
+    a block (one ``stochastic_depth`` module called twice) as QLinearAdd. Before, the probabilities @ v matmuls ran
+    in float and neither add was simulated: the zoo's V2 rows agreed on 93.3-95.0 %. LayerNorm and normalize still
+    run in float: a bounded difference and the same clear decisions."""
     from compressor.quantization.graph import capture
+    from compressor.quantization.linear.integer_sim import IntegerAdd, IntegerMatMul, integer_hooks
 
     model, x = _prepared_model(tiny_swin_v2, 64)
     with torch.no_grad():
@@ -227,7 +245,11 @@ def test_swin_v2_cosine_window_attention_is_rewritten_exactly_quantized_and_expo
     assert {f"features.1.0.attn.{k}.weight" for k in ("qkv", "proj")} <= set(quantizer.weight_quantizers)
     assert not any("cpb_mlp" in name for name in quantizer.weight_quantizers)  # the bias MLP stays FP32
     assert any(name.endswith("attn.normalize") for name in quantizer.activation_quantizers)
+    hooks = integer_hooks(sim)
+    assert sum(isinstance(h, IntegerMatMul) for h in hooks) == 12 and sum(type(h) is IntegerAdd for h in hooks) == 12
     _assert_export_decides_as_simulated(sim, x, fp32, tmp_path)
+    fused = _fused_op_types(str(tmp_path / "int8.onnx"), tmp_path)
+    assert fused["QLinearMatMul"] == 12 and fused["MatMul"] == 0 and fused["QLinearAdd"] == 12
 
 
 def test_multihead_attention_is_computed_by_called_projections_with_the_same_outputs_and_names():
@@ -247,9 +269,17 @@ def test_multihead_attention_is_computed_by_called_projections_with_the_same_out
     plain = tiny_vit().eval()
     capture.swap_attention(plain)
     plain.load_state_dict(tiny_vit().state_dict())  # nn.MultiheadAttention's own names load too
-    sites = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8).prepare_model()
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8)
+    sites = quantizer.prepare_model()
     assert "encoder.layers.encoder_layer_0.self_attention.in_proj.weight" in {
         n.replace(".parametrizations.weight.original", ".weight") for n, _ in sites.named_parameters()}
+    # the matmuls became module calls (their operands readable by the integer simulation) under the names their
+    # functional sites had, so recipes' overrides and checkpoints' quantizer names read the same
+    prefix = "encoder.layers.encoder_layer_0.self_attention."
+    assert {prefix + "matmul", prefix + "matmul_1"} <= set(quantizer.activation_quantizers)
+    matmuls = {m.site_name for m in sites.modules() if isinstance(m, capture.MatMul)}
+    assert {prefix + "matmul", prefix + "matmul_1"} <= matmuls
+    assert not any(isinstance(m, capture.MatMul) for m in model.modules())  # held by the traced graph only
 
 
 def test_stochastic_depth_follows_train_and_eval_after_tracing():

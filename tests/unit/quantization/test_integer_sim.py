@@ -300,6 +300,64 @@ def test_softmax_is_onnxruntimes_qlinearsoftmax(sx, zx, sy, zy, length):
         assert (requantized != theirs).double().mean() > 0.005
 
 
+def _ort_matmul(sa, za, sb, zb, sy, zy):
+    """DequantizeLinear x2 -> MatMul -> QuantizeLinear, which onnxruntime fuses to QLinearMatMul (as exported)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
+         helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
+         helper.make_node("MatMul", ["fa", "fb"], ["f"]),
+         helper.make_node("QuantizeLinear", ["f", "sy", "zy"], ["y"])],
+        "g", [helper.make_tensor_value_info(n, TensorProto.UINT8, [None, None, None]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, None, None])],
+        [const("sa", sa, np.float32), const("za", za, np.uint8), const("sb", sb, np.float32),
+         const("zb", zb, np.uint8), const("sy", sy, np.float32), const("zy", zy, np.uint8)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda a, b: torch.from_numpy(session.run(None, {"a": a.numpy(), "b": b.numpy()})[0]).double()
+
+
+@pytest.mark.parametrize("sa, za, sb, zb, sy, zy, depth", [(0.05, 128, 0.031, 100, 0.9, 120, 32),
+                                                          (0.0123, 3, 0.2, 250, 17.3, 255, 96),
+                                                          (0.0039, 0, 0.0625, 128, 0.17, 131, 8)])
+def test_matmul_is_onnxruntimes_qlinearmatmul(sa, za, sb, zb, sy, zy, depth):
+    """Random stored operands through onnxruntime's fused QLinearMatMul (an attention score or its product with v):
+    ``IntegerMatMul`` gives its integers, all of them (the exact integer sum, the float32 multiplier
+    s_a * s_b / s_y, rounding half to even); a float32 matmul of the dequantized operands quantized again misses
+    1-3 of these 102,400."""
+    from compressor.quantization.graph.capture import MatMul
+    from compressor.quantization.linear.integer_sim import IntegerMatMul
+
+    def quantizer(scale, zero_point):
+        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+        q.scale.fill_(scale)
+        q.zero_point.fill_(zero_point)
+        q.observed = q.enabled = True  # a range was seen (these scales and zero points), and it quantizes
+        return q
+
+    torch.manual_seed(0)
+    a = torch.randint(0, 256, (64, 40, depth), dtype=torch.uint8)
+    b = torch.randint(0, 256, (64, depth, 40), dtype=torch.uint8)
+    theirs = _ort_matmul(sa, za, sb, zb, sy, zy)(a, b)
+    qa, qb, qy = quantizer(sa, za), quantizer(sb, zb), quantizer(sy, zy)
+    matmul = MatMul("attention_scores")
+    hook = IntegerMatMul(matmul, qa, qb, qy)
+    dequantized = [((x.double() - z) * torch.tensor(s, dtype=torch.float32).double()).float()
+                   for x, s, z in ((a, sa, za), (b, sb, zb))]
+    out = matmul(*dequantized)
+    ours = torch.round(hook(qy, (out,), out).double() / qy.scale.double()) + zy
+    saturated = ((theirs == 0) | (theirs == 255)).double().mean()
+    assert saturated < 0.2  # the output grid covers most products: the rounding is what is compared
+    assert torch.equal(ours, theirs)
+
+
 def test_reciprocal_grid_is_the_scale_qlinearsoftmax_computes_on():
     from compressor.quantization.qparams import reciprocal_grid
 
