@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from compressor.core.errors import ConversionError
 from compressor.quantization.fake_quant import ActivationFakeQuant, WeightFakeQuant
 from compressor.quantization.graph import capture
-from compressor.quantization.graph.sites import NORM_TYPES
+from compressor.quantization.graph.sites import NORM_TYPES, call_args
 from compressor.quantization.linear.integer_sim import norm_fold
 from compressor.quantization.quant_module import QuantModule
 
@@ -381,7 +381,7 @@ def _clip_module(b, node):
 def _clip_function(b, node):
     if node.target is F.relu6:
         return b.emit(node, "clip", [node.args[0]], min=0.0, max=6.0)
-    x, lo, hi = _call_args(node, ["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0})
+    x, lo, hi = call_args(node, ["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0})
     b.emit(node, "clip", [x], min=float(lo), max=float(hi))
 
 
@@ -435,15 +435,9 @@ def _avgpool_module(b, node):
     )
 
 
-def _call_args(node, names, defaults):
-    values = dict(zip(names, node.args))
-    values.update(node.kwargs)
-    return [values.get(n, defaults.get(n)) for n in names]
-
-
 @_for_functions(F.max_pool2d)
 def _maxpool_function(b, node):
-    x, k, s, p, d, ceil, ret = _call_args(
+    x, k, s, p, d, ceil, ret = call_args(
         node,
         ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
         {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
@@ -455,7 +449,7 @@ def _maxpool_function(b, node):
 
 @_for_functions(F.avg_pool2d, torch._C._nn.avg_pool2d)
 def _avgpool_function(b, node):
-    x, k, s, p, ceil, include, divisor = _call_args(
+    x, k, s, p, ceil, include, divisor = call_args(
         node,
         ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
         {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True},
@@ -486,7 +480,7 @@ def _adaptive_module(b, node):
 
 @_for_functions(F.adaptive_avg_pool2d)
 def _adaptive_function(b, node):
-    _global_pool(b, node, _call_args(node, ["input", "output_size"], {})[1])
+    _global_pool(b, node, call_args(node, ["input", "output_size"], {})[1])
 
 
 def _flatten_to(b, node, x, start, end):
@@ -504,7 +498,7 @@ def _flatten_module(b, node):
 @_for_functions(torch.flatten)
 @_for_methods("flatten")
 def _flatten(b, node):
-    x, start, end = _call_args(node, ["input", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1})
+    x, start, end = call_args(node, ["input", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1})
     _flatten_to(b, node, x, start, end)
 
 
@@ -579,7 +573,7 @@ def _gelu_module(b, node):
 
 @_for_functions(F.gelu)
 def _gelu_function(b, node):
-    x, approximate = _call_args(node, ["input", "approximate"], {"approximate": "none"})
+    x, approximate = call_args(node, ["input", "approximate"], {"approximate": "none"})
     _gelu(b, node, x, approximate)
 
 
@@ -634,7 +628,7 @@ def _layernorm_module(b, node):
 
 @_for_functions(F.layer_norm)
 def _layernorm_function(b, node):
-    x, shape, weight, bias, eps = _call_args(node, ["input", "normalized_shape", "weight", "bias", "eps"],
+    x, shape, weight, bias, eps = call_args(node, ["input", "normalized_shape", "weight", "bias", "eps"],
                                              {"weight": None, "bias": None, "eps": 1e-5})
     weight, bias = (_parameter(b, node, t) for t in (weight, bias))
     _layernorm(b, node, x, shape, weight, bias, eps)
@@ -663,14 +657,14 @@ def _softmax_module(b, node):
 @_for_functions(F.softmax, torch.softmax)
 @_for_methods("softmax")
 def _softmax_function(b, node):
-    x, dim = _call_args(node, ["input", "dim"], {"dim": None})
+    x, dim = call_args(node, ["input", "dim"], {"dim": None})
     _softmax(b, node, x, dim)
 
 
 @_for_functions(F.normalize)
 def _normalize(b, node):
     """``x / max(||x||_p, eps)`` along ``dim`` (Swin V2's cosine attention): p = 2 only."""
-    x, p, dim, eps = _call_args(node, ["input", "p", "dim", "eps"], {"p": 2.0, "dim": 1, "eps": 1e-12})
+    x, p, dim, eps = call_args(node, ["input", "p", "dim", "eps"], {"p": 2.0, "dim": 1, "eps": 1e-12})
     if float(p) != 2.0:
         raise ConversionError(f"{node.name}: normalize with p={p} is not exported (p=2 is)")
     rank = _rank(b, x)
@@ -718,7 +712,7 @@ def _expand(b, node):
 @_for_methods("mean")
 @_for_functions(torch.mean)
 def _mean(b, node):
-    x, dim, keepdim = _call_args(node, ["input", "dim", "keepdim"], {"dim": None, "keepdim": False})
+    x, dim, keepdim = call_args(node, ["input", "dim", "keepdim"], {"dim": None, "keepdim": False})
     if dim is None:
         raise ConversionError(f"{node.name}: a mean over every dim (batch included) cannot be exported")
     dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
@@ -729,7 +723,7 @@ def _mean(b, node):
 @_for_methods("chunk")
 @_for_functions(torch.chunk)
 def _chunk(b, node):
-    x, chunks, dim = _call_args(node, ["input", "chunks", "dim"], {"dim": 0})
+    x, chunks, dim = call_args(node, ["input", "chunks", "dim"], {"dim": 0})
     size = b.shape(x)[dim]
     step = -(-size // chunks)
     b.env[node] = _Chunks(b.value(x), dim % _rank(b, x), [(i, min(i + step, size)) for i in range(0, size, step)])
@@ -738,7 +732,7 @@ def _chunk(b, node):
 @_for_methods("split")
 @_for_functions(torch.split)
 def _split(b, node):
-    x, split, dim = _call_args(node, ["input", "split_size_or_sections", "dim"], {"dim": 0})
+    x, split, dim = call_args(node, ["input", "split_size_or_sections", "dim"], {"dim": 0})
     size = b.shape(x)[dim]
     sizes = list(split) if isinstance(split, (list, tuple)) else [split] * -(-size // split)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]

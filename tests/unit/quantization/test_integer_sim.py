@@ -249,27 +249,33 @@ def test_integer_only_settings_refuse_integer_arithmetic_false():
         "true or leave it null (then it is on)"]
 
 
-def _ort_softmax(sx, zx, sy, zy, length):
-    """A DequantizeLinear -> Softmax -> QuantizeLinear graph (onnxruntime fuses it to QLinearSoftmax)."""
+def _ort_qdq(nodes, inputs, rank, scales):
+    """A runner of a QDQ graph of ``nodes`` on uint8 ``inputs`` of ``rank`` dims to the uint8 output ``y``;
+    ``scales``: {name: (scale, zero point)} constants ``s<name>``/``z<name>``. onnxruntime fuses such graphs into its
+    integer kernels (QLinearSoftmax, QLinearMatMul, QLinearAveragePool), as it fuses the exported model's."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    def const(name, value, dtype):
-        return numpy_helper.from_array(np.array(value, dtype), name)
-
+    consts = [numpy_helper.from_array(np.array(v, dtype), f"{prefix}{name}") for name, (scale, zero) in scales.items()
+              for prefix, v, dtype in (("s", scale, np.float32), ("z", zero, np.uint8))]
     graph = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]),
-         helper.make_node("Softmax", ["f"], ["s"], axis=-1),
-         helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, length])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, length])],
-        [const("sx", sx, np.float32), const("zx", zx, np.uint8), const("sy", sy, np.float32),
-         const("zy", zy, np.uint8)])
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.UINT8, [None] * rank) for n in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None] * rank)], consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).double()
+    return lambda *xs: torch.from_numpy(session.run(None, {n: x.numpy() for n, x in zip(inputs, xs)})[0]).double()
+
+
+def _ort_softmax(sx, zx, sy, zy, length):
+    """A DequantizeLinear -> Softmax -> QuantizeLinear graph (onnxruntime fuses it to QLinearSoftmax)."""
+    from onnx import helper
+
+    nodes = [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["s"], axis=-1),
+             helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["y"])]
+    return _ort_qdq(nodes, ["x"], 2, {"x": (sx, zx), "y": (sy, zy)})
 
 
 @pytest.mark.parametrize("sx, zx, sy, zy, length", [(0.05, 128, 1 / 255, 0, 17), (0.023, 200, 0.0011176, 0, 64),
@@ -302,26 +308,13 @@ def test_softmax_is_onnxruntimes_qlinearsoftmax(sx, zx, sy, zy, length):
 
 def _ort_matmul(sa, za, sb, zb, sy, zy):
     """DequantizeLinear x2 -> MatMul -> QuantizeLinear, which onnxruntime fuses to QLinearMatMul (as exported)."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    def const(name, value, dtype):
-        return numpy_helper.from_array(np.array(value, dtype), name)
-
-    graph = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
-         helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
-         helper.make_node("MatMul", ["fa", "fb"], ["f"]),
-         helper.make_node("QuantizeLinear", ["f", "sy", "zy"], ["y"])],
-        "g", [helper.make_tensor_value_info(n, TensorProto.UINT8, [None, None, None]) for n in "ab"],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, None, None])],
-        [const("sa", sa, np.float32), const("za", za, np.uint8), const("sb", sb, np.float32),
-         const("zb", zb, np.uint8), const("sy", sy, np.float32), const("zy", zy, np.uint8)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda a, b: torch.from_numpy(session.run(None, {"a": a.numpy(), "b": b.numpy()})[0]).double()
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
+             helper.make_node("MatMul", ["fa", "fb"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "sy", "zy"], ["y"])]
+    return _ort_qdq(nodes, ["a", "b"], 3, {"a": (sa, za), "b": (sb, zb), "y": (sy, zy)})
 
 
 @pytest.mark.parametrize("sa, za, sb, zb, sy, zy, depth", [(0.05, 128, 0.031, 100, 0.9, 120, 32),
@@ -356,6 +349,42 @@ def test_matmul_is_onnxruntimes_qlinearmatmul(sa, za, sb, zb, sy, zy, depth):
     saturated = ((theirs == 0) | (theirs == 255)).double().mean()
     assert saturated < 0.2  # the output grid covers most products: the rounding is what is compared
     assert torch.equal(ours, theirs)
+
+
+def _ort_avg_pool(sx, zx, sy, zy, kernel, stride, padding, count_include_pad):
+    """DequantizeLinear -> AveragePool -> QuantizeLinear, which onnxruntime fuses to QLinearAveragePool."""
+    from onnx import helper
+
+    nodes = [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]),
+             helper.make_node("AveragePool", ["f"], ["p"], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                              pads=[padding] * 4, count_include_pad=count_include_pad),
+             helper.make_node("QuantizeLinear", ["p", "sy", "zy"], ["y"])]
+    return _ort_qdq(nodes, ["x"], 4, {"x": (sx, zx), "y": (sy, zy)})
+
+
+@pytest.mark.parametrize("sx, zx, sy, zy, kernel, stride, padding, count_include_pad",
+                         [(0.05, 128, 0.04, 120, 3, 1, 1, 1), (0.0123, 3, 0.011, 7, 3, 1, 1, 0),
+                          (0.2, 10, 0.13, 20, 2, 2, 0, 1), (0.07, 100, 0.021, 90, 3, 2, 1, 1)])
+def test_average_pooling_is_onnxruntimes_qlinearaveragepool(sx, zx, sy, zy, kernel, stride, padding,
+                                                             count_include_pad):
+    """Inception's in-block 3x3 pooling (padding counted, or not) and strided ones: ``IntegerAvgPool`` gives
+    onnxruntime's stored integers, all of them."""
+    from compressor.quantization.linear.integer_sim import IntegerAvgPool
+
+    def quantizer(scale, zero_point):
+        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+        q.scale.fill_(scale)
+        q.zero_point.fill_(zero_point)
+        q.observed = q.enabled = True
+        return q
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (8, 16, 17, 17), dtype=torch.uint8)
+    theirs = _ort_avg_pool(sx, zx, sy, zy, kernel, stride, padding, count_include_pad)(x)
+    values = ((x.double() - zx) * torch.tensor(sx, dtype=torch.float32).double()).float()
+    pool = IntegerAvgPool(nn.Identity(), quantizer(sx, zx), quantizer(sy, zy), (kernel,) * 2, (stride,) * 2,
+                          (padding,) * 2, bool(count_include_pad))
+    assert torch.equal(pool.stored(values), theirs)
 
 
 def test_reciprocal_grid_is_the_scale_qlinearsoftmax_computes_on():
