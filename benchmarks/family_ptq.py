@@ -57,10 +57,10 @@ def labels(test):
 
 
 def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, rounding="nearest", relu6="REPLACE",
-         integer=False):
+         integer=False, split_gated=True):
     """Our PTQ; ``rounding``: nearest, gptq or adaround (500 steps per layer), with ``+bc`` also empirical bias
     correction; ``integer``: evaluate in the integer-exact simulation of the exported kernels instead of float fake
-    quantization (the apps' default)."""
+    quantization (the apps' default); ``split_gated``: the recipe's split_gated_activations."""
     from compressor.quantization.linear.refine import calibration_images, refine
 
     rounding, bias_correction = rounding.removesuffix("+bc"), rounding.endswith("+bc")
@@ -71,7 +71,7 @@ def ours(model, calib, per_channel, clip, cle, smoothquant=None, bits_w=8, round
                                  integer_arithmetic=integer, cross_layer_equalization=cle, equalization_relu6=relu6,
                                  smoothquant_alpha=smoothquant, gptq=rounding == "gptq",
                                  adaround=rounding == "adaround", adaround_iterations=500,
-                                 bias_correction=bias_correction)
+                                 bias_correction=bias_correction, split_gated_activations=split_gated)
     gm = q.prepare_model().eval()
     q.calibrate(calib)
     if rounding != "nearest" or bias_correction:
@@ -158,8 +158,12 @@ def main():
     ap.add_argument("--rounding-setup", metavar="SETUP",
                     help="the W8A8 row whose settings the rounded rows take (e.g. per_channel_LAPLACE), instead of "
                          "the best per-channel row")
+    ap.add_argument("--split-gated", action=argparse.BooleanOptionalAction, default=True,
+                    help="split_gated_activations of our rows; --no-split-gated: rows named *_unsplit, hardswish/SiLU "
+                         "as one float op each")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    suffix = "" if args.split_gated else "_unsplit"
     torch.manual_seed(0)
     result = json.load(open(args.out)) if os.path.exists(args.out) else {}
     rows = result.setdefault("rows", {})
@@ -194,11 +198,11 @@ def main():
     quantizers, settings = {}, {}
     for name, per_channel, cle, sq in variants(model):
         for clip in args.methods:
-            key = f"ours_{name}_{clip}"
+            key = f"ours_{name}_{clip}{suffix}"
             settings[key] = (per_channel, clip, cle, sq)
 
             def make(key=key):
-                q, gm = ours(model, calib, *settings[key])
+                q, gm = ours(model, calib, *settings[key], split_gated=args.split_gated)
                 quantizers[key] = (q, gm)
                 if q.equalization:
                     rows.setdefault("equalization", {})[key] = {
@@ -239,14 +243,15 @@ def main():
         """Per-channel rows at ``bits_w``-bit weights with the settings (clip, DFQ or SmoothQuant) of the best W8A8
         per-channel row, for each rounding: nearest, GPTQ, AdaRound."""
         w8 = {k: v for k, v in rows.items() if k.startswith("ours_per_channel") and "top1" in v and k in settings}
-        best8 = max(w8, key=lambda k: w8[k]["top1"]) if not args.rounding_setup else f"ours_{args.rounding_setup}"
+        best8 = max(w8, key=lambda k: w8[k]["top1"]) if not args.rounding_setup else \
+            f"ours_{args.rounding_setup}{suffix}"
         _, clip, cle, sq = settings[best8]
         for rounding in roundings:
-            key = f"ours_w{bits_w}a8_{best8[len('ours_'):]}_{rounding}"
+            key = f"ours_w{bits_w}a8_{best8[len('ours_'):].removesuffix(suffix)}_{rounding}{suffix}"
             settings[key] = (True, clip, cle, sq, bits_w, rounding)
 
             def make(key=key):
-                q, gm = ours(model, calib, *settings[key])
+                q, gm = ours(model, calib, *settings[key], split_gated=args.split_gated)
                 quantizers[key] = (q, gm)
                 return gm
 
@@ -263,7 +268,7 @@ def main():
         from compressor.deploy.verify import onnx_runner
 
         if best not in quantizers:
-            quantizers[best] = ours(model, calib, *settings[best])
+            quantizers[best] = ours(model, calib, *settings[best], split_gated=args.split_gated)
         q, gm = quantizers[best]
         start = time.perf_counter()
         path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best.onnx"),
@@ -285,7 +290,7 @@ def main():
 
         start = time.perf_counter()
         if best not in quantizers:
-            quantizers[best] = ours(model, calib, *settings[best])
+            quantizers[best] = ours(model, calib, *settings[best], split_gated=args.split_gated)
         q, gm = quantizers[best]  # the same model, its integer arithmetic switched on
         path = export_onnx(gm, torch.zeros(1, 3, 32, 32), os.path.join(work, "best_integer.onnx"),
                            weights=format_here().weights)

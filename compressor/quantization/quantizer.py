@@ -14,7 +14,8 @@ from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compressor.core.spec import Bits, Config, Overrides, setting
+from compressor.core.spec import Bits, Bool, Config, Overrides, setting
+from compressor.quantization.graph import capture
 from compressor.quantization.graph import sites as graph
 from compressor.quantization.overrides import OverrideTable, strip_parallel_prefix
 
@@ -35,6 +36,10 @@ class QuantizerConfig(Config):
     bits_weights: int | None = setting(Bits(FP_BITS), "bits of conv/linear/embedding weights", layer=True)
     bits_bias: int | None = setting(Bits(FP_BITS), "bits of biases", layer=True)
     overrides: dict | None = setting(Overrides(), "per-layer settings: module name or regex -> per-layer keys")
+    split_gated_activations: bool = setting(
+        Bool(True), "compute hardswish and SiLU as gate times input: the gate quantized on its own, the product on "
+        "onnxruntime's integer QLinearMul (faster); false: each one op, in float between dequantize and quantize, "
+        "one 8-bit rounding fewer (EfficientNet-B0 W8A8 on Fashion-MNIST: +0.49 pp)")
 
 
 class Quantizer:
@@ -112,6 +117,8 @@ class Quantizer:
         """Return the prepared model (a GraphModule sharing the original's parameters)."""
         if self.prepared is not None:
             return self.prepared
+        if self.config.split_gated_activations:
+            capture.split_gated_activations(self.model)
         gm = graph.trace(self.model)
         sites = graph.find_activation_sites(gm, self.quantize_inputs())
         self.act_chains = {site.name: "->".join(site.chain) for site in sites}

@@ -61,7 +61,6 @@ def trace(model):
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module  # the wrapper's forward scatters and gathers (data-dependent): trace what it wraps
     capture.swap_attention(model)
-    capture.split_gated_activations(model)
     try:
         gm = capture.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code

@@ -122,3 +122,31 @@ def test_torchvision_model_trains_under_qat():
     loss = gm(torch.randn(2, 3, 32, 32)).sum()
     loss.backward()
     assert len(q.weight_quantizers) == 53 and len(q.activation_quantizers) > 50
+
+
+def test_gated_activations_are_split_unless_the_recipe_says_not():
+    """Split (the default): SiLU's and hardswish's gates are sites of their own and the products run on QLinearMul;
+    ``split_gated_activations: false``: one site each, the same function."""
+    from compressor.quantization.graph import capture
+    from compressor.quantization.linear.ptq import PostTrainLinearQuantizer
+
+    def block():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 1), nn.Hardswish(), nn.Flatten(),
+                             nn.LazyLinear(2))
+
+    x = torch.randn(2, 3, 6, 6)
+    sites = {}
+    for split in (True, False):
+        model = block()
+        model(x)  # the lazy layer takes its shape
+        q = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, split_gated_activations=split)
+        q.prepare_model()
+        sites[split] = set(q.activation_quantizers)
+    model = block()
+    with torch.no_grad():
+        reference = model(x)
+        assert capture.split_gated_activations(model) == ["1", "3"]
+        torch.testing.assert_close(model(x), reference)  # the same function, split or not
+    assert {"1.sigmoid", "1.mul", "3.hardsigmoid", "3.mul"} <= sites[True]
+    assert {"1", "3"} <= sites[False] and not any("sigmoid" in s or "mul" in s for s in sites[False])

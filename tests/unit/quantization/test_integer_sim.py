@@ -108,7 +108,6 @@ def test_sigmoid_table_is_onnxruntimes_qlinearsigmoid(sx, zx, sy, zy):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from compressor.quantization.fake_quant import ActivationFakeQuant
     from compressor.quantization.linear.integer_sim import IntegerSigmoid
 
     def const(name, value, dtype):
@@ -126,13 +125,7 @@ def test_sigmoid_table_is_onnxruntimes_qlinearsigmoid(sx, zx, sy, zy):
     theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.arange(256, dtype=np.uint8)})[0]
 
-    def quantizer(scale, zero_point):
-        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
-        q.scale.fill_(scale)
-        q.zero_point.fill_(zero_point)
-        return q
-
-    hook = IntegerSigmoid(torch.nn.Identity(), quantizer(sx, zx), quantizer(sy, zy))
+    hook = IntegerSigmoid(torch.nn.Identity(), _fixed_quantizer(sx, zx), _fixed_quantizer(sy, zy))
     assert hook.table().numpy().astype(np.uint8).tolist() == theirs.tolist()
 
 
@@ -249,6 +242,15 @@ def test_integer_only_settings_refuse_integer_arithmetic_false():
         "true or leave it null (then it is on)"]
 
 
+def _fixed_quantizer(scale, zero_point):
+    """An enabled 8-bit activation quantizer that has seen a range: this scale and zero point."""
+    q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
+    q.scale.fill_(scale)
+    q.zero_point.fill_(zero_point)
+    q.observed = q.enabled = True
+    return q
+
+
 def _ort_qdq(nodes, inputs, rank, scales):
     """A runner of a QDQ graph of ``nodes`` on uint8 ``inputs`` of ``rank`` dims to the uint8 output ``y``;
     ``scales``: {name: (scale, zero point)} constants ``s<name>``/``z<name>``. onnxruntime fuses such graphs into its
@@ -289,17 +291,11 @@ def test_softmax_is_onnxruntimes_qlinearsoftmax(sx, zx, sy, zy, length):
     computes t * (floor(1 / s_y) / sum)."""
     from compressor.quantization.linear.integer_sim import IntegerSoftmax
 
-    def quantizer(scale, zero_point):
-        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
-        q.scale.fill_(scale)
-        q.zero_point.fill_(zero_point)
-        return q
-
     torch.manual_seed(0)
     x = torch.randint(0, 256, (40000 // length, length), dtype=torch.uint8)
     theirs = _ort_softmax(sx, zx, sy, zy, length)(x)
     values = ((x.double() - zx) * torch.tensor(sx, dtype=torch.float32).double()).float()  # the dequantized inputs
-    ours = IntegerSoftmax(nn.Identity(), quantizer(sx, zx), quantizer(sy, zy), -1).stored(values)
+    ours = IntegerSoftmax(nn.Identity(), _fixed_quantizer(sx, zx), _fixed_quantizer(sy, zy), -1).stored(values)
     assert (ours != theirs).double().mean() <= 1e-4
     requantized = (torch.round(torch.softmax(values, -1) / sy) + zy).clamp(0, 255).double()
     if torch.floor(1 / torch.tensor(sy, dtype=torch.float32)) * sy < 0.999:  # a scale that is not 1 / n
@@ -328,18 +324,11 @@ def test_matmul_is_onnxruntimes_qlinearmatmul(sa, za, sb, zb, sy, zy, depth):
     from compressor.quantization.graph.capture import MatMul
     from compressor.quantization.linear.integer_sim import IntegerMatMul
 
-    def quantizer(scale, zero_point):
-        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
-        q.scale.fill_(scale)
-        q.zero_point.fill_(zero_point)
-        q.observed = q.enabled = True  # a range was seen (these scales and zero points), and it quantizes
-        return q
-
     torch.manual_seed(0)
     a = torch.randint(0, 256, (64, 40, depth), dtype=torch.uint8)
     b = torch.randint(0, 256, (64, depth, 40), dtype=torch.uint8)
     theirs = _ort_matmul(sa, za, sb, zb, sy, zy)(a, b)
-    qa, qb, qy = quantizer(sa, za), quantizer(sb, zb), quantizer(sy, zy)
+    qa, qb, qy = _fixed_quantizer(sa, za), _fixed_quantizer(sb, zb), _fixed_quantizer(sy, zy)
     matmul = MatMul("attention_scores")
     hook = IntegerMatMul(matmul, qa, qb, qy)
     dequantized = [((x.double() - z) * torch.tensor(s, dtype=torch.float32).double()).float()
@@ -371,20 +360,30 @@ def test_average_pooling_is_onnxruntimes_qlinearaveragepool(sx, zx, sy, zy, kern
     onnxruntime's stored integers, all of them."""
     from compressor.quantization.linear.integer_sim import IntegerAvgPool
 
-    def quantizer(scale, zero_point):
-        q = ActivationFakeQuant(8, M.ASYMMETRIC_UNSIGNED)
-        q.scale.fill_(scale)
-        q.zero_point.fill_(zero_point)
-        q.observed = q.enabled = True
-        return q
-
     torch.manual_seed(0)
     x = torch.randint(0, 256, (8, 16, 17, 17), dtype=torch.uint8)
     theirs = _ort_avg_pool(sx, zx, sy, zy, kernel, stride, padding, count_include_pad)(x)
     values = ((x.double() - zx) * torch.tensor(sx, dtype=torch.float32).double()).float()
-    pool = IntegerAvgPool(nn.Identity(), quantizer(sx, zx), quantizer(sy, zy), (kernel,) * 2, (stride,) * 2,
-                          (padding,) * 2, bool(count_include_pad))
+    pool = IntegerAvgPool(nn.Identity(), _fixed_quantizer(sx, zx), _fixed_quantizer(sy, zy), (kernel,) * 2,
+                          (stride,) * 2, (padding,) * 2, bool(count_include_pad))
     assert torch.equal(pool.stored(values), theirs)
+
+
+@pytest.mark.parametrize("sx, zx, sy, zy", [(0.05, 128, 0.03, 20), (0.11, 200, 0.021, 12), (0.02, 60, 0.01, 30)])
+def test_a_whole_silu_is_onnxruntimes_float_silu_between_dequantize_and_quantize(sx, zx, sy, zy):
+    """``split_gated_activations: false`` exports SiLU as x * Sigmoid(x) in float32: ``IntegerSiLU``'s table gives
+    onnxruntime's stored integers for every input level (its Sigmoid is MLAS's logistic, not torch's)."""
+    from onnx import helper
+
+    from compressor.quantization.linear.integer_sim import IntegerSiLU
+
+    nodes = [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["f"]),
+             helper.make_node("Sigmoid", ["f"], ["g"]), helper.make_node("Mul", ["f", "g"], ["s"]),
+             helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["y"])]
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 256)
+    theirs = _ort_qdq(nodes, ["x"], 2, {"x": (sx, zx), "y": (sy, zy)})(levels)
+    silu = IntegerSiLU(nn.Identity(), _fixed_quantizer(sx, zx), _fixed_quantizer(sy, zy))
+    assert torch.equal(silu.table(), theirs[0])
 
 
 def test_reciprocal_grid_is_the_scale_qlinearsoftmax_computes_on():
