@@ -294,6 +294,26 @@ def test_average_pooling_inside_a_block_is_quantized_and_its_conv_runs_on_intege
         assert torch.equal(onnx_runner(path)(x), sim(x))  # integer for integer
 
 
+def test_a_whole_in_place_silu_is_simulated_as_exported(tmp_path):
+    """``split_gated_activations: false`` with torchvision's ``SiLU(inplace=True)``: the simulation computes the SiLU
+    as onnxruntime does, from the quantized input (which the in-place op used to overwrite: EfficientNet-B0's
+    integer simulation read 10 % top-1 beside the export's 83.6 %); logits equal to onnxruntime's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.SiLU(inplace=True),
+                                torch.nn.Conv2d(8, 8, 3), torch.nn.SiLU(inplace=True), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    x = torch.randn(32, 3, 12, 12)
+    quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, per_channel_wts=True,
+                                         mode={"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
+                                         integer_arithmetic=True, split_gated_activations=False)
+    sim = quantizer.prepare_model().eval()
+    quantizer.calibrate([(x, None)])
+    path = str(tmp_path / "int8.onnx")
+    export_onnx(sim, x[:1], path, weights=format_here().weights)
+    with torch.no_grad():
+        assert torch.equal(onnx_runner(path)(x), sim(x))
+
+
 def test_multihead_attention_is_computed_by_called_projections_with_the_same_outputs_and_names():
     from compressor.quantization.graph import capture
 
