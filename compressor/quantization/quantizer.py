@@ -117,7 +117,8 @@ class Quantizer:
         """Return the prepared model (a GraphModule sharing the original's parameters)."""
         if self.prepared is not None:
             return self.prepared
-        if self.config.split_gated_activations:
+        # quantizers without the setting quantize no activation (INQ: weights only): nothing to split for them
+        if getattr(self.config, "split_gated_activations", False):
             capture.split_gated_activations(self.model)
         gm = graph.trace(self.model)
         sites = graph.find_activation_sites(gm, self.quantize_inputs())
