@@ -29,6 +29,8 @@ def _setup(text):
 
 
 def label(key):
+    if key.endswith("_unsplit"):  # family_ptq.py --no-split-gated
+        return label(key.removesuffix("_unsplit")) + ", hardswish/SiLU whole (split_gated_activations: false)"
     if key in LABELS:
         return LABELS[key]
     if key.startswith("ort_quantize_static_"):
