@@ -199,6 +199,13 @@ def _exact_compute(hook, layer, x):
         return hook.compute(layer, x)
 
 
+def fixed_8bit_grids(*quants):
+    """Whether every quantizer quantizes on a fixed (observed, not dynamic) 8-bit per-tensor grid: what
+    onnxruntime's integer kernels for adds, products, pooling, sigmoid, softmax and matmul take."""
+    return all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 and q.scale.numel() == 1
+               for q in quants)
+
+
 class IntegerAdd:
     """Forward hook of the quantizer after ``add(a, b)`` (and an optional ReLU) of two quantized tensors:
     the output as onnxruntime's QLinearAdd computes it on x86 (MLAS's AVX2 kernel, used on AVX2, VNNI and
@@ -222,7 +229,7 @@ class IntegerAdd:
         self.a_quant, self.b_quant, self.out_quant, self.relu = a_quant, b_quant, out_quant, relu
         self.enabled = True
         self.inputs = {}
-        self.keepers = [a.register_forward_hook(self._keep("a")), b.register_forward_hook(self._keep("b"))]
+        self.keepers = [(a, a.register_forward_hook(self._keep("a"))), (b, b.register_forward_hook(self._keep("b")))]
 
     def _keep(self, key):
         def hook(module, inputs, output):
@@ -230,10 +237,8 @@ class IntegerAdd:
         return hook
 
     def active(self):
-        quants = (self.a_quant, self.b_quant, self.out_quant)
-        return (self.enabled and set(self.inputs) == {"a", "b"}
-                and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
-                and all(q.scale.numel() == 1 for q in quants)
+        return (self.enabled and set(self.inputs) == {"a", "b"} and fixed_8bit_grids(self.a_quant, self.b_quant,
+                                                                                      self.out_quant)
                 and (not self.relu or int(self.out_quant.zero_point) == self.out_quant.qmin))
 
     @staticmethod
@@ -292,7 +297,7 @@ class _IntegerUnary:
         self.in_quant, self.out_quant = in_quant, out_quant
         self.enabled = True
         self.input = None
-        self.keepers = [source.register_forward_hook(self._keep)]
+        self.keepers = [(source, source.register_forward_hook(self._keep))]  # (module, handle)
 
     def _keep(self, module, inputs, output):
         self.input = output
@@ -306,10 +311,7 @@ class _IntegerUnary:
         return ((self.stored(self.input) - z_out) * self.out_quant.scale.double()).to(output.dtype)
 
     def active(self):
-        quants = (self.in_quant, self.out_quant)
-        return (self.enabled and self.input is not None
-                and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
-                and all(q.scale.numel() == 1 for q in quants))
+        return self.enabled and self.input is not None and fixed_8bit_grids(self.in_quant, self.out_quant)
 
 
 class IntegerGlobalAvgPool(_IntegerUnary):
@@ -427,11 +429,15 @@ class IntegerSigmoid(_IntegerUnary):
         q = self.in_quant
         levels = torch.arange(q.qmin, q.qmax + 1, dtype=torch.float64)
         x = _f32((levels - float(int(q.zero_point))) * _f32(q.scale.double()))
-        y = mlas_logistic(x, self.fused)
+        y = self.function(x)
         out = self.out_quant
         z = float(int(out.zero_point))
         stored = torch.round(_f32(y / _f32(out.scale.double()))) + z  # round half to even, as cvtps2dq
         return stored.clamp(out.qmin, out.qmax)
+
+    def function(self, x):
+        """The float32 values onnxruntime computes for the dequantized inputs ``x`` (float64 of float32 values)."""
+        return mlas_logistic(x, self.fused)
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
@@ -451,14 +457,8 @@ class IntegerSiLU(IntegerSigmoid):
     ``IntegerSigmoid`` (exact by construction; torch's SiLU quantized again happened to give the same integers on
     all 38,400 levels of 150 random scale sets: SiLU's output steps are wider than a sigmoid gate's 1/255)."""
 
-    def _build_table(self):
-        q = self.in_quant
-        levels = torch.arange(q.qmin, q.qmax + 1, dtype=torch.float64)
-        x = _f32((levels - float(int(q.zero_point))) * _f32(q.scale.double()))
-        y = _f32(x * mlas_logistic(x, self.fused))  # one float32 rounding of the exact product
-        out = self.out_quant
-        stored = torch.round(_f32(y / _f32(out.scale.double()))) + float(int(out.zero_point))
-        return stored.clamp(out.qmin, out.qmax)
+    def function(self, x):
+        return _f32(x * mlas_logistic(x, self.fused))  # one float32 rounding of the exact product
 
 
 class IntegerSoftmax(_IntegerUnary):
@@ -480,7 +480,7 @@ class IntegerSoftmax(_IntegerUnary):
         self.dim = dim
         self.window, self.block_input = window, None
         if window is not None:
-            self.keepers.append(window[0].register_forward_hook(self._keep_block_input))
+            self.keepers.append((window[0], window[0].register_forward_hook(self._keep_block_input)))
 
     def _keep_block_input(self, module, inputs, output):
         self.block_input = output
@@ -540,16 +540,14 @@ class IntegerMatMul:
         self.a_quant, self.b_quant, self.out_quant = a_quant, b_quant, out_quant
         self.enabled = True
         self.operands = None
-        self.keepers = [matmul.register_forward_pre_hook(self._keep)]
+        self.keepers = [(matmul, matmul.register_forward_pre_hook(self._keep))]
 
     def _keep(self, module, inputs):
         self.operands = inputs
 
     def active(self):
-        quants = (self.a_quant, self.b_quant, self.out_quant)
-        return (self.enabled and self.operands is not None
-                and all(q.enabled and q.observed and not q.dynamic and q.qmax - q.qmin == 255 for q in quants)
-                and all(q.scale.numel() == 1 for q in quants))
+        return self.enabled and self.operands is not None and fixed_8bit_grids(self.a_quant, self.b_quant,
+                                                                                self.out_quant)
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
@@ -663,7 +661,21 @@ def install_integer_adds(gm):
         join = IntegerAdd if is_add else IntegerMul
         out.register_forward_hook(join(modules[a.target], a_quant, modules[b.target], b_quant, out, relu))
         installed.append(node.target.removeprefix("activation_quantizers."))
+    _out_of_place_after_kept_values(gm, modules)
     return installed
+
+
+def _out_of_place_after_kept_values(gm, modules):
+    """Set modules computing in place (``inplace=True``) out of place where they read a module output the hooks keep:
+    torchvision's SiLU(inplace=True) overwrote the quantizer output ``IntegerSiLU`` had kept as its input with its
+    own output (EfficientNet-B0's integer simulation read 10.02 % top-1). The same values, computed out of place."""
+    kept = {id(module) for h in integer_hooks(gm) for module, _ in getattr(h, "keepers", ())}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not getattr(modules[node.target], "inplace", False):
+            continue
+        read = node.args[0] if node.args else None
+        if isinstance(read, fx.Node) and read.op == "call_module" and id(modules[read.target]) in kept:
+            modules[node.target].inplace = False
 
 
 def _install_global_pool(gm, modules, calls, node, out):
@@ -735,10 +747,6 @@ def _install_sigmoid(gm, modules, calls, node, out):
     src = _quantizer_called_once(node.args[0], calls) if sigmoid or silu else None
     if src is None:
         return False
-    if silu and node.op == "call_module":
-        # torchvision's SiLU(inplace=True) would overwrite the kept input (the quantizer's output tensor) with its
-        # output: the integer simulation of EfficientNet-B0 then read 10.02 % top-1. Out of place, the same values.
-        modules[node.target].inplace = False
     kernel = IntegerSigmoid if sigmoid else IntegerSiLU
     out.register_forward_hook(kernel(modules[src.target], modules[src.target], out))
     return True
@@ -885,7 +893,7 @@ def remove_integer_arithmetic(model):
                 hook.detach(module)
             elif isinstance(hook, _HOOK_TYPES):
                 del module._forward_hooks[key]
-                for keeper in hook.keepers:  # the hooks keeping its inputs, on other modules
+                for _, keeper in hook.keepers:  # the hooks keeping its inputs, on other modules
                     keeper.remove()
 
 
