@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Fake quantization of one activation, ours (compressor/quantization/fake_quant_op.py) against torch's kernel, eager
-and under torch.compile, forward alone and forward plus backward; best of 5 rounds, one process (issue 23).
+"""Fake quantization of one activation, ours (compressor/quantization/fake_quant_op.py: the one-pass CPU kernel, and
+its vectorized tensor ops with the kernel switched off) against torch's kernel, eager and under torch.compile, forward
+alone and forward plus backward; best of 5 rounds, one process (issue 23).
 
     OMP_NUM_THREADS=1 python benchmarks/fake_quant_speed.py --out docs/benchmarks/fake_quant_speed_avx2.json
 """
 
 import argparse
 import json
+import os
 import sys
 
 import torch
 from accuracy_stats import best_seconds, machine  # benchmarks/ (the script's folder is on sys.path)
 
 from compressor.core.io import atomic_write_text
+from compressor.quantization import cpu_kernel
 from compressor.quantization.fake_quant_op import fake_quantize
 
 
@@ -33,7 +36,16 @@ def main():
     scale, zero_point = torch.tensor([0.02]), torch.tensor([0], dtype=torch.int32)
     ours = lambda a: fake_quantize(a, scale, zero_point, 0, 255)  # noqa: E731
     theirs = lambda a: torch.fake_quantize_per_tensor_affine(a, scale, zero_point, 0, 255)  # noqa: E731
-    variants = {"torch": theirs, "ours": ours}
+    assert cpu_kernel.ops() is not None, cpu_kernel.build_error()
+
+    def tensor_ops(a):
+        os.environ[cpu_kernel.ENV_SWITCH] = "0"
+        try:
+            return ours(a)
+        finally:
+            os.environ[cpu_kernel.ENV_SWITCH] = "1"
+
+    variants = {"torch": theirs, "ours": ours, "ours_tensor_ops": tensor_ops}
     if not args.no_compile:
         variants["ours_compiled"] = torch.compile(ours)
     rows = {}

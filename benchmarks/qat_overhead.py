@@ -11,9 +11,10 @@ alike, and the median epoch time is reported.
 low-bit methods of schedules/quant_aware_train/ (``--no-default`` leaves out our 8-bit QAT
 and torch.ao, keeping FP32 as the reference). ``--compile`` adds FP32 and our QAT under
 torch.compile (compiled in the untimed first epoch); ``--torch-kernel`` adds our QAT with torch's
-own fake-quantize kernels in place of ``fake_quant_op`` (what it cost before). ``--amp`` adds FP32 and our QAT
-under bf16 autocast (the quantizers compute in float32, as the apps' ``--amp``), ``--channels-last`` adds them with
-model and images in channels-last memory format (the apps' ``--channels-last``). ``--arch``,
+own fake-quantize kernels in place of ``fake_quant_op`` (what it cost before), ``--tensor-ops`` our QAT with the
+one-pass CPU kernel switched off (``COMPRESSOR_CPU_KERNEL=0``: the vectorized tensor ops). ``--amp`` adds FP32 and
+our QAT under bf16 autocast (the quantizers compute in float32, as the apps' ``--amp``), ``--channels-last`` adds
+them with model and images in channels-last memory format (the apps' ``--channels-last``). ``--arch``,
 ``--image-size`` and ``--steps`` time other networks on digits resized, e.g.
 ``--arch mobilenet_v2 --image-size 224 -b 16 --steps 20``.
 """
@@ -83,6 +84,22 @@ def torch_kernels():
         fake_quant.fake_quantize = ours_op
 
 
+@contextlib.contextmanager
+def tensor_ops():
+    """Our QAT with the one-pass CPU kernel switched off: fake_quant_op's vectorized tensor ops (same values)."""
+    from compressor.quantization import cpu_kernel
+
+    before = os.environ.get(cpu_kernel.ENV_SWITCH)
+    os.environ[cpu_kernel.ENV_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[cpu_kernel.ENV_SWITCH]
+        else:
+            os.environ[cpu_kernel.ENV_SWITCH] = before
+
+
 def epoch_time(model, opt, loader, epoch, device, steps=None, channels_last=False):
     model.train()
     loader.sampler.set_epoch(epoch)
@@ -114,6 +131,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="also FP32 and our QAT under torch.compile")
     ap.add_argument("--torch-kernel", action="store_true", help="also our QAT with torch's fake-quantize kernels")
+    ap.add_argument("--tensor-ops", action="store_true", help="also our QAT without the one-pass CPU kernel")
     ap.add_argument("--amp", action="store_true", help="also FP32 and our QAT under bf16 autocast")
     ap.add_argument("--channels-last", action="store_true", help="also FP32 and our QAT in channels-last format")
     ap.add_argument("--arch", default="resnet20_cifar")
@@ -133,6 +151,9 @@ def main():
         if args.torch_kernel:
             variants["ours_qat_torch_kernel"] = ours
             contexts["ours_qat_torch_kernel"] = torch_kernels
+        if args.tensor_ops:
+            variants["ours_qat_tensor_ops"] = ours
+            contexts["ours_qat_tensor_ops"] = tensor_ops
         if not args.no_torch_ao:
             variants["torch_ao_qat"] = lambda m, o: torch_ao(m, o, size)
     if args.compile:
