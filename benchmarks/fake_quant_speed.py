@@ -8,7 +8,6 @@ alone and forward plus backward; best of 5 rounds, one process (issue 23).
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -39,11 +38,8 @@ def main():
     assert cpu_kernel.ops() is not None, cpu_kernel.build_error()
 
     def tensor_ops(a):
-        os.environ[cpu_kernel.ENV_SWITCH] = "0"
-        try:
+        with cpu_kernel.switched_off():
             return ours(a)
-        finally:
-            os.environ[cpu_kernel.ENV_SWITCH] = "1"
 
     variants = {"torch": theirs, "ours": ours, "ours_tensor_ops": tensor_ops}
     if not args.no_compile:

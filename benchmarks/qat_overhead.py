@@ -33,6 +33,7 @@ import torch
 
 from compressor.data import load_data
 from compressor.models import create_model
+from compressor.quantization import cpu_kernel
 from compressor.quantization.linear.qat import QuantAwareTrainRangeLinearQuantizer
 
 
@@ -82,22 +83,6 @@ def torch_kernels():
         yield
     finally:
         fake_quant.fake_quantize = ours_op
-
-
-@contextlib.contextmanager
-def tensor_ops():
-    """Our QAT with the one-pass CPU kernel switched off: fake_quant_op's vectorized tensor ops (same values)."""
-    from compressor.quantization import cpu_kernel
-
-    before = os.environ.get(cpu_kernel.ENV_SWITCH)
-    os.environ[cpu_kernel.ENV_SWITCH] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[cpu_kernel.ENV_SWITCH]
-        else:
-            os.environ[cpu_kernel.ENV_SWITCH] = before
 
 
 def epoch_time(model, opt, loader, epoch, device, steps=None, channels_last=False):
@@ -153,7 +138,7 @@ def main():
             contexts["ours_qat_torch_kernel"] = torch_kernels
         if args.tensor_ops:
             variants["ours_qat_tensor_ops"] = ours
-            contexts["ours_qat_tensor_ops"] = tensor_ops
+            contexts["ours_qat_tensor_ops"] = cpu_kernel.switched_off
         if not args.no_torch_ao:
             variants["torch_ao_qat"] = lambda m, o: torch_ao(m, o, size)
     if args.compile:

@@ -14,6 +14,7 @@ so in the log. ``COMPRESSOR_CPU_KERNEL=0`` turns it off (the vectorized ops are 
 one warning naming the cause (e.g. no C++ compiler): quantized values are the same either way, only slower.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -33,6 +34,20 @@ _state = {"ops": None, "tried": False, "error": None}
 def enabled():
     """Whether the kernel may be used at all (``COMPRESSOR_CPU_KERNEL`` is not 0)."""
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def switched_off():
+    """Inside: the kernel is not used (the tensor ops run), as with ``COMPRESSOR_CPU_KERNEL=0``; for comparisons."""
+    before = os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[ENV_SWITCH]
+        else:
+            os.environ[ENV_SWITCH] = before
 
 
 def _cpu_tag():

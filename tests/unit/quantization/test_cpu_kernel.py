@@ -9,12 +9,11 @@ from compressor.quantization.fake_quant_op import fake_quantize
 
 
 @pytest.fixture
-def tensor_ops(monkeypatch):
+def tensor_ops():
     """Runs a function with the kernel switched off (the vectorized tensor ops)."""
 
     def run(fn, *args):
-        with monkeypatch.context() as m:
-            m.setenv(cpu_kernel.ENV_SWITCH, "0")
+        with cpu_kernel.switched_off():
             assert fake_quant_op._cpu_kernel_for(torch.zeros(1), torch.ones(1), torch.zeros(1, dtype=torch.int32)) \
                 is None
             return fn(*args)
